@@ -1,0 +1,145 @@
+"""Report figures from a small cache written by the features writer: sizes, probes, foreground maps, fallbacks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from reid_eval.errors import ReidEvalError
+from reid_eval.report import build_report
+from reid_eval.report import figures as fig
+from reid_eval.report.cache import ReportCache
+from reid_eval.report.results import load_results
+from test_report_helpers import G_PIDS, foreground_values, make_cache, write_result
+
+
+def png_size(path):
+    with Image.open(path) as image:
+        return image.size
+
+
+def test_sizes_in_pixels():
+    assert fig.retrieval_size(10, 2) == (110 + 80 * 11, 40 + 180 * 2)
+    assert fig.retrieval_size(2, 1) == (110 + 80 * 5, 220)  # at least four gallery columns
+    assert fig.foreground_size(6) == (20 + 80 * 6 + 80, 40 + 320)
+
+
+def test_first_match_ranks_and_probe_choice():
+    q_pids, g_pids = np.array([1, 2, 3]), np.array([1, 2, 3, 1, 9])
+    q_cams, g_cams = np.array([1, 1, 1]), np.array([2, 2, 2, 1, 2])
+    d = np.array(
+        [
+            [0.3, 0.1, 0.2, 0.0, 0.5],  # gallery 3 is pid 1 camera 1: junk for query 0, so its match ranks 2
+            [0.9, 0.1, 0.5, 0.5, 0.5],  # rank 0
+            [0.1, 0.2, 0.3, 0.4, 0.0],  # rank 3 (gallery 3 counts: pid 1 is another person)
+        ]
+    )
+    ranks = fig.first_match_ranks(d, q_pids, g_pids, q_cams, g_cams)
+    assert ranks.tolist() == [2, 0, 3]
+    assert fig.ranked_gallery(d[0], 1, 1, g_pids, g_cams, 3).tolist() == [1, 2, 0]
+    assert fig.choose_probes({"fpr": ranks}, "fpr", 1, 1) == [1, 2]
+    other = np.array([0, 4, 3])
+    # Against another metric: query 1 gains most (0 vs 4), query 0 loses most (2 vs 0).
+    assert fig.choose_probes({"fpr": ranks, "dsr": other}, "fpr", 1, 1) == [1, 0]
+    assert fig.choose_probes({"fpr": np.array([-1, -1])}, "fpr") == []
+
+
+def test_foreground_map_is_the_finest_level(tmp_path):
+    cache = make_cache(tmp_path)
+    with ReportCache(cache) as view:
+        fmap = view.foreground_map("query", 2)
+        assert view.dataset_root == tmp_path / "images"
+        assert view.split("gallery").pids.tolist() == G_PIDS.tolist()
+    np.testing.assert_allclose(fmap, foreground_values(4)[2, :6].reshape(3, 2))
+
+
+def test_report_draws_retrieval_foreground_cmc_and_beta(tmp_path):
+    cache = make_cache(tmp_path, missing_images=("gallery/0001_c2_4.png",))
+    results = tmp_path / "results"
+    write_result(results, "partial_reid", "fpr", 0.75, 0.7, cache_file=cache)
+    write_result(results, "partial_reid", "euclidean", 0.5, 0.45, beta=None, cache_file=cache)
+    write_result(results, "partial_reid", "fpr", 0.6, 0.55, beta=0.1, cache_file=cache)
+    warnings = []
+    summary = build_report(results, top_k=3, warn=warnings.append)
+    figures = results / "figures"
+    names = {p.name for p in summary.figure_files}
+    assert {"cmc_partial_reid.png", "cmc_partial_reid.pdf", "beta_sweep_partial_reid.png", "foreground_partial_reid.png"} <= names
+    # Best probe: query 0, where FPR ranks its match first and the Baseline last; worst after it.
+    retrievals = sorted(n for n in names if n.startswith("retrieval_") and n.endswith(".png"))
+    assert len(retrievals) == 4 and "retrieval_partial_reid_q0.png" in retrievals
+    assert png_size(figures / "retrieval_partial_reid_q0.png") == fig.retrieval_size(3, 2) == (510, 400)
+    assert png_size(figures / "foreground_partial_reid.png") == fig.foreground_size(4)
+    assert png_size(figures / "cmc_partial_reid.png") == (640, 480)
+    assert png_size(figures / "beta_sweep_partial_reid.png") == (960, 400)
+    assert (figures / "retrieval_partial_reid_q0.pdf").read_bytes().startswith(b"%PDF")
+    # The β=0.1 results have no matrix of their own (distances/fpr holds β=0.01): said, not drawn wrongly.
+    assert any("β=0.1" in w and "left out" in w for w in warnings)
+    # The missing gallery image (pid 1, FPR's second hit for query 0) is a grey tile with a warning.
+    assert any("0001_c2_4.png" in w and "grey" in w for w in warnings)
+    image = np.asarray(Image.open(figures / "retrieval_partial_reid_q0.png").convert("RGB"))
+    # FPR row (second), third tile: grey 128 inside its green border.
+    x = 110 + 2 * 80 + 8 + 32
+    y = 40 + 180 + 10 + 64
+    assert all(126 <= v <= 129 for v in image[y, x].tolist())  # 0.5 grey
+    neighbour = image[y, x - 80].tolist()  # FPR's first hit, a real (reddish) image
+    assert neighbour[0] > 150 and neighbour[2] < 100
+
+
+def test_chosen_probes_and_out_of_range(tmp_path):
+    cache = make_cache(tmp_path)
+    results = tmp_path / "results"
+    write_result(results, "partial_reid", "fpr", 0.75, 0.7, cache_file=cache)
+    summary = build_report(results, probes=[3], top_k=2)
+    assert sorted(p.name for p in summary.figure_files if p.name.startswith("retrieval")) == [
+        "retrieval_partial_reid_q3.pdf",
+        "retrieval_partial_reid_q3.png",
+    ]
+    assert png_size(results / "figures" / "retrieval_partial_reid_q3.png") == fig.retrieval_size(2, 1)
+    with pytest.raises(ReidEvalError, match="--probes: no index of 4 is a query"):
+        build_report(results, probes=[4])
+    # Some indices in range: those are drawn (for every dataset), the others named in a warning.
+    other = make_cache(tmp_path / "other", "occluded_reid", distances={"fpr": (np.zeros((4, 6)), {"beta": 0.01})})
+    write_result(results, "occluded_reid", "fpr", 0.5, 0.5, cache_file=other)
+    warnings = []
+    summary = build_report(results, probes=[1, 7], top_k=2, warn=warnings.append)
+    drawn = sorted(p.name for p in summary.figure_files if p.suffix == ".png" and p.name.startswith("retrieval"))
+    assert drawn == ["retrieval_occluded_reid_q1.png", "retrieval_partial_reid_q1.png"]
+    assert "--probes: index 7 out of range for occluded_reid (4 queries); left out" in warnings
+
+
+def test_missing_cache_keeps_tables_and_cmc(tmp_path):
+    write_result(tmp_path, "occluded_reid", "fpr", 0.75, 0.7, cache_file=tmp_path / "gone.h5")
+    warnings = []
+    summary = build_report(tmp_path, warn=warnings.append)
+    assert sorted(p.name for p in summary.figure_files) == ["cmc_occluded_reid.pdf", "cmc_occluded_reid.png"]
+    assert any("gone.h5 not found" in w for w in warnings)
+    assert (tmp_path / "tables" / "table3.csv").is_file()
+
+
+def test_cache_found_in_cache_dir(tmp_path):
+    cache = make_cache(tmp_path)
+    results = tmp_path / "results"
+    write_result(results, "partial_reid", "fpr", 0.75, 0.7, cache_file=tmp_path / "moved.h5")
+    summary = build_report(results, cache_dir=tmp_path / "cache", probes=[0], top_k=2)
+    assert cache.parent.parent == tmp_path / "cache"
+    assert any(p.name == "retrieval_partial_reid_q0.png" for p in summary.figure_files)
+
+
+def test_load_tile_grey_for_missing(tmp_path):
+    warnings = []
+    tile, ok = fig.load_tile(tmp_path / "nope.png", warnings.append)
+    assert not ok and tile.shape == (128, 64, 3) and np.all(tile == 0.5)
+    assert "nope.png" in warnings[0]
+    Image.fromarray(np.full((10, 5, 3), 255, np.uint8)).save(tmp_path / "white.png")
+    tile, ok = fig.load_tile(tmp_path / "white.png")
+    assert ok and tile.shape == (128, 64, 3) and np.all(tile == 1.0)
+
+
+def test_beta_groups_need_two_betas(tmp_path):
+    write_result(tmp_path, "partial_reid", "fpr", 0.75, 0.7)
+    write_result(tmp_path, "partial_reid", "dsr", 0.6, 0.5, beta=0.1)
+    assert fig.beta_groups(load_results(tmp_path)) == {}
+    write_result(tmp_path, "partial_reid", "fpr", 0.7, 0.6, beta=1.0)
+    groups = fig.beta_groups(load_results(tmp_path))
+    assert list(groups) == ["FPR"] and [r.beta for r in groups["FPR"]] == [0.01, 1.0]
