@@ -1,0 +1,324 @@
+"""The HDF5 feature cache (DESIGN.md "HDF5 feature cache").
+
+One file per (dataset, checkpoint, preprocessing, manifest):
+``<cache_dir>/<dataset>/<key>.h5`` where ``key`` is the first 16 hex digits of
+the SHA-256 of the key fields (see :func:`cache_key`). The file name is the key,
+so a request with other settings opens another file; a file whose stored
+attributes do not hash to its name is refused.
+
+Root attributes: ``schema_version``, ``package_version``, ``cache_key``,
+``dataset``, ``dataset_root`` (absolute), ``checkpoint_sha256``,
+``manifest_sha256``, ``settings`` (JSON: model config and preprocessing),
+``created`` (UTC ISO time).
+
+One group per split (``query``, ``gallery``, ``train``), rows in extraction
+order (manifest order for ``--resize fixed``; grouped by size for keep-aspect):
+
+=================  ==================  =============================================
+``path``           [n] str             image path relative to ``dataset_root``
+``pid``/``camid``  [n] int64
+``manifest_index`` [n] int64           row of the image within its manifest split
+``offsets``        [n+1] int64         image i owns ``local`` rows offsets[i]:offsets[i+1]
+``grid``           [n, K, 2] int32     (h, w) of each pyramid level, (0, 0) if skipped
+``local``          [L, d] float32      pyramid features
+``foreground``     [L] float32         foreground probability of each location
+``global``         [n, d] float32      average-pooled feature map
+``skipped``        [s] str             images left out with --skip-bad ...
+``skipped_reason`` [s] str             ... and why
+=================  ==================  =============================================
+
+Group attributes: ``num_total`` (images of the split in the manifest),
+``num_complete`` (of those, processed: written or skipped), ``num_written``,
+``num_locations``, ``num_skipped``. These are updated after each batch's rows
+are written and the file is flushed; rows beyond them are an interrupted
+batch and are cut off on resume. Distance matrices live under
+``distances/<name>`` [P, G] float32 with their parameters as attributes.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import h5py
+import numpy as np
+
+from reid_eval import __version__
+from reid_eval.errors import ReidEvalError
+from reid_eval.features.spatial import SpatialFeatures
+
+SCHEMA_VERSION = 1
+SPLITS: tuple[str, ...] = ("query", "gallery", "train")
+_ROW_DATASETS = ("path", "pid", "camid", "manifest_index", "grid", "global")
+_STR = h5py.string_dtype(encoding="utf-8")
+
+
+def cache_key(dataset: str, checkpoint_sha256: str, settings: Mapping[str, Any], manifest_sha256: str) -> str:
+    """16 hex digits identifying a cache: SHA-256 of the canonical JSON of the key fields."""
+    blob = json.dumps(
+        {
+            "schema_version": SCHEMA_VERSION,
+            "dataset": dataset,
+            "checkpoint_sha256": checkpoint_sha256,
+            "settings": settings,
+            "manifest_sha256": manifest_sha256,
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def cache_path(cache_dir: str | os.PathLike, dataset: str, key: str) -> Path:
+    """``<cache_dir>/<dataset>/<key>.h5``."""
+    return Path(cache_dir) / dataset / f"{key}.h5"
+
+
+@dataclass
+class SplitData:
+    """One split of a cache, read into memory.
+
+    paths: n image paths relative to the dataset root; pids, camids: [n] int64;
+    spatial: SpatialFeatures (local [L, d] float32, offsets [n+1], foreground [L]);
+    global_features: [n, d] float32; grids: [n, K, 2] int32; manifest_index: [n]
+    int64; skipped: paths left out by --skip-bad (absent from everything above).
+    """
+
+    paths: list[str]
+    pids: np.ndarray
+    camids: np.ndarray
+    spatial: SpatialFeatures
+    global_features: np.ndarray
+    grids: np.ndarray
+    manifest_index: np.ndarray
+    skipped: list[str] = field(default_factory=list)
+
+
+def _decode(values: Iterable[Any]) -> list[str]:
+    return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in values]
+
+
+def check_cache_file(f: h5py.File, path: Path) -> None:
+    """Refuse a file whose schema is unknown or whose attributes do not hash to its name."""
+    attrs = f.attrs
+    if "cache_key" not in attrs or "schema_version" not in attrs:
+        raise ReidEvalError(f"{path} is not a reid-eval feature cache")
+    if int(attrs["schema_version"]) != SCHEMA_VERSION:
+        raise ReidEvalError(f"cache {path} has schema version {attrs['schema_version']}, this reid-eval reads {SCHEMA_VERSION}; re-extract")
+    key = cache_key(
+        str(attrs["dataset"]), str(attrs["checkpoint_sha256"]), json.loads(attrs["settings"]), str(attrs["manifest_sha256"])
+    )
+    if key != attrs["cache_key"] or key != path.stem:
+        raise ReidEvalError(
+            f"cache {path} does not match its key (stored attributes hash to {key}); it was renamed or altered — delete it"
+        )
+
+
+def create_cache(path: Path, attrs: Mapping[str, Any]) -> None:
+    """Create an empty cache file with the root ``attrs`` (written to a temp name, then renamed)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with h5py.File(tmp, "w") as f:
+        f.attrs["schema_version"] = SCHEMA_VERSION
+        f.attrs["package_version"] = __version__
+        f.attrs["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        for k, v in attrs.items():
+            f.attrs[k] = v
+    os.replace(tmp, path)
+
+
+def open_cache(path: str | os.PathLike, mode: str = "r") -> h5py.File:
+    """Open and validate a cache file; raises ReidEvalError naming the file when it is absent, damaged or altered."""
+    path = Path(path)
+    if not path.is_file():
+        raise ReidEvalError(f"feature cache {path} does not exist; run `reid-eval extract` first")
+    try:
+        f = h5py.File(path, mode)
+    except OSError as exc:
+        raise ReidEvalError(f"cannot open feature cache {path} ({' '.join(str(exc).split())}); delete it and extract again") from exc
+    try:
+        check_cache_file(f, path)
+    except Exception:
+        f.close()
+        raise
+    return f
+
+
+class SplitWriter:
+    """Appends batches to one split group; each :meth:`append` is committed atomically with respect to resume."""
+
+    def __init__(self, f: h5py.File, split: str, num_total: int, feature_dim: int, num_levels: int):
+        self.f = f
+        if split in f:
+            g = f[split]
+            if int(g.attrs["num_total"]) != num_total or g["local"].shape[1] != feature_dim:
+                raise ReidEvalError(f"cache {f.filename} split {split} was started for {g.attrs['num_total']} images; delete it")
+            self.g = g
+            self._truncate()
+        else:
+            self.g = self._create(f, split, num_total, feature_dim, num_levels)
+            f.flush()
+
+    @staticmethod
+    def _create(f: h5py.File, split: str, num_total: int, d: int, k: int) -> h5py.Group:
+        g = f.create_group(split)
+        rows = 1024
+        loc_rows = max(1, min(4096, (1 << 20) // (4 * d)))
+        g.create_dataset("path", (0,), maxshape=(None,), dtype=_STR, chunks=(rows,))
+        for name in ("pid", "camid", "manifest_index"):
+            g.create_dataset(name, (0,), maxshape=(None,), dtype=np.int64, chunks=(rows,))
+        g.create_dataset("offsets", data=np.zeros(1, np.int64), maxshape=(None,), chunks=(rows,))
+        g.create_dataset("grid", (0, k, 2), maxshape=(None, k, 2), dtype=np.int32, chunks=(rows, k, 2))
+        g.create_dataset("global", (0, d), maxshape=(None, d), dtype=np.float32, chunks=(max(1, loc_rows), d))
+        g.create_dataset("local", (0, d), maxshape=(None, d), dtype=np.float32, chunks=(loc_rows, d))
+        g.create_dataset("foreground", (0,), maxshape=(None,), dtype=np.float32, chunks=(4096,))
+        g.create_dataset("skipped", (0,), maxshape=(None,), dtype=_STR, chunks=(64,))
+        g.create_dataset("skipped_reason", (0,), maxshape=(None,), dtype=_STR, chunks=(64,))
+        g.attrs.update(num_total=num_total, num_complete=0, num_written=0, num_locations=0, num_skipped=0)
+        return g
+
+    def _truncate(self) -> None:
+        # Rows past the committed counts belong to a batch that was interrupted.
+        n, L, s = (int(self.g.attrs[k]) for k in ("num_written", "num_locations", "num_skipped"))
+        for name in _ROW_DATASETS:
+            self.g[name].resize(n, axis=0)
+        self.g["offsets"].resize(n + 1, axis=0)
+        self.g["local"].resize(L, axis=0)
+        self.g["foreground"].resize(L, axis=0)
+        self.g["skipped"].resize(s, axis=0)
+        self.g["skipped_reason"].resize(s, axis=0)
+
+    @property
+    def num_complete(self) -> int:
+        return int(self.g.attrs["num_complete"])
+
+    @property
+    def is_complete(self) -> bool:
+        return self.num_complete == int(self.g.attrs["num_total"])
+
+    @staticmethod
+    def _extend(ds: h5py.Dataset, values: np.ndarray) -> None:
+        start = ds.shape[0]
+        ds.resize(start + len(values), axis=0)
+        if len(values):
+            ds[start:] = values
+
+    def append(
+        self,
+        processed: int,
+        paths: list[str],
+        pids: np.ndarray,
+        camids: np.ndarray,
+        manifest_index: np.ndarray,
+        grids: np.ndarray,
+        local: np.ndarray,
+        counts: np.ndarray,
+        foreground: np.ndarray,
+        global_features: np.ndarray,
+        skipped: list[tuple[str, str]] = (),
+        before_commit: Any = None,
+    ) -> None:
+        """Write one batch of ``len(paths)`` images (``counts[i]`` local rows each) and commit it.
+
+        ``processed`` manifest entries are done after it (written + skipped).
+        ``before_commit`` (a callable or None) runs after the rows are flushed
+        to disk and before the counts commit them; tests kill the process there.
+        """
+        g = self.g
+        n0, L0 = int(g.attrs["num_written"]), int(g.attrs["num_locations"])
+        self._extend(g["path"], np.array(paths, dtype=object))
+        self._extend(g["pid"], np.asarray(pids, np.int64))
+        self._extend(g["camid"], np.asarray(camids, np.int64))
+        self._extend(g["manifest_index"], np.asarray(manifest_index, np.int64))
+        self._extend(g["grid"], np.asarray(grids, np.int32))
+        self._extend(g["global"], np.asarray(global_features, np.float32))
+        self._extend(g["local"], np.asarray(local, np.float32))
+        self._extend(g["foreground"], np.asarray(foreground, np.float32))
+        self._extend(g["offsets"], L0 + np.cumsum(np.asarray(counts, np.int64)))
+        if skipped:
+            self._extend(g["skipped"], np.array([p for p, _ in skipped], dtype=object))
+            self._extend(g["skipped_reason"], np.array([r for _, r in skipped], dtype=object))
+        self.f.flush()
+        if before_commit is not None:
+            before_commit()
+        g.attrs.update(
+            num_complete=self.num_complete + processed,
+            num_written=n0 + len(paths),
+            num_locations=L0 + int(np.sum(counts)),
+            num_skipped=int(g.attrs["num_skipped"]) + len(skipped),
+        )
+        self.f.flush()
+
+
+def split_status(cache_file: str | os.PathLike) -> dict[str, tuple[int, int]]:
+    """{split: (num_complete, num_total)} of every split group in the cache."""
+    with open_cache(cache_file) as f:
+        return {s: (int(f[s].attrs["num_complete"]), int(f[s].attrs["num_total"])) for s in SPLITS if s in f}
+
+
+def read_split(cache_file: str | os.PathLike, split: str) -> SplitData:
+    """Read one complete split of a cache into memory (see :class:`SplitData`)."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    path = Path(cache_file)
+    with open_cache(path) as f:
+        if split not in f:
+            raise ReidEvalError(f"cache {path} has no {split} split; run `reid-eval extract --splits ...{split}`")
+        g = f[split]
+        done, total = int(g.attrs["num_complete"]), int(g.attrs["num_total"])
+        if done != total:
+            raise ReidEvalError(f"cache {path} split {split} is incomplete ({done} of {total} images); rerun `reid-eval extract` to finish it")
+        n, L, s = int(g.attrs["num_written"]), int(g.attrs["num_locations"]), int(g.attrs["num_skipped"])
+        spatial = SpatialFeatures(
+            g["local"][:L].astype(np.float32, copy=False),
+            g["offsets"][: n + 1].astype(np.int64, copy=False),
+            foreground=g["foreground"][:L].astype(np.float32, copy=False),
+        )
+        return SplitData(
+            paths=_decode(g["path"][:n]),
+            pids=g["pid"][:n].astype(np.int64),
+            camids=g["camid"][:n].astype(np.int64),
+            spatial=spatial,
+            global_features=g["global"][:n].astype(np.float32, copy=False),
+            grids=g["grid"][:n].astype(np.int32, copy=False),
+            manifest_index=g["manifest_index"][:n].astype(np.int64),
+            skipped=_decode(g["skipped"][:s]),
+        )
+
+
+def read_attrs(cache_file: str | os.PathLike) -> dict[str, Any]:
+    """Root attributes of a cache (``settings`` decoded from JSON)."""
+    with open_cache(cache_file) as f:
+        out = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
+    out["settings"] = json.loads(out["settings"])
+    return out
+
+
+def write_distances(cache_file: str | os.PathLike, name: str, distances: np.ndarray, params: Mapping[str, Any]) -> None:
+    """Store a [P, G] matrix as ``distances/<name>`` (replacing one of that name) with ``params`` as attributes.
+
+    Every parameter is an attribute of its own (None as the string "none") and
+    all of them together as JSON in the ``params`` attribute.
+    """
+    with open_cache(cache_file, "r+") as f:
+        grp = f.require_group("distances")
+        if name in grp:
+            del grp[name]
+        ds = grp.create_dataset(name, data=np.asarray(distances, np.float32))
+        for k, v in params.items():
+            ds.attrs[k] = "none" if v is None else v
+        ds.attrs["params"] = json.dumps(dict(params), sort_keys=True, default=str)
+
+
+def read_distances(cache_file: str | os.PathLike, name: str) -> tuple[np.ndarray, dict[str, Any]]:
+    """The matrix ``distances/<name>`` and its parameters (from the ``params`` JSON attribute)."""
+    with open_cache(cache_file) as f:
+        if "distances" not in f or name not in f["distances"]:
+            raise ReidEvalError(f"cache {cache_file} has no distances/{name}; run `reid-eval match` first")
+        ds = f["distances"][name]
+        return ds[...], json.loads(ds.attrs["params"])

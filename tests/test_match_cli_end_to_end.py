@@ -1,0 +1,130 @@
+"""`reid-eval checkpoint init`, `extract`, `match` from the command line on a generated Partial-REID tree."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from cli.main import main
+from reid_eval.evaluation import evaluate_ranking
+from reid_eval.experiments import distance_name, results_file_name, select_caches
+from reid_eval.features import read_distances, read_split
+from reid_eval.matching import fpr_distances, global_distances
+from reid_eval.report.results import REQUIRED_KEYS
+from test_extract_cache import make_partial_reid
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """One pipeline run shared by the tests: init, extract, match fpr and euclidean."""
+    base = tmp_path_factory.mktemp("e2e")
+    data = base / "data"
+    make_partial_reid(data / "Partial-REID")
+    ckpt, cache, results = base / "model.pt", base / "cache", base / "results"
+    common = ["--cache-dir", str(cache)]
+    assert main(["checkpoint", "init", "--out", str(ckpt), "--backbone", "resnet18", "--input-size", "128", "64", "--seed", "3"]) == 0
+    assert main(["extract", "--dataset", "partial_reid", "--data-root", str(data), "--checkpoint", str(ckpt),
+                 "--device", "cpu", "--batch-size", "8", "--allow-mismatch", *common]) == 0
+    for metric in ("fpr", "euclidean"):
+        assert main(["match", "--metric", metric, "--results-dir", str(results), *common]) == 0
+    (cache_file,) = cache.rglob("*.h5")
+    return {"ckpt": ckpt, "cache": cache, "results": results, "cache_file": cache_file, "data": data}
+
+
+def test_match_writes_results_with_the_design_fields(run):
+    for metric in ("fpr", "euclidean"):
+        record = json.loads((run["results"] / f"partial_reid__{metric}.json").read_text())
+        assert set(REQUIRED_KEYS) <= set(record) and set(record) == set(REQUIRED_KEYS)
+        assert record["dataset"] == "partial_reid" and record["metric"] == metric
+        assert record["num_query"] == 12 and record["num_gallery"] == 12 and record["num_valid_query"] == 12
+        assert record["params"]["cache_file"] == str(run["cache_file"].resolve())
+        assert len(record["cmc"]) == 50 and all(0 <= c <= 1 for c in record["cmc"])
+        assert np.all(np.diff(record["cmc"]) >= 0) and record["cmc"][-1] == 1.0
+        assert 0 < record["mINP"] <= record["mAP"] <= 1
+    assert json.loads((run["results"] / "partial_reid__fpr.json").read_text())["params"]["beta"] == 0.01
+
+
+def test_stored_matrix_equals_the_engine_and_results_equal_the_protocol(run):
+    q, g = read_split(run["cache_file"], "query"), read_split(run["cache_file"], "gallery")
+    D, params = read_distances(run["cache_file"], "fpr")
+    np.testing.assert_array_equal(D, fpr_distances(q.spatial, g.spatial, beta=0.01, weighted=True, backend="numpy"))
+    assert params["weighted"] is True and params["beta"] == 0.01
+    E, _ = read_distances(run["cache_file"], "euclidean")
+    np.testing.assert_array_equal(E, global_distances(q.global_features, g.global_features, "euclidean"))
+    r = evaluate_ranking(D, q.pids, g.pids, q.camids, g.camids)
+    record = json.loads((run["results"] / "partial_reid__fpr.json").read_text())
+    assert record["mAP"] == pytest.approx(r.mAP) and record["cmc"] == pytest.approx(list(r.cmc))
+
+
+def test_fuse_and_beta_name_the_files_and_combine_the_matrices(run, capsys):
+    assert main(["match", "--metric", "fpr", "--fuse", "0.25", "--beta", "0.1", "--dataset", "partial_reid",
+                 "--cache-dir", str(run["cache"]), "--results-dir", str(run["results"])]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("partial_reid fpr+euclidean__beta0.1__fuse0.25: R1 ") and "mINP" in line
+    name = results_file_name("partial_reid", "fpr", 0.1, 0.25)
+    assert name == "partial_reid__fpr+euclidean__beta0.1__fuse0.25.json"
+    record = json.loads((run["results"] / name).read_text())
+    assert record["metric"] == "fpr+euclidean" and record["params"]["fuse"] == 0.25
+    q, g = read_split(run["cache_file"], "query"), read_split(run["cache_file"], "gallery")
+    fused, _ = read_distances(run["cache_file"], distance_name("fpr", 0.1, 0.25))
+    want = 0.75 * global_distances(q.global_features, g.global_features, "euclidean") + 0.25 * fpr_distances(
+        q.spatial, g.spatial, beta=0.1, backend="numpy"
+    )
+    np.testing.assert_allclose(fused, want, rtol=1e-6)
+
+
+def test_dsr_and_cosine_and_shortlist(run):
+    args = ["--cache-dir", str(run["cache"]), "--results-dir", str(run["results"])]
+    assert main(["match", "--metric", "dsr", "--shortlist", "5", *args]) == 0
+    assert main(["match", "--metric", "cosine", *args]) == 0
+    D, params = read_distances(run["cache_file"], "dsr")
+    assert params["weighted"] is False and params["shortlist"] == 5
+    q, g = read_split(run["cache_file"], "query"), read_split(run["cache_file"], "gallery")
+    full = fpr_distances(q.spatial, g.spatial, weighted=False, backend="numpy")
+    # each row's 5 shortlisted entries carry their DSR distances
+    for i in range(len(q.paths)):
+        near = np.argsort(global_distances(q.global_features[i : i + 1], g.global_features)[0], kind="stable")[:5]
+        np.testing.assert_allclose(D[i, near], full[i, near], rtol=1e-5, atol=1e-6)  # float32 engine tolerance
+    assert (run["results"] / "partial_reid__cosine.json").is_file()
+
+
+def test_user_errors_are_one_line(run, tmp_path, capsys):
+    cases = [
+        (["match", "--metric", "fpr", "--cache-dir", str(tmp_path / "empty")], "no complete feature cache"),
+        (["match", "--metric", "euclidean", "--fuse", "0.5", "--cache-dir", str(run["cache"]),
+          "--results-dir", str(tmp_path)], "--fuse"),
+        (["extract", "--dataset", "partial_reid", "--root", str(run["data"] / "Partial-REID"),
+          "--cache-dir", str(tmp_path), "--allow-mismatch"], "checkpoint init"),
+        (["extract", "--dataset", "partial_reid", "--root", str(run["data"] / "Partial-REID"),
+          "--checkpoint", str(tmp_path / "nope.pt"), "--cache-dir", str(tmp_path), "--allow-mismatch"], "nope.pt"),
+        (["match", "--metric", "fpr", "--cache-dir", str(run["cache"]), "--checkpoint", str(tmp_path / "x.pt")], "x.pt"),
+    ]
+    for argv, needle in cases:
+        status = main(argv)
+        err = capsys.readouterr().err
+        assert status != 0 and needle in err and "Traceback" not in err, (argv, err)
+
+
+def test_counts_are_checked_unless_allowed_and_finished_extract_is_a_noop(run, capsys):
+    argv = ["extract", "--dataset", "partial_reid", "--data-root", str(run["data"]), "--checkpoint", str(run["ckpt"]),
+            "--cache-dir", str(run["cache"]), "--device", "cpu"]
+    assert main(argv) == 1
+    assert "counts differ" in capsys.readouterr().err
+    mtime = run["cache_file"].stat().st_mtime_ns
+    assert main([*argv, "--allow-mismatch"]) == 0
+    assert "query 12, gallery 12 images" in capsys.readouterr().out
+    assert run["cache_file"].stat().st_mtime_ns == mtime
+
+
+def test_select_caches_prefers_the_checkpoint_then_the_newest(run, tmp_path):
+    from reid_eval.model import file_sha256
+
+    assert select_caches(run["cache"]) == {"partial_reid": run["cache_file"]}
+    assert select_caches(run["cache"], "partial_reid", file_sha256(run["ckpt"])) == {"partial_reid": run["cache_file"]}
+    with pytest.raises(Exception, match="checkpoint"):
+        select_caches(run["cache"], "partial_reid", "f" * 64)
