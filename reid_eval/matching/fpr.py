@@ -1,0 +1,610 @@
+"""All-pairs FPR / DSR distances: one matrix product per tile (NumPy or CuPy).
+
+The engine uses the eigen form of :mod:`reid_eval.matching.definition`: for a
+gallery image with rows Y ``[M, d]``, ``Y Yᵀ = Q Λ Qᵀ`` (float64, M×M) and
+``Bt = diag(√(λ+2β)/(λ+β)) Qᵀ Y`` ``[M, d]`` give, for every probe location x,
+``e² = ‖x‖² − ‖Bt x‖²`` (this holds for M > d too, where Y Yᵀ is singular:
+its zero eigenvalues give rows of Bt that are zero). The Bt of the images of a
+gallery block are stacked ``[ΣM, d]``, the probe locations of a probe block
+``[ΣN, d]``; a tile is then
+
+1. one GEMM  ``C = Bt_stack @ X_stackᵀ``  ``[ΣM, ΣN]``,
+2. ``C *= C`` and a sum over each gallery image's M rows ``-> S [g, ΣN]``,
+3. ``e² = ‖x‖² − S``, refinement (below), clamp at 0, square root,
+4. a sum over each probe's N columns weighted by h̃ ``-> [p, g]``.
+
+Float32 accuracy. ‖x‖² − S cancels when the residual is small, and the square
+root amplifies the error: the float32 S carries an error up to about
+``δs = κ·u·(0.7·√d + √M + 5)·‖x‖²`` (u = 2⁻²⁴; GEMM accumulation, rounding
+of the operands, the squared sum). The model was fitted to the worst error
+measured over d = 4..2048, M = 1..110 (self matches, probes in the span of
+the gallery image, random and non-negative features) and κ =
+:data:`ERROR_KAPPA` = 1.5 puts it at least 1.7 times above every measured
+error.
+For an entry with float32 ``e² ≥ (δs/atol)²`` the error of e is at most
+``δs/e ≤ atol``; every other (probe location, gallery image) entry is
+recomputed in float64 from the float64 rows. At d = 2048, M = 110 and the
+default ``float32_atol`` = 9e-6 (distances within 1e-5 of the float64
+definition) that is every entry with e below about 0.47: none on random data,
+the close locations of same-identity pairs on real data, each costing a small
+float64 product. A larger ``float32_atol`` shrinks that set quadratically.
+
+Memory. Tiles are sized so that operands, the tile product and the epilogue
+stay within ``memory_budget_bytes`` (default 1.5 GB, whatever P and G are;
+the [P, G] result is extra). A tile is a pure function
+:func:`fpr_tile` of a prepared probe block (:func:`prepare_probes`) and a
+prepared gallery block (:func:`prepare_gallery`), so tiles can be scheduled
+anywhere.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from reid_eval.features.spatial import SpatialFeatures
+from reid_eval.matching.backend import blas_threads, get_array_module, segment_sum, to_numpy
+from reid_eval.matching.definition import DEFAULT_BETA, eigen_basis_scale
+from reid_eval.matching.global_distance import global_distances
+
+__all__ = [
+    "DEFAULT_MEMORY_BUDGET",
+    "ERROR_KAPPA",
+    "ProbeBlock",
+    "GalleryBasis",
+    "prepare_probes",
+    "prepare_gallery",
+    "fpr_tile",
+    "fpr_distances",
+    "dsr_distances",
+    "plan_blocks",
+]
+
+#: Default bound on the working memory of the engine, in bytes.
+DEFAULT_MEMORY_BUDGET = 1_500_000_000
+#: Constant of the float32 error model of S (see module docstring).
+ERROR_KAPPA = 1.5
+#: Default absolute accuracy of each e (and so of each distance) in float32.
+DEFAULT_FLOAT32_ATOL = 9e-6
+_U32 = 2.0**-24
+_PRECISIONS = ("float32", "float64")
+
+
+@dataclass(frozen=True)
+class ProbeBlock:
+    """Prepared probe images (arrays on the backend's module).
+
+    x: ``[R, d]`` GEMM operand (float32 or float64): the normalised rows.
+    local: ``[R, d]`` float32 input rows (float64 rows are rebuilt from them
+        for refinement).
+    inv_norm: ``[R]`` float64 scale of each row (1/‖row‖, or 1).
+    sqnorm: ``[R]`` float64 ‖x‖² of the exact (float64) normalised rows.
+    weights: ``[R]`` float64 h̃, summing to 1 over each image.
+    offsets: host int64 ``[p+1]`` image boundaries in the rows.
+    """
+
+    x: Any
+    local: Any
+    inv_norm: Any
+    sqnorm: Any
+    weights: Any
+    offsets: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.offsets.shape[0] - 1)
+
+    def rows64(self, rows: Any) -> Any:
+        """``[k, d]`` float64 normalised rows ``rows`` (for refinement)."""
+        return self.local[rows].astype(self.inv_norm.dtype) * self.inv_norm[rows][:, None]
+
+    def take_image(self, i: int) -> ProbeBlock:
+        """Probe image ``i`` of this block, as a block of its own."""
+        a, b = int(self.offsets[i]), int(self.offsets[i + 1])
+        return ProbeBlock(
+            x=self.x[a:b], local=self.local[a:b], inv_norm=self.inv_norm[a:b], sqnorm=self.sqnorm[a:b],
+            weights=self.weights[a:b], offsets=np.array([0, b - a], dtype=np.int64),
+        )
+
+
+@dataclass(frozen=True)
+class GalleryBasis:
+    """Prepared gallery images: the stacked basis rows Bt of every image.
+
+    bt: ``[R, d]`` GEMM operand (float32 or float64).
+    local: ``[R, d]`` float32 input rows; inv_norm: ``[R]`` float64 row scales.
+    q: ``[Σ M², ]`` float64 eigenvectors of each image's Y Yᵀ, flattened image
+        by image (``q_offsets`` ``[g+1]`` host); scale: ``[R]`` float64
+        √(λ+2β)/(λ+β) of each basis row. With these, float64 ``Bt x`` of image
+        g is ``scale · (Qᵀ (Y x))``, used to refine small residuals.
+    offsets: host int64 ``[g+1]`` image boundaries in the rows.
+    """
+
+    bt: Any
+    local: Any
+    inv_norm: Any
+    q: Any
+    q_offsets: np.ndarray
+    scale: Any
+    offsets: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.offsets.shape[0] - 1)
+
+    def take(self, indices: np.ndarray) -> GalleryBasis:
+        """The basis of the images ``indices`` (host int array), in that order."""
+        xp = _module_of(self.bt)
+        indices = np.asarray(indices, dtype=np.int64)
+        rows, offsets = _gather_segments(self.offsets, indices)
+        qrows, q_offsets = _gather_segments(self.q_offsets, indices)
+        rows_x, qrows_x = xp.asarray(rows), xp.asarray(qrows)
+        return GalleryBasis(
+            bt=self.bt[rows_x], local=self.local[rows_x], inv_norm=self.inv_norm[rows_x],
+            q=self.q[qrows_x], q_offsets=q_offsets, scale=self.scale[rows_x], offsets=offsets,
+        )
+
+    def basis64(self, g: int) -> Any:
+        """``[M, d]`` float64 rows of Bt of image ``g`` (for refinement)."""
+        a, b = int(self.offsets[g]), int(self.offsets[g + 1])
+        m = b - a
+        y = self.local[a:b].astype(self.inv_norm.dtype) * self.inv_norm[a:b][:, None]
+        q = self.q[int(self.q_offsets[g]) : int(self.q_offsets[g + 1])].reshape(m, m)
+        return (q.T * self.scale[a:b][:, None]) @ y
+
+
+def _gather_segments(offsets: np.ndarray, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices of segments ``indices`` of ``offsets``, and the new offsets."""
+    counts = np.diff(offsets)[indices]
+    new = np.zeros(indices.size + 1, dtype=np.int64)
+    np.cumsum(counts, out=new[1:])
+    rows = np.repeat(offsets[indices] - new[:-1], counts) + np.arange(int(new[-1]))
+    return rows, new
+
+
+def _module_of(a: Any) -> ModuleType:
+    if isinstance(a, np.ndarray):
+        return np
+    import cupy
+
+    return cupy
+
+
+def _image_of_row(offsets: np.ndarray, row: int) -> int:
+    return int(np.searchsorted(offsets, row, side="right") - 1)
+
+
+def _row_sqnorms(xp: ModuleType, rows: Any) -> Any:
+    """``[L]`` float64 squared norms of float32 rows ``[L, d]`` (float64 accumulation)."""
+    if xp is np:
+        return np.einsum("ij,ij->i", rows, rows, dtype=np.float64)  # casts in cache-sized chunks
+    rows64 = rows.astype(xp.float64)
+    return (rows64 * rows64).sum(axis=1)
+
+
+def _check_rows(
+    xp: ModuleType, sq: Any, row0: int, features: SpatialFeatures, role: str, index_base: int, normalize: bool
+) -> None:
+    """Raise ValueError for a non-finite (or, when normalising, zero) squared norm.
+
+    ``sq`` holds the squared norms of rows ``row0 ...`` of ``features``; the
+    message names ``role``, the image (``index_base`` + local index) and the
+    location.
+    """
+    bad = ~xp.isfinite(sq)
+    if normalize:
+        bad |= sq == 0
+    if bool(bad.any()):
+        k = int(xp.flatnonzero(bad)[0])
+        row = row0 + k
+        i = _image_of_row(features.offsets, row)
+        loc = row - int(features.offsets[i])
+        what = "contains NaN or infinity" if not math.isfinite(float(sq[k])) else "is all zero and cannot be L2-normalised"
+        raise ValueError(f"{role} image {index_base + i}, location {loc} {what}")
+
+
+def _check_gathered(
+    xp: ModuleType, sq: Any, batch: np.ndarray, m: int, features: SpatialFeatures, index_base: int, normalize: bool
+) -> None:
+    """:func:`_check_rows` for the rows of the images ``batch`` (``m`` each)."""
+    for j, i in enumerate(batch.tolist()):
+        _check_rows(xp, sq[j * m : (j + 1) * m], int(features.offsets[i]), features, "gallery", index_base, normalize)
+
+
+def _check_counts(features: SpatialFeatures, role: str, index_base: int) -> None:
+    counts = features.counts
+    if np.any(counts == 0):
+        i = int(np.flatnonzero(counts == 0)[0])
+        raise ValueError(f"{role} image {index_base + i} has no locations")
+
+
+def prepare_probes(
+    features: SpatialFeatures,
+    *,
+    weighted: bool = True,
+    normalize: bool = True,
+    precision: str = "float32",
+    backend: str | ModuleType = "auto",
+    index_base: int = 0,
+) -> ProbeBlock:
+    """Normalise and weight probe images for :func:`fpr_tile`.
+
+    ``weighted=True`` uses the foreground probabilities (FPR, Eq. 5; they must
+    be present, non-negative, with a positive sum per image); ``False`` gives
+    every location of an image the same weight (DSR, Eq. 4). ``index_base``
+    only shifts the image indices quoted in error messages.
+    """
+    xp = backend if isinstance(backend, ModuleType) else get_array_module(backend)
+    _check_precision(precision)
+    _check_counts(features, "probe", index_base)
+    local = xp.asarray(features.local)
+    sq = _row_sqnorms(xp, local)
+    _check_rows(xp, sq, 0, features, "probe", index_base, normalize)
+    inv_norm = 1.0 / xp.sqrt(sq) if normalize else xp.ones_like(sq)
+    if precision == "float32":
+        # One float32 pass; its rounding (a relative u per element and per
+        # row scale) is inside the error model of S.
+        x = local * inv_norm.astype(xp.float32)[:, None]
+    else:
+        x = local.astype(xp.float64) * inv_norm[:, None]
+    sqnorm = sq * inv_norm * inv_norm  # ‖x‖² of the exact normalised rows
+    counts = features.counts
+    if weighted:
+        if features.foreground is None:
+            raise ValueError("weighted=True (FPR) needs the probe foreground probabilities; use weighted=False for DSR")
+        h = features.foreground.astype(np.float64)
+        if np.any(h < 0):
+            row = int(np.flatnonzero(h < 0)[0])
+            raise ValueError(f"probe image {index_base + _image_of_row(features.offsets, row)} has a negative foreground probability")
+        totals = np.add.reduceat(h, features.offsets[:-1])
+        if np.any(~(totals > 0)):
+            i = int(np.flatnonzero(~(totals > 0))[0])
+            raise ValueError(f"probe image {index_base + i} has foreground probabilities summing to 0")
+        w = h / np.repeat(totals, counts)
+    else:
+        w = np.repeat(1.0 / counts, counts)
+    return ProbeBlock(
+        x=x, local=local, inv_norm=inv_norm, sqnorm=sqnorm, weights=xp.asarray(w), offsets=features.offsets.copy()
+    )
+
+
+def prepare_gallery(
+    features: SpatialFeatures,
+    *,
+    beta: float = DEFAULT_BETA,
+    normalize: bool = True,
+    precision: str = "float32",
+    backend: str | ModuleType = "auto",
+    index_base: int = 0,
+) -> GalleryBasis:
+    """Compute the stacked basis rows Bt of every gallery image (float64 eigh).
+
+    Images with the same number of locations M are processed in batches:
+    Gram ``Y Yᵀ`` ``[k, M, M]``, eigh, ``Bt = diag(scale) Qᵀ Y``, all in
+    float64 but the last product, done in the operand precision.
+    """
+    xp = backend if isinstance(backend, ModuleType) else get_array_module(backend)
+    _check_precision(precision)
+    if not beta > 0:
+        raise ValueError(f"beta must be positive, got {beta}")
+    _check_counts(features, "gallery", index_base)
+    local = xp.asarray(features.local)
+    n_rows, d = local.shape
+    dtype = xp.float32 if precision == "float32" else xp.float64
+    bt = xp.empty((n_rows, d), dtype=dtype)
+    inv_norm = xp.empty(n_rows, dtype=xp.float64)
+    scale = xp.empty(n_rows, dtype=xp.float64)
+    counts = features.counts
+    q_offsets = np.zeros(len(counts) + 1, dtype=np.int64)
+    np.cumsum(counts * counts, out=q_offsets[1:])
+    q = xp.empty(int(q_offsets[-1]), dtype=xp.float64)
+    starts = features.offsets[:-1]
+    jobs: list[tuple[int, np.ndarray]] = []
+    for m in np.unique(counts):
+        members = np.flatnonzero(counts == m)
+        per_batch = max(1, 2048 // int(m))
+        jobs += [(int(m), members[b0 : b0 + per_batch]) for b0 in range(0, members.size, per_batch)]
+
+    def run(job: tuple[int, np.ndarray]) -> None:
+        m, batch = job
+        k = batch.size
+        if batch[-1] - batch[0] == k - 1:  # consecutive images: a slice, no gather
+            rows = slice(int(starts[batch[0]]), int(starts[batch[0]]) + k * m)
+        else:
+            rows = xp.asarray((starts[batch][:, None] + np.arange(m)[None, :]).reshape(-1))
+        y_in = local[rows].reshape(k, m, d)
+        y64 = y_in.astype(xp.float64)
+        raw = y64 @ y64.transpose(0, 2, 1)  # Gram of the raw rows, float64
+        sq = xp.diagonal(raw, axis1=1, axis2=2).reshape(-1)
+        if isinstance(rows, slice):
+            _check_rows(xp, sq, rows.start, features, "gallery", index_base, normalize)
+        else:
+            _check_gathered(xp, sq, batch, m, features, index_base, normalize)
+        inv = (1.0 / xp.sqrt(sq) if normalize else xp.ones_like(sq)).reshape(k, m)
+        # Gram of the normalised rows, its eigenvectors, and
+        # Bt = diag(scale) Qᵀ diag(inv) Y_raw: float64 but the last product,
+        # which is done in the operand precision.
+        lam, vec = xp.linalg.eigh(raw * inv[:, :, None] * inv[:, None, :])
+        sc = eigen_basis_scale(lam, beta)  # [k, M]
+        coef = vec.transpose(0, 2, 1) * sc[:, :, None] * inv[:, None, :]
+        operand = y_in if dtype == xp.float32 else y64
+        bt[rows] = (coef.astype(dtype) @ operand).reshape(-1, d)
+        inv_norm[rows] = inv.reshape(-1)
+        scale[rows] = sc.reshape(-1)
+        qrows = (q_offsets[batch][:, None] + np.arange(m * m)[None, :]).reshape(-1)
+        q[xp.asarray(qrows)] = vec.reshape(-1)
+
+    # Many small products and eigendecompositions: one BLAS thread each,
+    # and on a CPU the batches spread over Python threads (NumPy releases
+    # the GIL in BLAS, LAPACK and ufunc loops). Batches write disjoint rows.
+    with blas_threads(1):
+        workers = min(len(jobs), os.cpu_count() or 1) if xp is np else 1
+        if workers > 1:
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                for future in [pool.submit(run, job) for job in jobs]:
+                    future.result()
+        else:
+            for job in jobs:
+                run(job)
+    return GalleryBasis(
+        bt=bt, local=local, inv_norm=inv_norm, q=q, q_offsets=q_offsets, scale=scale, offsets=features.offsets.copy()
+    )
+
+
+def _refine_threshold(xp: ModuleType, d: int, gallery_counts: np.ndarray, sqnorm: Any, atol: float) -> Any:
+    """``[g, R]`` float64: float32 e² below this is recomputed in float64."""
+    per_gallery = ERROR_KAPPA * _U32 * (0.7 * math.sqrt(d) + np.sqrt(gallery_counts) + 5.0) / atol  # [g]
+    return (xp.asarray(per_gallery)[:, None] * sqnorm[None, :]) ** 2
+
+
+def fpr_tile(probes: ProbeBlock, gallery: GalleryBasis, *, float32_atol: float = DEFAULT_FLOAT32_ATOL) -> Any:
+    """Distances of every probe of ``probes`` to every image of ``gallery``.
+
+    A pure function of its two prepared blocks. Returns a ``[p, g]`` array on
+    the backend's module: float32 when the operands are float32 (each value
+    within ``float32_atol`` of the float64 definition), float64 when they are
+    float64.
+    """
+    xp = _module_of(probes.x)
+    if probes.x.dtype != gallery.bt.dtype:
+        raise ValueError("probe and gallery blocks were prepared with different precisions")
+    if probes.x.shape[1] != gallery.bt.shape[1]:
+        raise ValueError(f"probe dimension {probes.x.shape[1]} differs from gallery dimension {gallery.bt.shape[1]}")
+    c = gallery.bt @ probes.x.T  # [ΣM, ΣN], the one big GEMM
+    s = _squared_segment_sum(xp, c, gallery.offsets)  # [g, ΣN] float64
+    del c
+    e2 = probes.sqnorm[None, :] - s
+    if probes.x.dtype == xp.float32:
+        counts = np.diff(gallery.offsets)
+        flagged = e2 < _refine_threshold(xp, probes.x.shape[1], counts, probes.sqnorm, float32_atol)
+        _refine(xp, e2, flagged, probes, gallery)
+    e = xp.sqrt(xp.maximum(e2, 0.0))
+    e *= probes.weights[None, :]
+    dist = segment_sum(xp, e, probes.offsets, axis=1)  # [g, p]
+    return dist.T.astype(probes.x.dtype)
+
+
+def _squared_segment_sum(xp: ModuleType, c: Any, offsets: np.ndarray) -> Any:
+    """Square ``c`` ``[ΣM, ΣN]`` in place and sum each gallery image's rows: ``[g, ΣN]`` float64.
+
+    On a CPU the gallery images are split over threads (NumPy releases the
+    GIL in ufunc loops), so this memory-bound pass uses every core like the
+    GEMM before it.
+    """
+    g = offsets.shape[0] - 1
+    workers = min(g, os.cpu_count() or 1) if xp is np else 1
+    if workers <= 1:
+        c *= c
+        return segment_sum(xp, c, offsets, axis=0)
+    out = np.empty((g, c.shape[1]), dtype=np.float64)
+    cuts = np.linspace(0, g, workers + 1).round().astype(int)
+
+    def run(a: int, b: int) -> None:
+        part = c[offsets[a] : offsets[b]]
+        part *= part
+        out[a:b] = segment_sum(np, part, offsets[a : b + 1] - offsets[a], axis=0)
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for future in [pool.submit(run, int(a), int(b)) for a, b in zip(cuts[:-1], cuts[1:]) if b > a]:
+            future.result()
+    return out
+
+
+def _refine(xp: ModuleType, e2: Any, flagged: Any, probes: ProbeBlock, gallery: GalleryBasis) -> None:
+    """Recompute the flagged entries of ``e2`` ``[g, R]`` in float64, in place."""
+    gi, ni = xp.nonzero(flagged)
+    if gi.shape[0] == 0:
+        return
+    gi_host = to_numpy(gi)
+    cuts = np.flatnonzero(np.diff(gi_host)) + 1
+    bounds = np.concatenate([[0], cuts, [gi_host.shape[0]]])
+    with blas_threads(1):
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            g = int(gi_host[a])
+            cols = ni[a:b]
+            x64 = probes.rows64(cols)  # [k, d]
+            z = x64 @ gallery.basis64(g).T  # [k, M]
+            e2[g, cols] = (x64 * x64).sum(axis=1) - (z * z).sum(axis=1)
+
+
+def _check_precision(precision: str) -> None:
+    if precision not in _PRECISIONS:
+        raise ValueError(f"precision must be 'float32' or 'float64', got {precision!r}")
+
+
+def plan_blocks(counts: np.ndarray, max_rows: int) -> list[tuple[int, int]]:
+    """Split images into consecutive ranges of at most ``max_rows`` locations.
+
+    A single image larger than ``max_rows`` gets a range of its own.
+    Returns ``[(start, stop), ...]`` image index ranges covering all images.
+    """
+    blocks: list[tuple[int, int]] = []
+    start, rows = 0, 0
+    for i, c in enumerate(np.asarray(counts).tolist()):
+        if rows and rows + c > max_rows:
+            blocks.append((start, i))
+            start, rows = i, 0
+        rows += c
+    if len(counts):
+        blocks.append((start, len(counts)))
+    return blocks
+
+
+def _max_tile_rows(d: int, budget: int, precision: str) -> int:
+    """Rows per block R (probe and gallery alike) so that one tile fits ``budget``.
+
+    Per row of either block: its GEMM operand (4 or 8 bytes × d) plus room for
+    the float64 batch temporaries of the gallery preparation, 16·d bytes
+    budgeted. Per entry of the [R, R] product: 4 bytes (float32) plus the
+    float64 running sum of CuPy's ragged segment sum, 12 bytes budgeted
+    (16 in float64 precision). The inputs themselves are the caller's.
+    """
+    per_row = 16 * d
+    per_entry = 12 if precision == "float32" else 16
+    r = (-2 * per_row + math.sqrt((2 * per_row) ** 2 + 4 * per_entry * budget)) / (2 * per_entry)
+    return max(1, int(r))
+
+
+def fpr_distances(
+    probe: SpatialFeatures,
+    gallery: SpatialFeatures,
+    beta: float = DEFAULT_BETA,
+    weighted: bool = True,
+    backend: str = "auto",
+    normalize: bool = True,
+    precision: str = "float32",
+    memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET,
+    shortlist: int | None = None,
+    probe_global: np.ndarray | None = None,
+    gallery_global: np.ndarray | None = None,
+    shortlist_metric: str = "euclidean",
+    float32_atol: float = DEFAULT_FLOAT32_ATOL,
+) -> np.ndarray:
+    """FPR (``weighted=True``) or DSR (``weighted=False``) distance of every probe to every gallery image.
+
+    Parameters
+    ----------
+    probe, gallery:
+        the images' spatial features; the probe's foreground is needed for FPR.
+    beta:
+        ridge parameter β (0.01 in the paper).
+    backend:
+        ``"numpy"``, ``"cupy"`` or ``"auto"`` (CuPy when a GPU is present).
+    normalize:
+        L2-normalise each location first (the authors' code does).
+    precision:
+        ``"float32"`` (GEMM in float32, every distance within ``float32_atol``
+        of the float64 definition) or ``"float64"`` (for checks).
+    memory_budget_bytes:
+        bound on the engine's working memory (tile size); results do not
+        depend on it beyond GEMM rounding (BLAS may pick other kernels for
+        other tile shapes).
+    shortlist:
+        ``K``: compute FPR only for each probe's K nearest gallery images by
+        ``shortlist_metric`` on ``probe_global`` ``[P, d']`` /
+        ``gallery_global`` ``[G, d']`` (the authors' code re-ranks K = 100).
+        The other entries of that probe's row hold
+        ``max(its shortlisted FPR) + 1 + r`` where r = 0, 1, ... is their rank
+        by global distance, so every row ranks the shortlist by FPR first and
+        the rest in global order behind it; those values are ranks, not
+        distances.
+
+    Returns
+    -------
+    ``[P, G]`` host NumPy array, float32 (float64 with ``precision="float64"``).
+    The distance is not symmetric: probes are reconstructed from gallery images.
+    """
+    _check_precision(precision)
+    if not isinstance(probe, SpatialFeatures) or not isinstance(gallery, SpatialFeatures):
+        raise ValueError("probe and gallery must be SpatialFeatures")
+    if probe.dim != gallery.dim:
+        raise ValueError(f"probe features have d={probe.dim}, gallery features d={gallery.dim}")
+    if weighted and probe.foreground is None:
+        raise ValueError("weighted=True (FPR) needs the probe foreground probabilities; use weighted=False for DSR")
+    if not beta > 0:
+        raise ValueError(f"beta must be positive, got {beta}")
+    if not memory_budget_bytes > 0:
+        raise ValueError(f"memory_budget_bytes must be positive, got {memory_budget_bytes}")
+    if not float32_atol > 0:
+        raise ValueError(f"float32_atol must be positive, got {float32_atol}")
+    xp = get_array_module(backend)
+    n_probe, n_gallery = len(probe), len(gallery)
+    out_dtype = np.float32 if precision == "float32" else np.float64
+    if n_probe == 0 or n_gallery == 0:
+        return np.zeros((n_probe, n_gallery), dtype=out_dtype)
+    opts = dict(normalize=normalize, precision=precision, backend=xp)
+    max_rows = _max_tile_rows(probe.dim, int(memory_budget_bytes), precision)
+    probe_blocks = plan_blocks(probe.counts, max_rows)
+    gallery_blocks = plan_blocks(gallery.counts, max_rows)
+
+    def probe_block(a: int, b: int) -> ProbeBlock:
+        return prepare_probes(probe[a:b], weighted=weighted, index_base=a, **opts)
+
+    def gallery_block(a: int, b: int) -> GalleryBasis:
+        return prepare_gallery(gallery[a:b], beta=beta, index_base=a, **opts)
+
+    if shortlist is not None and shortlist < n_gallery:
+        return _shortlisted(
+            probe_block, gallery_block, probe_blocks, gallery_blocks, n_probe, n_gallery, shortlist,
+            probe_global, gallery_global, shortlist_metric, float32_atol, out_dtype,
+        )
+    out = np.empty((n_probe, n_gallery), dtype=out_dtype)
+    single = probe_block(*probe_blocks[0]) if len(probe_blocks) == 1 else None
+    for ga, gb in gallery_blocks:
+        basis = gallery_block(ga, gb)
+        for pa, pb in probe_blocks:
+            block = single if single is not None else probe_block(pa, pb)
+            out[pa:pb, ga:gb] = to_numpy(fpr_tile(block, basis, float32_atol=float32_atol))
+    return out
+
+
+def _shortlisted(
+    probe_block, gallery_block, probe_blocks, gallery_blocks, n_probe, n_gallery, k,
+    probe_global, gallery_global, metric, atol, out_dtype,
+) -> np.ndarray:
+    """Shortlist path of :func:`fpr_distances` (see its docstring)."""
+    if k < 1:
+        raise ValueError(f"shortlist must be at least 1, got {k}")
+    if probe_global is None or gallery_global is None:
+        raise ValueError("shortlist needs probe_global and gallery_global features")
+    probe_global = np.asarray(probe_global)
+    gallery_global = np.asarray(gallery_global)
+    if probe_global.shape[0] != n_probe or gallery_global.shape[0] != n_gallery:
+        raise ValueError(
+            f"global features have {probe_global.shape[0]} probe / {gallery_global.shape[0]} gallery rows, "
+            f"expected {n_probe} / {n_gallery}"
+        )
+    order = np.argsort(global_distances(probe_global, gallery_global, metric=metric), axis=1, kind="stable")
+    short = order[:, :k]  # [P, K] gallery indices
+    exact = np.empty((n_probe, k), dtype=np.float64)
+    gallery_start = np.array([a for a, _ in gallery_blocks])
+    block_of = np.searchsorted(gallery_start, short, side="right") - 1  # [P, K]
+    for bi, (ga, gb) in enumerate(gallery_blocks):
+        basis = None
+        for pa, pb in probe_blocks:
+            rows, cols = np.nonzero(block_of[pa:pb] == bi)
+            if rows.size == 0:
+                continue
+            if basis is None:
+                basis = gallery_block(ga, gb)
+            block = probe_block(pa, pb)
+            for p in np.unique(rows):
+                sel = cols[rows == p]
+                sub = basis.take(short[pa + p, sel] - ga)
+                single = block.take_image(int(p))
+                exact[pa + p, sel] = to_numpy(fpr_tile(single, sub, float32_atol=atol))[0]
+    out = np.empty((n_probe, n_gallery), dtype=np.float64)
+    rest = order[:, k:]
+    behind = exact.max(axis=1, keepdims=True) + 1.0 + np.arange(rest.shape[1])[None, :]
+    np.put_along_axis(out, short, exact, axis=1)
+    np.put_along_axis(out, rest, behind, axis=1)
+    return out.astype(out_dtype)
+
+
+def dsr_distances(probe: SpatialFeatures, gallery: SpatialFeatures, **kwargs: Any) -> np.ndarray:
+    """DSR distances (Eq. 4): :func:`fpr_distances` with ``weighted=False``."""
+    return fpr_distances(probe, gallery, weighted=False, **kwargs)
