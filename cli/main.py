@@ -15,7 +15,7 @@ from reid_eval import __version__
 from reid_eval.errors import ReidEvalError
 
 # Modules whose import adds commands to `cli` (each calls cli.add_command).
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("cli.dataset_commands", "cli.model_commands", "cli.extract_commands", "cli.report_commands", "cli.train_commands")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -1,0 +1,55 @@
+"""`reid-eval demo` end to end with the tiny configuration."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from cli.main import main
+
+DESIGN_KEYS = {"dataset", "metric", "cmc", "mAP", "mINP", "ap_flavour", "num_query", "num_valid_query",
+               "num_gallery", "params", "checkpoint_sha256", "created"}
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    # Tiny tensors: one intra-op thread is as fast, and avoids OpenMP spin-waits
+    # when other test processes share the cores.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_tiny_demo_end_to_end_and_rerun(tmp_path, capsys):
+    work = tmp_path / "demo"
+    assert main(["demo", "--workdir", str(work), "--size", "tiny", "--device", "cpu"]) == 0
+    out, err = capsys.readouterr()
+    main_table = out.split("| method | rank-1 | rank-5 | mAP |")[1].split("\n\n")[0]
+    rows = ["| method |"] + [line for line in main_table.splitlines() if line.startswith("| ") and "---" not in line]
+    assert [r.split("|")[1].strip().split(" ")[0] for r in rows] == ["method", "Baseline", "DSR", "FPR"]
+    for row in rows[1:]:
+        values = [float(v) for v in row.split("|")[2:5]]
+        assert all(0.0 <= v <= 100.0 for v in values) and values[0] <= values[1]  # rank-1 ≤ rank-5
+    for metric in ("euclidean", "dsr", "fpr"):
+        record = json.loads((work / "results" / f"synthetic_occluded__{metric}.json").read_text())
+        assert DESIGN_KEYS <= set(record) and record["metric"] == metric
+        assert record["num_query"] == 12 and record["num_gallery"] == 12
+        assert record["params"]["resize"] == "keep-aspect"
+    assert "rank-1 occluded" in out and "rank-1 partial" in out
+    # the table printed is the one in the results files
+    fpr = json.loads((work / "results" / "synthetic_occluded__fpr.json").read_text())
+    assert f"{100 * fpr['cmc'][0]:.1f}" == rows[3].split("|")[2].strip()
+    summary = json.loads((work / "demo_summary.json").read_text())
+    assert set(summary["rows"]) == {"euclidean", "dsr", "fpr"} and summary["timings_s"]["total"] > 0
+    assert (work / "train" / "model.pt").is_file() and (work / "train" / "train_log.jsonl").is_file()
+    assert (work / "results" / "tables" / "report.md").is_file()
+    assert "generate" in err and "train" in err  # progress and messages go to stderr
+    # a second run reuses the set, the model and the cache, and gives the same table
+    assert main(["demo", "--workdir", str(work), "--size", "tiny", "--device", "cpu", "--no-report"]) == 0
+    out2, err2 = capsys.readouterr()
+    assert "reusing the trained model" in err2 and "reused the synthetic set" in err2
+    assert [line for line in out2.splitlines() if line.startswith("| ")] == \
+        [line for line in out.splitlines() if line.startswith("| ")]
