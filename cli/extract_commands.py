@@ -7,7 +7,6 @@ from pathlib import Path
 
 import click
 
-from cli.main import cli
 from cli.options import cache_dir_option, checkpoint_option, data_root_option, results_dir_option
 from reid_eval.features import RESIZE_MODES, SPLITS, extract_dataset
 
@@ -55,7 +54,7 @@ def _dataset_root(name: str, root: Path | None, data_root: Path) -> Path:
     return find_dataset_root(name, data_root)
 
 
-@cli.command("extract")
+@click.command("extract")
 @click.option("--dataset", required=True, help="Dataset name (see `reid-eval datasets`).")
 @click.option("--root", type=click.Path(file_okay=False, path_type=Path), default=None, help="The dataset's own folder [default: found under --data-root].")
 @data_root_option
@@ -101,7 +100,7 @@ def extract_command(dataset, root, data_root, cache_dir, checkpoint, device, bat
     click.echo(f"{dataset}: {', '.join(parts)} images -> {path}")
 
 
-@cli.command("match")
+@click.command("match")
 @click.option("--metric", type=click.Choice(["fpr", "dsr", "euclidean", "cosine"]), required=True, help="fpr/dsr: pyramid reconstruction; euclidean/cosine: global features (Baseline).")
 @click.option("--dataset", default=None, help="Dataset to match [default: every dataset in the cache dir].")
 @click.option("--beta", type=float, default=0.01, show_default=True, help="Ridge β of the reconstruction (paper: 0.01).")
@@ -130,3 +129,7 @@ def match_command(metric, dataset, beta, backend, shortlist, fuse, fuse_global, 
     for name, path in select_caches(cache_dir, dataset, sha).items():
         outcome = match_cache(path, metric, results_dir, beta=beta, backend=backend, shortlist=shortlist, fuse=fuse, fuse_global=fuse_global, ap=ap)
         click.echo(outcome.summary)
+
+
+# What cli.main.COMMANDS says this module defines; its lazy group picks a command from here by name.
+COMMANDS: tuple[click.Command, ...] = (extract_command, match_command)

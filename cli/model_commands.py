@@ -7,7 +7,6 @@ from pathlib import Path
 import click
 import torch
 
-from cli.main import cli
 from reid_eval.model import CONVERT_SOURCES, RESNET_NAMES, ModelConfig, build_model, convert_checkpoint, file_sha256, save_checkpoint
 
 
@@ -38,7 +37,7 @@ def _with_geometry(f):
     return f
 
 
-@cli.group("checkpoint")
+@click.group("checkpoint")
 def checkpoint_group() -> None:
     """Write model checkpoints in reid-eval's format."""
 
@@ -72,3 +71,7 @@ def convert_command(source: str, in_file: Path, out: Path, backbone: str | None,
     model, config, extra = convert_checkpoint(source, in_file, seed, **fields)
     save_checkpoint(out, model, config, extra=extra)
     click.echo(f"wrote {out} ({config.backbone} from {source}; foreground: {extra.get('foreground', 'none')})")
+
+
+# What cli.main.COMMANDS says this module defines; its lazy group picks a command from here by name.
+COMMANDS: tuple[click.Command, ...] = (checkpoint_group,)

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import click
 
-from cli.main import cli
 from cli.options import checkpoint_option, data_root_option
 
 
@@ -71,7 +70,7 @@ def _ints(text: str, option: str) -> tuple[int, ...]:
     return values
 
 
-@cli.command("train")
+@click.command("train")
 @click.option("--dataset", required=True, help="Dataset name (see `reid-eval datasets`); its train split is used.")
 @click.option("--root", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="The dataset's own folder [default: found under --data-root].")
@@ -146,7 +145,7 @@ def train_command(dataset, root, data_root, masks, out_dir, epochs, batch_p, bat
                f"model -> {result.model_path}, log -> {result.log_path}")
 
 
-@cli.command("demo")
+@click.command("demo")
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=Path("demo-work"),
               show_default=True, help="Everything the demo writes goes here; a rerun reuses it.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the synthetic set and the training.")
@@ -179,7 +178,7 @@ def demo_command(workdir, seed, size, device, no_report, threads) -> None:
                                                     if result.report_dir else ""))
 
 
-@cli.command("synthesize")
+@click.command("synthesize")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("synthetic_occluded"),
               show_default=True, help="Dataset folder to write (Market-style layout, masks/, manifest.csv).")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -211,3 +210,7 @@ def synthesize_command(out_dir, seed, train_ids, test_ids, train_images, gallery
     counts = ", ".join(f"{s} {summary.counts.get(s, 0)} images / {summary.ids.get(s, 0)} ids"
                        for s in ("train", "query", "gallery"))
     click.echo(f"{out_dir}: {what}: {counts}; manifest {summary.manifest}")
+
+
+# What cli.main.COMMANDS says this module defines; its lazy group picks a command from here by name.
+COMMANDS: tuple[click.Command, ...] = (train_command, demo_command, synthesize_command)

@@ -1,9 +1,17 @@
-"""The console script's global behaviour: version, help, one-line errors."""
+"""The console script's global behaviour: version, help, one-line errors, lazy command loading."""
 
+import importlib
+import json
 import subprocess
 import sys
+from pathlib import Path
 
-from cli.main import main
+import click
+import pytest
+
+from cli.main import COMMANDS, LazyGroup, cli, main
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_version_prints_package_version(capsys):
@@ -23,3 +31,67 @@ def test_unknown_command_is_a_usage_error_not_a_traceback(capsys):
 def test_console_module_runs_help():
     out = subprocess.run([sys.executable, "-m", "cli", "--help"], capture_output=True, text=True, check=True).stdout
     assert "--debug" in out and "--version" in out
+
+
+def _help_listing(group: click.Group, format_commands, width: int) -> str:
+    ctx = click.Context(group, info_name="reid-eval", terminal_width=width)
+    formatter = ctx.make_formatter()
+    format_commands(group, ctx, formatter)
+    return formatter.getvalue()
+
+
+def test_command_table_matches_the_command_modules():
+    ctx = click.Context(cli, info_name="reid-eval")
+    for module_name in sorted({module for module, _summary in COMMANDS.values()}):
+        module = importlib.import_module(module_name)
+        defined = {command.name: command for command in module.COMMANDS}
+        assert set(defined) == {name for name, (module, _s) in COMMANDS.items() if module == module_name}, module_name
+        for name, command in defined.items():
+            assert cli.get_command(ctx, name) is command
+            # Untruncated: the listing shortens it to the terminal width as click would.
+            assert COMMANDS[name][1] == command.get_short_help_str(limit=sys.maxsize), name
+    assert cli.list_commands(ctx) == sorted(COMMANDS)
+    # The listing drawn from the table equals click's own listing of the imported commands.
+    for width in (40, 80, 200):
+        assert _help_listing(cli, LazyGroup.format_commands, width) == _help_listing(cli, click.Group.format_commands, width)
+
+
+@pytest.mark.parametrize(
+    ("argv", "modules"),
+    [
+        (["--help"], []),
+        (["--version"], []),
+        (["datasets", "--data-root", "{tmp}"], ["cli.dataset_commands"]),
+        (["manifest", "--help"], ["cli.dataset_commands"]),
+    ],
+)
+def test_cli_imports_only_the_invoked_command_module_and_no_torch(argv, modules, tmp_path):
+    code = (
+        "import json, sys\n"
+        "from cli.main import main\n"
+        "status = main(sys.argv[1:])\n"
+        "loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision')"
+        " or m.startswith('cli.') and m.endswith('_commands'))\n"
+        "print(json.dumps([status, loaded]))\n"
+    )
+    args = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    run = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, check=True, cwd=ROOT)
+    status, loaded = json.loads(run.stdout.strip().splitlines()[-1])
+    assert status == 0, run.stderr
+    assert loaded == modules
+
+
+def test_failing_lazy_import_is_a_one_line_error(monkeypatch, capsys):
+    monkeypatch.setitem(cli.lazy_commands, "broken", ("cli.no_such_module", "A command whose module is missing."))
+    assert main(["broken"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("Error: ModuleNotFoundError:") and "cli.no_such_module" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    with pytest.raises(ModuleNotFoundError):
+        main(["--debug", "broken"])
+
+
+def test_table_entry_missing_from_its_module_is_reported(monkeypatch, capsys):
+    monkeypatch.setitem(cli.lazy_commands, "phantom", ("cli.dataset_commands", "Not defined there."))
+    assert main(["phantom"]) == 1
+    assert "cli.dataset_commands has no command 'phantom'" in capsys.readouterr().err
