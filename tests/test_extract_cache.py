@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -13,7 +14,20 @@ import torch
 from PIL import Image
 
 from reid_eval.errors import ReidEvalError
-from reid_eval.features import Preprocessing, extract_dataset, load_image_array, load_rgb, read_attrs, read_split
+from reid_eval.features import (
+    Preprocessing,
+    extract_dataset,
+    list_distances,
+    load_image_array,
+    load_rgb,
+    open_cache,
+    read_attrs,
+    read_distances,
+    read_image_foreground,
+    read_split,
+    read_split_index,
+)
+from reid_eval.features.cache import SplitWriter, cache_key, cache_path, create_cache, write_distances
 from reid_eval.features.preprocess import to_tensor_batch
 from reid_eval.model import ModelConfig, build_model, load_checkpoint, save_checkpoint
 
@@ -152,6 +166,120 @@ def test_incomplete_split_is_not_read(tree, ckpt, tmp_path):
     assert len(read_split(path, "gallery").paths) == 12
     with pytest.raises(ReidEvalError, match="no train images"):
         extract(tree, ckpt, tmp_path, splits=("query", "train"))
+
+
+# ------------------------------------------------------------------ selective readers
+
+
+def hand_cache(tmp_path: Path) -> Path:
+    """An empty, valid cache file (no model involved)."""
+    settings = {"model": "hand-built"}
+    key = cache_key("partial_reid", "c" * 64, settings, "m" * 64)
+    path = cache_path(tmp_path, "partial_reid", key)
+    create_cache(
+        path,
+        {"dataset": "partial_reid", "dataset_root": str(tmp_path), "checkpoint_sha256": "c" * 64,
+         "manifest_sha256": "m" * 64, "settings": json.dumps(settings), "cache_key": key},
+    )
+    return path
+
+
+# Per-image pyramid grids of different sizes, one with a level that did not fit.
+GRIDS = [[[3, 2], [2, 1]], [[2, 2], [1, 1]], [[4, 1], [0, 0]], [[1, 3], [1, 1]], [[2, 3], [1, 2]]]
+
+
+def write_rows(f, split: str, first: int, count: int, num_total: int, rng, **kw) -> dict:
+    """Append images ``first .. first+count-1`` (grids from GRIDS) to ``split``; returns what was written."""
+    grids = np.array(GRIDS[first : first + count], np.int32)
+    counts = (grids[..., 0] * grids[..., 1]).sum(axis=1)
+    rows = {
+        "paths": [f"{split}/{first + i:03d}.png" for i in range(count)],
+        "pids": np.arange(first, first + count) * 7 + 1,
+        "camids": np.arange(first, first + count) % 3 + 1,
+        "grids": grids,
+        "foreground": [rng.random(c).astype(np.float32) for c in counts],
+    }
+    SplitWriter(f, split, num_total, 4, 2).append(
+        processed=count, paths=rows["paths"], pids=rows["pids"], camids=rows["camids"],
+        manifest_index=np.arange(first, first + count), grids=grids,
+        local=rng.normal(size=(int(counts.sum()), 4)).astype(np.float32), counts=counts,
+        foreground=np.concatenate(rows["foreground"]), global_features=np.ones((count, 4), np.float32), **kw,
+    )
+    return rows
+
+
+def test_selective_readers_return_what_was_written(tmp_path):
+    path = hand_cache(tmp_path)
+    rng = np.random.default_rng(1)
+    with h5py.File(path, "r+") as f:
+        a = write_rows(f, "gallery", 0, 3, 5, rng)
+        b = write_rows(f, "gallery", 3, 2, 5, rng)  # a second batch: offsets continue across batches
+    assert list_distances(path) == {}
+    paths, pids, camids = a["paths"] + b["paths"], np.r_[a["pids"], b["pids"]], np.r_[a["camids"], b["camids"]]
+    index = read_split_index(path, "gallery")
+    assert index.paths == paths and index.pids.tolist() == pids.tolist() and index.camids.tolist() == camids.tolist()
+    assert index.pids.dtype == np.int64 and index.camids.dtype == np.int64
+    full = read_split(path, "gallery")  # the whole-split reader agrees with the index
+    assert full.paths == paths and np.array_equal(full.pids, pids) and np.array_equal(full.camids, camids)
+    foreground = a["foreground"] + b["foreground"]
+    with open_cache(path) as f:  # an open file serves many reads and stays open
+        for i in range(5):
+            fg, grid = read_image_foreground(f, "gallery", i)
+            assert fg.dtype == np.float32 and np.array_equal(fg, foreground[i])
+            assert grid.tolist() == GRIDS[i]
+            assert np.array_equal(fg, full.spatial.image_foreground(i))
+        assert f.id.valid
+    fg, grid = read_image_foreground(path, "gallery", 2)  # by path as well
+    assert np.array_equal(fg, foreground[2]) and grid.tolist() == [[4, 1], [0, 0]] and fg.shape == (4,)
+
+    beta = rng.random((3, 5)).astype(np.float32)
+    write_distances(path, "fpr__beta0.1", beta, {"beta": 0.1, "fuse": None, "weighted": True})
+    write_distances(path, "euclidean", np.zeros((3, 5), np.float32), {"beta": None, "metric": "euclidean"})
+    stored = list_distances(path)
+    assert list(stored) == ["euclidean", "fpr__beta0.1"]  # sorted by name
+    assert stored["fpr__beta0.1"] == {"beta": 0.1, "fuse": None, "weighted": True}
+    assert stored["euclidean"] == {"beta": None, "metric": "euclidean"}
+    with open_cache(path) as f:
+        matrix, params = read_distances(f, "fpr__beta0.1")
+        assert list_distances(f) == stored
+    assert np.array_equal(matrix, beta) and params == stored["fpr__beta0.1"]
+
+
+def test_incomplete_split_is_refused_or_read_up_to_its_committed_rows(tmp_path):
+    path = hand_cache(tmp_path)
+    rng = np.random.default_rng(2)
+
+    def interrupt():
+        raise KeyboardInterrupt
+
+    with h5py.File(path, "r+") as f:
+        done = write_rows(f, "query", 0, 2, 5, rng)
+        with pytest.raises(KeyboardInterrupt):  # rows of this batch reach the file but are never committed
+            write_rows(f, "query", 2, 2, 5, rng, before_commit=interrupt)
+        assert f["query"]["path"].shape[0] == 4
+    for reader in (read_split, read_split_index):
+        with pytest.raises(ReidEvalError, match=r"split query is incomplete \(2 of 5 images\)"):
+            reader(path, "query")
+    index = read_split_index(path, "query", allow_incomplete=True)
+    assert index.paths == done["paths"] and index.pids.tolist() == done["pids"].tolist()
+    fg, grid = read_image_foreground(path, "query", 1)
+    assert np.array_equal(fg, done["foreground"][1]) and grid.tolist() == GRIDS[1]
+    for bad in (2, -1):  # the interrupted batch's rows are not readable
+        with pytest.raises(ValueError, match=r"index must be in \[0, 2\)"):
+            read_image_foreground(path, "query", bad)
+    with pytest.raises(ReidEvalError, match="has no gallery split"):
+        read_split_index(path, "gallery", allow_incomplete=True)
+    with pytest.raises(ValueError, match="split must be one of"):
+        read_split_index(path, "test")
+
+
+def test_foreground_of_an_image_whose_grid_disagrees_is_refused(tmp_path):
+    path = hand_cache(tmp_path)
+    with h5py.File(path, "r+") as f:
+        write_rows(f, "query", 0, 2, 2, np.random.default_rng(3))
+        f["query"]["grid"][1] = [[3, 2], [1, 1]]  # 7 cells, 5 stored locations
+    with pytest.raises(ReidEvalError, match="query image 1 has 5 locations but its grid"):
+        read_image_foreground(path, "query", 1)
 
 
 # ------------------------------------------------------------------ preprocessing

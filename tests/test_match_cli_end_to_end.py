@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 
 import numpy as np
@@ -13,6 +14,7 @@ from reid_eval.evaluation import evaluate_ranking
 from reid_eval.experiments import distance_name, results_file_name, select_caches
 from reid_eval.features import read_distances, read_split
 from reid_eval.matching import fpr_distances, global_distances
+from reid_eval.report import build_report
 from reid_eval.report.results import REQUIRED_KEYS
 from test_extract_cache import make_partial_reid
 
@@ -128,3 +130,33 @@ def test_select_caches_prefers_the_checkpoint_then_the_newest(run, tmp_path):
     assert select_caches(run["cache"], "partial_reid", file_sha256(run["ckpt"])) == {"partial_reid": run["cache_file"]}
     with pytest.raises(Exception, match="checkpoint"):
         select_caches(run["cache"], "partial_reid", "f" * 64)
+
+
+def test_both_ap_flavours_get_their_own_file_and_report_row(run, tmp_path):
+    assert results_file_name("market1501", "fpr", ap="market1501") == "market1501__fpr__ap-market1501.json"
+    assert results_file_name("market1501", "fpr", 0.1, ap="standard") == "market1501__fpr__beta0.1.json"
+    mine = tmp_path / "results"
+    for ap in ("standard", "market1501"):
+        assert main(["match", "--metric", "fpr", "--ap", ap, "--dataset", "partial_reid",
+                     "--cache-dir", str(run["cache"]), "--results-dir", str(mine)]) == 0
+    assert sorted(p.name for p in mine.glob("*.json")) == ["partial_reid__fpr.json", "partial_reid__fpr__ap-market1501.json"]
+    standard = json.loads((mine / "partial_reid__fpr.json").read_text())
+    official = json.loads((mine / "partial_reid__fpr__ap-market1501.json").read_text())
+    assert (standard["ap_flavour"], official["ap_flavour"]) == ("standard", "market1501")
+    # one matrix, stored once, named in both files
+    assert standard["params"]["distance_name"] == official["params"]["distance_name"] == "fpr"
+    D, _ = read_distances(run["cache_file"], "fpr")
+    q, g = read_split(run["cache_file"], "query"), read_split(run["cache_file"], "gallery")
+    want = evaluate_ranking(D, q.pids, g.pids, q.camids, g.camids, ap="market1501")
+    assert official["mAP"] == pytest.approx(want.mAP) and official["cmc"] == standard["cmc"]
+
+    warnings = []
+    summary = build_report(mine, top_k=2, warn=warnings.append)
+    with open(mine / "tables" / "table3.csv", newline="") as handle:
+        rows = [r for r in csv.DictReader(handle) if r["source"] == "measured"]
+    assert [r["method"] for r in rows] == ["FPR (measured)", "FPR (measured, AP market1501)"]
+    assert [r["Partial-REID mAP"] for r in rows] == [f"{100 * standard['mAP']:.2f}", f"{100 * official['mAP']:.2f}"]
+    assert "AP market1501" in rows[1]["note"] and "AP standard" in rows[0]["note"]
+    # the market1501 results find their matrix through the recorded name: no retrieval row left out
+    assert not any("left out" in w for w in warnings), warnings
+    assert any(p.name.startswith("retrieval_partial_reid_q") for p in summary.figure_files)

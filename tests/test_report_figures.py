@@ -143,3 +143,19 @@ def test_beta_groups_need_two_betas(tmp_path):
     write_result(tmp_path, "partial_reid", "fpr", 0.7, 0.6, beta=1.0)
     groups = fig.beta_groups(load_results(tmp_path))
     assert list(groups) == ["FPR"] and [r.beta for r in groups["FPR"]] == [0.01, 1.0]
+
+
+def test_altered_cache_skips_its_figures_not_the_report(tmp_path):
+    import h5py
+
+    cache = make_cache(tmp_path)
+    with h5py.File(cache, "r+") as f:
+        f.attrs["manifest_sha256"] = "0" * 64  # attributes no longer hash to the file name
+    results = tmp_path / "results"
+    write_result(results, "partial_reid", "fpr", 0.75, 0.7, cache_file=cache)
+    warnings = []
+    summary = build_report(results, warn=warnings.append)
+    assert sorted(p.name for p in summary.figure_files) == ["cmc_partial_reid.pdf", "cmc_partial_reid.png"]
+    assert any(cache.name in w and "does not match its key" in w and "skipped" in w for w in warnings), warnings
+    with pytest.raises(ReidEvalError, match="does not match its key"):
+        ReportCache(cache)

@@ -14,7 +14,9 @@ For one cache file (one dataset, checkpoint and preprocessing):
    dataset's protocol (Market-1501 junk rules; the occluded sets' manifests
    already give query and gallery different cameras; CUHK03 classic's single
    gallery shot from the dataset spec);
-5. write ``<results_dir>/<dataset>__<metric>[__beta<β>][__fuse<λ>].json``.
+5. write ``<results_dir>/<dataset>__<metric>[__beta<β>][__fuse<λ>][__ap-market1501].json``
+   (the AP flavour changes the results, not the matrix: both flavours share
+   ``distances/<name>``, recorded as ``params["distance_name"]``).
 
 When several caches exist for one dataset, :func:`select_caches` takes the one
 made with the given checkpoint, else the newest (by its ``created`` attribute).
@@ -34,7 +36,7 @@ import numpy as np
 
 from reid_eval.datasets import get_spec
 from reid_eval.errors import ReidEvalError
-from reid_eval.evaluation import evaluate_ranking
+from reid_eval.evaluation import AP_FLAVOURS, evaluate_ranking
 from reid_eval.features import SplitData, read_attrs, read_split, split_status, write_distances
 from reid_eval.features.extract import iter_cache_files
 from reid_eval.matching import fpr_distances, global_distances
@@ -73,9 +75,21 @@ def distance_name(metric: str, beta: float = PAPER_BETA, fuse: float | None = No
     return name
 
 
-def results_file_name(dataset: str, metric: str, beta: float = PAPER_BETA, fuse: float | None = None, fuse_global: str = "euclidean") -> str:
-    """``<dataset>__<metric>[__beta<β>][__fuse<λ>].json`` (team contract)."""
-    return f"{dataset}__{distance_name(metric, beta, fuse, fuse_global)}.json"
+def results_file_name(
+    dataset: str,
+    metric: str,
+    beta: float = PAPER_BETA,
+    fuse: float | None = None,
+    fuse_global: str = "euclidean",
+    ap: str = "standard",
+) -> str:
+    """``<dataset>__<metric>[__beta<β>][__fuse<λ>][__ap-<flavour>].json`` (team contract).
+
+    The AP flavour is named only when it is not the standard one, so the two
+    flavours of one matrix get two files.
+    """
+    suffix = "" if ap == "standard" else f"__ap-{ap}"
+    return f"{dataset}__{distance_name(metric, beta, fuse, fuse_global)}{suffix}.json"
 
 
 def _check_args(metric: str, beta: float, fuse: float | None, fuse_global: str, shortlist: int | None) -> None:
@@ -140,6 +154,8 @@ def match_cache(
 ) -> MatchOutcome:
     """Run steps 1-5 of the module docstring on one cache file."""
     _check_args(metric, beta, fuse, fuse_global, shortlist)
+    if ap not in AP_FLAVOURS:
+        raise ValueError(f"--ap must be one of {', '.join(AP_FLAVOURS)}, got {ap!r}")
     cache_file = Path(cache_file).resolve()
     attrs = read_attrs(cache_file)
     dataset = str(attrs["dataset"])
@@ -172,6 +188,7 @@ def match_cache(
         "matching_seconds": round(seconds, 3),
     }
     name = distance_name(metric, beta, fuse, fuse_global)
+    params["distance_name"] = name
     write_distances(cache_file, name, D, params)
     r = evaluate_ranking(
         D, query.pids, gallery.pids, query.camids, gallery.camids, ap=ap, max_rank=max_rank, single_gallery_shot=single_gallery_shot
@@ -191,15 +208,16 @@ def match_cache(
         "checkpoint_sha256": str(attrs["checkpoint_sha256"]),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    out = Path(results_dir) / results_file_name(dataset, metric, beta, fuse, fuse_global)
+    out = Path(results_dir) / results_file_name(dataset, metric, beta, fuse, fuse_global, ap)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_text(json.dumps(record, indent=2) + "\n")
     os.replace(tmp, out)
     cmc = record["cmc"]
     r5 = cmc[min(4, len(cmc) - 1)]
+    flavour = "" if ap == "standard" else f" (AP {ap})"
     summary = (
-        f"{dataset} {name}: R1 {100 * cmc[0]:.2f}% R5 {100 * r5:.2f}% mAP {100 * record['mAP']:.2f}% "
+        f"{dataset} {name}{flavour}: R1 {100 * cmc[0]:.2f}% R5 {100 * r5:.2f}% mAP {100 * record['mAP']:.2f}% "
         f"mINP {100 * record['mINP']:.2f}% ({record['num_valid_query']}/{record['num_query']} queries, "
         f"{record['num_gallery']} gallery) -> {out}"
     )

@@ -33,6 +33,12 @@ Group attributes: ``num_total`` (images of the split in the manifest),
 are written and the file is flushed; rows beyond them are an interrupted
 batch and are cut off on resume. Distance matrices live under
 ``distances/<name>`` [P, G] float32 with their parameters as attributes.
+
+Readers: :func:`read_split` loads a whole split; :func:`read_split_index`,
+:func:`read_image_foreground` and :func:`list_distances` read only small
+pieces (the report never loads the local features, tens of GB on
+Market-1501). Readers take a path or a file already opened with
+:func:`open_cache`.
 """
 
 from __future__ import annotations
@@ -41,9 +47,10 @@ import datetime as _dt
 import hashlib
 import json
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Iterator, Mapping, Union
 
 import h5py
 import numpy as np
@@ -56,6 +63,10 @@ SCHEMA_VERSION = 1
 SPLITS: tuple[str, ...] = ("query", "gallery", "train")
 _ROW_DATASETS = ("path", "pid", "camid", "manifest_index", "grid", "global")
 _STR = h5py.string_dtype(encoding="utf-8")
+
+# A cache file's path, or a file already opened with :func:`open_cache` (kept
+# open by the caller when it reads many small pieces, e.g. one image at a time).
+CacheSource = Union[str, os.PathLike, h5py.File]
 
 
 def cache_key(dataset: str, checkpoint_sha256: str, settings: Mapping[str, Any], manifest_sha256: str) -> str:
@@ -77,6 +88,15 @@ def cache_key(dataset: str, checkpoint_sha256: str, settings: Mapping[str, Any],
 def cache_path(cache_dir: str | os.PathLike, dataset: str, key: str) -> Path:
     """``<cache_dir>/<dataset>/<key>.h5``."""
     return Path(cache_dir) / dataset / f"{key}.h5"
+
+
+@dataclass(frozen=True)
+class SplitIndex:
+    """Who is who in a split: ``paths`` (n, relative to the dataset root), ``pids`` / ``camids`` [n] int64."""
+
+    paths: list[str]
+    pids: np.ndarray
+    camids: np.ndarray
 
 
 @dataclass
@@ -147,6 +167,16 @@ def open_cache(path: str | os.PathLike, mode: str = "r") -> h5py.File:
         f.close()
         raise
     return f
+
+
+@contextmanager
+def _opened(source: CacheSource) -> Iterator[h5py.File]:
+    """The open file itself (left open), or the path opened with :func:`open_cache` for the block."""
+    if isinstance(source, h5py.File):
+        yield source
+    else:
+        with open_cache(source) as f:
+            yield f
 
 
 class SplitWriter:
@@ -255,34 +285,87 @@ class SplitWriter:
         self.f.flush()
 
 
-def split_status(cache_file: str | os.PathLike) -> dict[str, tuple[int, int]]:
+def split_status(cache_file: CacheSource) -> dict[str, tuple[int, int]]:
     """{split: (num_complete, num_total)} of every split group in the cache."""
-    with open_cache(cache_file) as f:
+    with _opened(cache_file) as f:
         return {s: (int(f[s].attrs["num_complete"]), int(f[s].attrs["num_total"])) for s in SPLITS if s in f}
 
 
-def read_split(cache_file: str | os.PathLike, split: str) -> SplitData:
-    """Read one complete split of a cache into memory (see :class:`SplitData`)."""
+def _split_group(f: h5py.File, split: str, allow_incomplete: bool = False) -> h5py.Group:
+    """The group of ``split``; refuses an unknown name, an absent split and (unless allowed) an incomplete one."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
-    path = Path(cache_file)
-    with open_cache(path) as f:
-        if split not in f:
-            raise ReidEvalError(f"cache {path} has no {split} split; run `reid-eval extract --splits ...{split}`")
-        g = f[split]
-        done, total = int(g.attrs["num_complete"]), int(g.attrs["num_total"])
-        if done != total:
-            raise ReidEvalError(f"cache {path} split {split} is incomplete ({done} of {total} images); rerun `reid-eval extract` to finish it")
-        n, L, s = int(g.attrs["num_written"]), int(g.attrs["num_locations"]), int(g.attrs["num_skipped"])
+    path = Path(f.filename)
+    if split not in f:
+        raise ReidEvalError(f"cache {path} has no {split} split; run `reid-eval extract --splits ...{split}`")
+    g = f[split]
+    done, total = int(g.attrs["num_complete"]), int(g.attrs["num_total"])
+    if done != total and not allow_incomplete:
+        raise ReidEvalError(f"cache {path} split {split} is incomplete ({done} of {total} images); rerun `reid-eval extract` to finish it")
+    return g
+
+
+def _committed(g: h5py.Group) -> tuple[int, int, int]:
+    """(images, local rows, skipped images) committed in a split group; rows past them are an interrupted batch."""
+    return int(g.attrs["num_written"]), int(g.attrs["num_locations"]), int(g.attrs["num_skipped"])
+
+
+def _index(g: h5py.Group, n: int) -> SplitIndex:
+    return SplitIndex(paths=_decode(g["path"][:n]), pids=g["pid"][:n].astype(np.int64), camids=g["camid"][:n].astype(np.int64))
+
+
+def read_split_index(cache_file: CacheSource, split: str, allow_incomplete: bool = False) -> SplitIndex:
+    """Paths, pids and camera ids of a split's committed images, without any features.
+
+    Refuses an incomplete split like :func:`read_split` unless
+    ``allow_incomplete``; then the images committed so far are returned (an
+    interrupted batch is never part of them).
+    """
+    with _opened(cache_file) as f:
+        g = _split_group(f, split, allow_incomplete)
+        return _index(g, _committed(g)[0])
+
+
+def read_image_foreground(cache_file: CacheSource, split: str, index: int) -> tuple[np.ndarray, np.ndarray]:
+    """One image's foreground probabilities and pyramid grid: (foreground [N] float32, grid [K, 2] int32).
+
+    ``index`` is the image's row in the split (as in :func:`read_split_index`);
+    the N locations are stored level by level, each level's (h, w) cells
+    row-major, so N is the sum of h·w over ``grid`` ((0, 0) for a level that
+    did not fit). Pass the open file from :func:`open_cache` when reading many
+    images. The split may be incomplete; only committed images can be read.
+    """
+    with _opened(cache_file) as f:
+        g = _split_group(f, split, allow_incomplete=True)
+        n = _committed(g)[0]
+        if not 0 <= index < n:
+            raise ValueError(f"index must be in [0, {n}) for the {split} split of {f.filename}, got {index}")
+        start, stop = (int(v) for v in g["offsets"][index : index + 2])
+        grid = g["grid"][index].astype(np.int32, copy=False)
+        cells = int(np.sum(grid[:, 0].astype(np.int64) * grid[:, 1]))
+        if cells != stop - start:
+            raise ReidEvalError(
+                f"cache {f.filename}: {split} image {index} has {stop - start} locations but its grid {grid.tolist()} "
+                f"gives {cells}; the cache is damaged — delete it and extract again"
+            )
+        return g["foreground"][start:stop].astype(np.float32, copy=False), grid
+
+
+def read_split(cache_file: CacheSource, split: str) -> SplitData:
+    """Read one complete split of a cache into memory (see :class:`SplitData`)."""
+    with _opened(cache_file) as f:
+        g = _split_group(f, split)
+        n, L, s = _committed(g)
+        index = _index(g, n)
         spatial = SpatialFeatures(
             g["local"][:L].astype(np.float32, copy=False),
             g["offsets"][: n + 1].astype(np.int64, copy=False),
             foreground=g["foreground"][:L].astype(np.float32, copy=False),
         )
         return SplitData(
-            paths=_decode(g["path"][:n]),
-            pids=g["pid"][:n].astype(np.int64),
-            camids=g["camid"][:n].astype(np.int64),
+            paths=index.paths,
+            pids=index.pids,
+            camids=index.camids,
             spatial=spatial,
             global_features=g["global"][:n].astype(np.float32, copy=False),
             grids=g["grid"][:n].astype(np.int32, copy=False),
@@ -291,9 +374,9 @@ def read_split(cache_file: str | os.PathLike, split: str) -> SplitData:
         )
 
 
-def read_attrs(cache_file: str | os.PathLike) -> dict[str, Any]:
+def read_attrs(cache_file: CacheSource) -> dict[str, Any]:
     """Root attributes of a cache (``settings`` decoded from JSON)."""
-    with open_cache(cache_file) as f:
+    with _opened(cache_file) as f:
         out = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
     out["settings"] = json.loads(out["settings"])
     return out
@@ -315,10 +398,22 @@ def write_distances(cache_file: str | os.PathLike, name: str, distances: np.ndar
         ds.attrs["params"] = json.dumps(dict(params), sort_keys=True, default=str)
 
 
-def read_distances(cache_file: str | os.PathLike, name: str) -> tuple[np.ndarray, dict[str, Any]]:
-    """The matrix ``distances/<name>`` and its parameters (from the ``params`` JSON attribute)."""
-    with open_cache(cache_file) as f:
+def _distance_params(ds: h5py.Dataset) -> dict[str, Any]:
+    return json.loads(ds.attrs["params"])
+
+
+def list_distances(cache_file: CacheSource) -> dict[str, dict[str, Any]]:
+    """{name: parameters} of every stored distance matrix, sorted by name; the matrices are not read."""
+    with _opened(cache_file) as f:
+        if "distances" not in f:
+            return {}
+        return {name: _distance_params(f["distances"][name]) for name in sorted(f["distances"])}
+
+
+def read_distances(cache_file: CacheSource, name: str) -> tuple[np.ndarray, dict[str, Any]]:
+    """The [P, G] float32 matrix ``distances/<name>`` and its parameters (from the ``params`` JSON attribute)."""
+    with _opened(cache_file) as f:
         if "distances" not in f or name not in f["distances"]:
-            raise ReidEvalError(f"cache {cache_file} has no distances/{name}; run `reid-eval match` first")
+            raise ReidEvalError(f"cache {f.filename} has no distances/{name}; run `reid-eval match` first")
         ds = f["distances"][name]
-        return ds[...], json.loads(ds.attrs["params"])
+        return ds[...], _distance_params(ds)

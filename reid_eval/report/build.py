@@ -7,11 +7,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import h5py
 import numpy as np
 
 from reid_eval.errors import ReidEvalError
-from reid_eval.features import iter_cache_files
+from reid_eval.features import iter_cache_files, read_attrs
 from reid_eval.report import figures as fig
 from reid_eval.report.cache import ReportCache
 from reid_eval.report.paper import load_paper_tables
@@ -134,7 +133,12 @@ def _figures(
             by_cache.setdefault(cache, []).append(record)
         for i, (cache, crecs) in enumerate(sorted(by_cache.items())):
             suffix = "" if len(by_cache) == 1 else f"_{crecs[0].short_sha}_{i}"
-            with ReportCache(cache) as view:
+            try:
+                view = ReportCache(cache)
+            except ReidEvalError as exc:
+                note(f"{exc}; retrieval and foreground figures of {dataset} skipped")
+                continue
+            with view:
                 files, bad = _cache_figures(view, dataset, name + suffix, title, crecs, folder, probes, top_k, note)
             written += files
             out_of_range.append(bad)
@@ -151,11 +155,9 @@ def _find_cache(record: ResultRecord, cache_dir: Path | None) -> Path | None:
     candidates = []
     for path in iter_cache_files(cache_dir, record.dataset):
         try:
-            with h5py.File(path, "r") as f:
-                sha = f.attrs.get("checkpoint_sha256", "")
-        except OSError:
-            continue
-        sha = sha.decode() if isinstance(sha, bytes) else str(sha)
+            sha = str(read_attrs(path).get("checkpoint_sha256", ""))
+        except ReidEvalError:
+            continue  # damaged or altered: not a cache to draw from
         candidates.append((sha != record.checkpoint_sha256, str(path), path))
     return min(candidates)[2] if candidates else None
 
@@ -240,15 +242,12 @@ def _cache_figures(
         note(f"{view.path}: no usable distance matrix for {dataset}; retrieval figures skipped")
 
     shown_fg = (chosen or list(range(min(FOREGROUND_IMAGES, len(query.paths)))))[:8]
-    maps = [view.foreground_map("query", q) for q in shown_fg]
-    if shown_fg and all(m is not None for m in maps):
+    if shown_fg:
         written += fig.foreground_figure(
             folder / f"foreground_{name}",
             f"Foreground probabilities (finest pyramid level)\n{title}",
             [tile("query", q) for q in shown_fg],
-            maps,
+            [view.foreground_map("query", q) for q in shown_fg],
             [f"q{q} pid {int(query.pids[q])}" for q in shown_fg],
         )
-    elif shown_fg:
-        note(f"{view.path}: no foreground probabilities stored; foreground figure of {dataset} skipped")
     return written, bad

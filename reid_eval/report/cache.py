@@ -1,47 +1,45 @@
-"""Selective reads of an HDF5 feature cache for the figures (DESIGN.md, HDF5 feature cache).
+"""What the figures take from an HDF5 feature cache, on top of ``reid_eval.features``' selective readers.
 
-The figures need a split's paths, pids, camera ids, one image's foreground
-probabilities and grid, and the stored distance matrices — never the local
-features, which for Market-1501 are tens of GB. ``reid_eval.features.read_split``
-loads a whole split, so the report opens the file itself and reads only these
-datasets, by the layout DESIGN.md fixes: groups ``query``/``gallery`` with
-``path``, ``pid``, ``camid``, ``offsets`` [n+1], ``grid`` [n, K, 2] ((h, w) per
-pyramid level, (0, 0) for a skipped level), ``foreground`` [L]; root attribute
-``dataset_root``; matrices under ``distances/<metric>`` with their parameters
-as attributes. (``reid_eval.features.cache`` writes this layout.)
+The figures need a split's paths, pids and camera ids, one image's foreground
+probabilities and the stored distance matrices — never the local features,
+which for Market-1501 are tens of GB. The file layout is known only to
+``reid_eval.features.cache``; this module adds what is specific to the
+figures: the finest pyramid level as a map, and which stored matrix belongs
+to which results file.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
-import h5py
 import numpy as np
 
+from reid_eval.features import (
+    SplitIndex,
+    list_distances,
+    open_cache,
+    read_attrs,
+    read_distances,
+    read_image_foreground,
+    read_split_index,
+    split_status,
+)
 from reid_eval.report.results import ResultRecord
 
-
-@dataclass(frozen=True)
-class SplitIndex:
-    """Who is who in a split: ``paths`` (relative to the dataset root), ``pids``/``camids`` int64 [n]."""
-
-    paths: list[str]
-    pids: np.ndarray
-    camids: np.ndarray
-
-
-def _text(value) -> str:
-    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+__all__ = ["ReportCache", "SplitIndex"]
 
 
 class ReportCache:
-    """A read-only view of one cache file; use as a context manager."""
+    """A read-only view of one cache file, kept open for the many small reads of a figure; use as a context manager.
+
+    Raises ReidEvalError naming the file when it is absent, damaged or altered (see ``open_cache``).
+    """
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self._file = h5py.File(self.path, "r")
+        self._file = open_cache(self.path)
+        self._attrs = read_attrs(self._file)
 
     def __enter__(self) -> "ReportCache":
         return self
@@ -54,84 +52,74 @@ class ReportCache:
 
     @property
     def dataset_root(self) -> Path | None:
-        """Absolute folder of the images, from the root attribute ``dataset_root`` (None if absent)."""
-        root = self._file.attrs.get("dataset_root")
-        return Path(_text(root)) if root is not None and _text(root) else None
+        """Absolute folder of the images, from the root attribute ``dataset_root`` (None if absent or empty)."""
+        root = str(self._attrs.get("dataset_root") or "")
+        return Path(root) if root else None
 
     @property
     def dataset(self) -> str:
-        return _text(self._file.attrs.get("dataset", ""))
+        return str(self._attrs.get("dataset", ""))
 
     def has_split(self, split: str) -> bool:
-        return split in self._file and "path" in self._file[split]
+        return split in split_status(self._file)
 
     def split(self, split: str) -> SplitIndex:
-        """Paths, pids and camids of a split's committed rows (``num_written``; rows past it are an interrupted batch)."""
-        group = self._file[split]
-        n = int(group.attrs.get("num_written", group["path"].shape[0]))
-        paths = [_text(p) for p in group["path"][:n]]
-        return SplitIndex(
-            paths=paths,
-            pids=np.asarray(group["pid"][:n], dtype=np.int64),
-            camids=np.asarray(group["camid"][:n], dtype=np.int64),
-        )
+        """Paths, pids and camids of a split's committed rows (an unfinished split gives the rows written so far)."""
+        return read_split_index(self._file, split, allow_incomplete=True)
 
-    def foreground_map(self, split: str, index: int) -> np.ndarray | None:
+    def foreground_map(self, split: str, index: int) -> np.ndarray:
         """The finest pyramid level's foreground probabilities of one image as an [h, w] float32 map.
 
         The finest level is the one with the most cells (kernel 2 in the
-        paper's pyramid); cells are stored level by level, row-major. None when
-        the cache has no foreground or grid for this split.
+        paper's pyramid); cells are stored level by level, row-major.
         """
-        group = self._file[split]
-        if "foreground" not in group or "grid" not in group or "offsets" not in group:
-            return None
-        start, stop = (int(v) for v in group["offsets"][index : index + 2])
-        levels = np.asarray(group["grid"][index], dtype=np.int64).reshape(-1, 2)
-        sizes = levels[:, 0] * levels[:, 1]
-        if sizes.sum() != stop - start or sizes.max(initial=0) <= 0:
-            raise ValueError(
-                f"{self.path}: {split} image {index} has {stop - start} locations but its grid {levels.tolist()} gives {int(sizes.sum())}"
-            )
+        foreground, grid = read_image_foreground(self._file, split, index)
+        sizes = grid[:, 0].astype(np.int64) * grid[:, 1]
+        if sizes.max(initial=0) <= 0:
+            raise ValueError(f"{self.path}: {split} image {index} has no pyramid level (grid {grid.tolist()})")
         finest = int(np.argmax(sizes))
-        first = start + int(sizes[:finest].sum())
-        h, w = (int(v) for v in levels[finest])
-        return np.asarray(group["foreground"][first : first + h * w], dtype=np.float32).reshape(h, w)
+        first = int(sizes[:finest].sum())
+        h, w = (int(v) for v in grid[finest])
+        return foreground[first : first + h * w].reshape(h, w)
 
     def distance_names(self) -> list[str]:
-        return sorted(self._file["distances"].keys()) if "distances" in self._file else []
+        return list(list_distances(self._file))
 
     def distances_for(self, record: ResultRecord) -> tuple[np.ndarray | None, str]:
         """The [P, G] float32 matrix behind a results file, or (None, why not).
 
-        `match` names the matrix like the results file without its dataset
-        (``fpr``, ``fpr__beta0.1``, ``fpr+euclidean__fuse0.5``); that name is
-        tried first, then ``<metric>`` and ``<metric>__*``. An entry is taken
-        only when its ``beta`` and ``fuse`` attributes agree with the results
-        file's (a later `match` may have replaced it).
+        `match` records the matrix's name in the results as
+        ``params["distance_name"]``; for results without it the name is the
+        file stem without its dataset (``fpr``, ``fpr__beta0.1``,
+        ``fpr+euclidean__fuse0.5``). That name is tried first, then
+        ``<metric>`` and ``<metric>__*``. An entry is taken only when its
+        ``beta`` and ``fuse`` parameters agree with the results file's (a later
+        `match` may have replaced it).
         """
         stem = record.path.stem
-        expected = stem[len(record.dataset) + 2 :] if stem.startswith(record.dataset + "__") else record.metric
-        available = self.distance_names()
-        names = [expected] if expected in available else []
-        names += sorted(n for n in available if n not in names and (n == record.metric or n.startswith(record.metric + "__")))
+        expected = record.params.get("distance_name") or (
+            stem[len(record.dataset) + 2 :] if stem.startswith(record.dataset + "__") else record.metric
+        )
+        stored = list_distances(self._file)
+        names = [expected] if expected in stored else []
+        names += [n for n in stored if n not in names and (n == record.metric or n.startswith(record.metric + "__"))]
         if not names:
             return None, f"{self.path} has no distances/{expected}"
         for name in names:
-            dataset = self._file["distances"][name]
-            if _params_agree(dict(dataset.attrs), record.params):
-                return np.asarray(dataset[()], dtype=np.float32), ""
+            if _params_agree(stored[name], record.params):
+                return np.asarray(read_distances(self._file, name)[0], dtype=np.float32), ""
         return None, f"distances/{expected} in {self.path} was computed with other parameters than {record.path.name}"
 
 
-def _params_agree(attrs: dict, params: dict) -> bool:
+def _params_agree(stored: dict, params: dict) -> bool:
+    """Whether a stored matrix's ``beta`` and ``fuse`` equal the results file's (where both are set)."""
     for key in ("beta", "fuse"):
-        if key in attrs and key in params and params[key] is not None:
-            a, b = attrs[key], params[key]
+        if key in stored and key in params and params[key] is not None:
+            a, b = stored[key], params[key]
             try:
                 if not math.isclose(float(a), float(b), rel_tol=1e-6, abs_tol=1e-12):
                     return False
             except (TypeError, ValueError):
-                if _text(a) != str(b):
+                if str(a) != str(b):
                     return False
     return True

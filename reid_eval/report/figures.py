@@ -252,11 +252,12 @@ def cmc_figure(base: Path, title: str, records: Sequence[ResultRecord], max_rank
 
 
 def beta_groups(records: Sequence[ResultRecord]) -> dict[str, list[ResultRecord]]:
-    """Results of one dataset grouped by metric (and λ), kept only where ≥2 distinct β exist; sorted by β."""
+    """Results of one dataset grouped by metric (and λ, AP flavour), kept only where ≥2 distinct β exist; sorted by β."""
     groups: dict[str, list[ResultRecord]] = {}
     for record in records:
         if record.beta is not None:
-            key = record.method_name + (f" (λ={record.fuse:g})" if record.fuse is not None else "")
+            extras = [e for e in (f"λ={record.fuse:g}" if record.fuse is not None else "", record.ap_label) if e]
+            key = record.method_name + (f" ({', '.join(extras)})" if extras else "")
             groups.setdefault(key, []).append(record)
     return {
         k: sorted(v, key=lambda r: r.beta) for k, v in groups.items() if len({r.beta for r in v}) >= 2

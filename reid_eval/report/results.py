@@ -112,16 +112,23 @@ class ResultRecord:
             extras.append(f"λ={self.fuse:g}")
         return ", ".join(extras)
 
+    @property
+    def ap_label(self) -> str:
+        """'AP market1501' for results with the official Market-1501 AP, '' for the standard AP."""
+        return "" if self.ap_flavour == "standard" else f"AP {self.ap_flavour}"
+
     def label(self, *more: str) -> str:
-        """Row label, e.g. 'FPR (measured)', 'FPR (measured, β=0.1)'; ``more`` adds qualifiers ('labeled')."""
-        extras = [e for e in (self.variant_label, *more) if e]
+        """Row label, e.g. 'FPR (measured)', 'FPR (measured, β=0.1, AP market1501)'; ``more`` adds qualifiers ('labeled')."""
+        extras = [e for e in (self.variant_label, self.ap_label, *more) if e]
         return f"{self.method_name} (measured{''.join(', ' + e for e in extras)})"
 
     @property
     def sort_key(self) -> tuple:
         parts = self.metric.split("+")
         first = METRIC_ORDER.index(parts[0]) if parts[0] in METRIC_ORDER else len(METRIC_ORDER)
-        return (len(parts), first, self.metric, self.variant or "", self.beta or 0.0, self.fuse or 0.0, str(self.path))
+        return (
+            len(parts), first, self.metric, self.variant or "", self.beta or 0.0, self.fuse or 0.0, self.ap_label, str(self.path)
+        )
 
 
 def parse_result(path: Path, data: dict) -> ResultRecord:

@@ -9,7 +9,7 @@ Which measured rows go into which table: a results file of dataset X fills the
 column of X in the paper table that has X (Table 4's CUHK03 column takes
 ``cuhk03_np``; results recorded as the 'detected' boxes get rows of their own,
 see ``paper_tables.json`` notes); one row per metric variant (metric, β, λ,
-CUHK03 boxes). A dataset in no paper table gets a table of its own with
+CUHK03 boxes, AP flavour). A dataset in no paper table gets a table of its own with
 R1/R5/R10/mAP/mINP.
 """
 
@@ -104,11 +104,11 @@ def _footnote_text(rows_records: list[ResultRecord]) -> str:
 
 
 def _params_text(record: ResultRecord) -> str:
-    """'key=value, ...' of the matching parameters; unset (None) ones, the metric (already named) and timings left out."""
+    """'key=value, ...' of the matching parameters; unset (None) ones, the metric and matrix name (already named) and timings left out."""
     items = []
     for key in sorted(record.params):
         value = record.params[key]
-        if value is None or key in ("metric", "matching_seconds"):
+        if value is None or key in ("metric", "distance_name", "matching_seconds"):
             continue
         if key == "cache_file" and value:
             value = Path(str(value)).name
@@ -124,10 +124,10 @@ def _other_variant(record: ResultRecord, paper_variant: str | None) -> str:
 
 
 def _group_rows(records: list[ResultRecord], paper_variant: str | None = None) -> list[list[ResultRecord]]:
-    """Results grouped into rows (same metric, β, λ, CUHK03 boxes), in display order."""
+    """Results grouped into rows (same metric, β, λ, CUHK03 boxes, AP flavour), in display order."""
     rows: dict[tuple, list[ResultRecord]] = {}
     for record in sorted(records, key=lambda r: r.sort_key):
-        key = (record.metric, record.beta, record.fuse, _other_variant(record, paper_variant))
+        key = (record.metric, record.beta, record.fuse, _other_variant(record, paper_variant), record.ap_flavour)
         rows.setdefault(key, []).append(record)
     return list(rows.values())
 
