@@ -12,7 +12,11 @@ from cli.options import checkpoint_option, data_root_option
 
 
 class _Bars:
-    """One click progress bar per stage; ``__call__(stage, done, total, note)``."""
+    """One click progress bar per stage; ``__call__(stage, done, total, note)``.
+
+    click draws no bar when stderr is not a terminal (a log file, CI), so
+    there a plain line is written at every tenth of a stage instead.
+    """
 
     def __init__(self, labels: dict[str, str] | None = None) -> None:
         self.labels = labels or {}
@@ -20,8 +24,13 @@ class _Bars:
         self.stage: str | None = None
         self.done = 0
         self.note = ""
+        self.tenths = -1
+        self.interactive = sys.stderr.isatty()
 
     def __call__(self, stage: str, done: int, total: int, note: str = "") -> None:
+        if not self.interactive:
+            self._log_line(stage, done, total, note)
+            return
         if stage != self.stage:
             self.close()
             self.stage, self.done = stage, 0
@@ -34,6 +43,15 @@ class _Bars:
         self.done = done
         if done >= total:
             self.close()
+
+    def _log_line(self, stage: str, done: int, total: int, note: str) -> None:
+        if stage != self.stage:
+            self.stage, self.tenths = stage, -1
+        tenths = 10 * done // max(total, 1)
+        if tenths > self.tenths:
+            self.tenths = tenths
+            label = self.labels.get(stage, stage)
+            click.echo(f"{label}: {done}/{total}" + (f" {note}" if note else ""), err=True)
 
     def close(self) -> None:
         if self.bar is not None:
