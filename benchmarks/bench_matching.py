@@ -24,6 +24,10 @@ import argparse
 import sys
 import time
 
+# reid_eval first, as in `reid-eval match`: importing it before NumPy applies
+# its OpenBLAS thread setting (see reid_eval/__init__.py).
+import reid_eval  # noqa: F401  isort: skip
+
 import numpy as np
 
 from reid_eval.features import SpatialFeatures

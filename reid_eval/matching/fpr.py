@@ -1,10 +1,10 @@
 """All-pairs FPR / DSR distances: one matrix product per tile (NumPy or CuPy).
 
-The engine uses the eigen form of :mod:`reid_eval.matching.definition`: for a
-gallery image with rows Y ``[M, d]``, ``Y Yᵀ = Q Λ Qᵀ`` (float64, M×M) and
-``Bt = diag(√(λ+2β)/(λ+β)) Qᵀ Y`` ``[M, d]`` give, for every probe location x,
-``e² = ‖x‖² − ‖Bt x‖²`` (this holds for M > d too, where Y Yᵀ is singular:
-its zero eigenvalues give rows of Bt that are zero). The Bt of the images of a
+The engine uses the basis form of :mod:`reid_eval.matching.definition`: for a
+gallery image with rows Y ``[M, d]`` and G = Y Yᵀ (float64, M×M), the factor
+Fᵀ of :func:`~reid_eval.matching.definition.basis_factor` and
+``Bt = Fᵀ Y`` ``[M, d]`` give, for every probe location x,
+``e² = ‖x‖² − ‖Bt x‖²`` (this holds for M > d too, where G is singular). The Bt of the images of a
 gallery block are stacked ``[ΣM, d]``, the probe locations of a probe block
 ``[ΣN, d]``; a tile is then
 
@@ -50,7 +50,7 @@ import numpy as np
 
 from reid_eval.features.spatial import SpatialFeatures
 from reid_eval.matching.backend import blas_threads, get_array_module, segment_sum, to_numpy
-from reid_eval.matching.definition import DEFAULT_BETA, eigen_basis_scale
+from reid_eval.matching.definition import DEFAULT_BETA, basis_factor
 from reid_eval.matching.global_distance import global_distances
 
 __all__ = [
@@ -118,19 +118,17 @@ class GalleryBasis:
 
     bt: ``[R, d]`` GEMM operand (float32 or float64).
     local: ``[R, d]`` float32 input rows; inv_norm: ``[R]`` float64 row scales.
-    q: ``[Σ M², ]`` float64 eigenvectors of each image's Y Yᵀ, flattened image
-        by image (``q_offsets`` ``[g+1]`` host); scale: ``[R]`` float64
-        √(λ+2β)/(λ+β) of each basis row. With these, float64 ``Bt x`` of image
-        g is ``scale · (Qᵀ (Y x))``, used to refine small residuals.
+    factor: ``[Σ M², ]`` float64 Fᵀ of each image (Bt = Fᵀ Y of the
+        normalised rows), flattened image by image (``factor_offsets``
+        ``[g+1]`` host); the float64 Bt rebuilt from it refines small residuals.
     offsets: host int64 ``[g+1]`` image boundaries in the rows.
     """
 
     bt: Any
     local: Any
     inv_norm: Any
-    q: Any
-    q_offsets: np.ndarray
-    scale: Any
+    factor: Any
+    factor_offsets: np.ndarray
     offsets: np.ndarray
 
     def __len__(self) -> int:
@@ -141,11 +139,11 @@ class GalleryBasis:
         xp = _module_of(self.bt)
         indices = np.asarray(indices, dtype=np.int64)
         rows, offsets = _gather_segments(self.offsets, indices)
-        qrows, q_offsets = _gather_segments(self.q_offsets, indices)
-        rows_x, qrows_x = xp.asarray(rows), xp.asarray(qrows)
+        frows, factor_offsets = _gather_segments(self.factor_offsets, indices)
+        rows_x, frows_x = xp.asarray(rows), xp.asarray(frows)
         return GalleryBasis(
             bt=self.bt[rows_x], local=self.local[rows_x], inv_norm=self.inv_norm[rows_x],
-            q=self.q[qrows_x], q_offsets=q_offsets, scale=self.scale[rows_x], offsets=offsets,
+            factor=self.factor[frows_x], factor_offsets=factor_offsets, offsets=offsets,
         )
 
     def basis64(self, g: int) -> Any:
@@ -153,8 +151,8 @@ class GalleryBasis:
         a, b = int(self.offsets[g]), int(self.offsets[g + 1])
         m = b - a
         y = self.local[a:b].astype(self.inv_norm.dtype) * self.inv_norm[a:b][:, None]
-        q = self.q[int(self.q_offsets[g]) : int(self.q_offsets[g + 1])].reshape(m, m)
-        return (q.T * self.scale[a:b][:, None]) @ y
+        factor = self.factor[int(self.factor_offsets[g]) : int(self.factor_offsets[g + 1])].reshape(m, m)
+        return factor @ y
 
 
 def _gather_segments(offsets: np.ndarray, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -178,10 +176,33 @@ def _image_of_row(offsets: np.ndarray, row: int) -> int:
     return int(np.searchsorted(offsets, row, side="right") - 1)
 
 
+def _over_row_ranges(n_rows: int, fn: Any) -> None:
+    """Call ``fn(a, b)`` on consecutive row ranges covering ``n_rows``, one per CPU thread.
+
+    For NumPy passes over large operands: NumPy releases the GIL in ufunc and
+    einsum loops, so a pass over probe rows uses every core.
+    """
+    workers = max(1, min(os.cpu_count() or 1, n_rows // 1024))
+    cuts = np.linspace(0, n_rows, workers + 1).round().astype(int)
+    if workers == 1:
+        fn(0, n_rows)
+        return
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for future in [pool.submit(fn, int(a), int(b)) for a, b in zip(cuts[:-1], cuts[1:])]:
+            future.result()
+
+
 def _row_sqnorms(xp: ModuleType, rows: Any) -> Any:
     """``[L]`` float64 squared norms of float32 rows ``[L, d]`` (float64 accumulation)."""
     if xp is np:
-        return np.einsum("ij,ij->i", rows, rows, dtype=np.float64)  # casts in cache-sized chunks
+        out = np.empty(rows.shape[0], dtype=np.float64)
+
+        def run(a: int, b: int) -> None:
+            # einsum casts in cache-sized chunks: no [L, d] float64 temporary.
+            np.einsum("ij,ij->i", rows[a:b], rows[a:b], dtype=np.float64, out=out[a:b])
+
+        _over_row_ranges(rows.shape[0], run)
+        return out
     rows64 = rows.astype(xp.float64)
     return (rows64 * rows64).sum(axis=1)
 
@@ -248,7 +269,12 @@ def prepare_probes(
     if precision == "float32":
         # One float32 pass; its rounding (a relative u per element and per
         # row scale) is inside the error model of S.
-        x = local * inv_norm.astype(xp.float32)[:, None]
+        scale32 = inv_norm.astype(xp.float32)[:, None]
+        if xp is np:
+            x = np.empty_like(local)
+            _over_row_ranges(local.shape[0], lambda a, b: np.multiply(local[a:b], scale32[a:b], out=x[a:b]))
+        else:
+            x = local * scale32
     else:
         x = local.astype(xp.float64) * inv_norm[:, None]
     sqnorm = sq * inv_norm * inv_norm  # ‖x‖² of the exact normalised rows
@@ -281,11 +307,12 @@ def prepare_gallery(
     backend: str | ModuleType = "auto",
     index_base: int = 0,
 ) -> GalleryBasis:
-    """Compute the stacked basis rows Bt of every gallery image (float64 eigh).
+    """Compute the stacked basis rows Bt of every gallery image (float64 factor).
 
     Images with the same number of locations M are processed in batches:
-    Gram ``Y Yᵀ`` ``[k, M, M]``, eigh, ``Bt = diag(scale) Qᵀ Y``, all in
-    float64 but the last product, done in the operand precision.
+    Gram ``Y Yᵀ`` ``[k, M, M]``, its factor Fᵀ (:func:`basis_factor`),
+    ``Bt = Fᵀ Y``, all in float64 but the last product, done in the operand
+    precision.
     """
     xp = backend if isinstance(backend, ModuleType) else get_array_module(backend)
     _check_precision(precision)
@@ -297,16 +324,19 @@ def prepare_gallery(
     dtype = xp.float32 if precision == "float32" else xp.float64
     bt = xp.empty((n_rows, d), dtype=dtype)
     inv_norm = xp.empty(n_rows, dtype=xp.float64)
-    scale = xp.empty(n_rows, dtype=xp.float64)
     counts = features.counts
-    q_offsets = np.zeros(len(counts) + 1, dtype=np.int64)
-    np.cumsum(counts * counts, out=q_offsets[1:])
-    q = xp.empty(int(q_offsets[-1]), dtype=xp.float64)
+    factor_offsets = np.zeros(len(counts) + 1, dtype=np.int64)
+    np.cumsum(counts * counts, out=factor_offsets[1:])
+    factor = xp.empty(int(factor_offsets[-1]), dtype=xp.float64)
     starts = features.offsets[:-1]
+    workers = min(len(counts), os.cpu_count() or 1) if xp is np else 1
     jobs: list[tuple[int, np.ndarray]] = []
     for m in np.unique(counts):
         members = np.flatnonzero(counts == m)
-        per_batch = max(1, 2048 // int(m))
+        # Equal batches of at most ~2048 rows, their number a multiple of the
+        # workers, so that no thread is left with a short last batch.
+        n_batches = workers * math.ceil(members.size * int(m) / (2048 * workers))
+        per_batch = max(1, math.ceil(members.size / n_batches))
         jobs += [(int(m), members[b0 : b0 + per_batch]) for b0 in range(0, members.size, per_batch)]
 
     def run(job: tuple[int, np.ndarray]) -> None:
@@ -325,24 +355,22 @@ def prepare_gallery(
         else:
             _check_gathered(xp, sq, batch, m, features, index_base, normalize)
         inv = (1.0 / xp.sqrt(sq) if normalize else xp.ones_like(sq)).reshape(k, m)
-        # Gram of the normalised rows, its eigenvectors, and
-        # Bt = diag(scale) Qᵀ diag(inv) Y_raw: float64 but the last product,
-        # which is done in the operand precision.
-        lam, vec = xp.linalg.eigh(raw * inv[:, :, None] * inv[:, None, :])
-        sc = eigen_basis_scale(lam, beta)  # [k, M]
-        coef = vec.transpose(0, 2, 1) * sc[:, :, None] * inv[:, None, :]
+        # Gram of the normalised rows, its factor Fᵀ, and
+        # Bt = Fᵀ diag(inv) Y_raw: float64 but the last product, which is
+        # done in the operand precision.
+        factor_t = basis_factor(xp, raw * inv[:, :, None] * inv[:, None, :], beta)  # [k, M, M]
+        coef = factor_t * inv[:, None, :]
         operand = y_in if dtype == xp.float32 else y64
         bt[rows] = (coef.astype(dtype) @ operand).reshape(-1, d)
         inv_norm[rows] = inv.reshape(-1)
-        scale[rows] = sc.reshape(-1)
-        qrows = (q_offsets[batch][:, None] + np.arange(m * m)[None, :]).reshape(-1)
-        q[xp.asarray(qrows)] = vec.reshape(-1)
+        frows = (factor_offsets[batch][:, None] + np.arange(m * m)[None, :]).reshape(-1)
+        factor[xp.asarray(frows)] = factor_t.reshape(-1)
 
-    # Many small products and eigendecompositions: one BLAS thread each,
+    # Many small products and factorisations: one BLAS thread each,
     # and on a CPU the batches spread over Python threads (NumPy releases
     # the GIL in BLAS, LAPACK and ufunc loops). Batches write disjoint rows.
     with blas_threads(1):
-        workers = min(len(jobs), os.cpu_count() or 1) if xp is np else 1
+        workers = min(workers, len(jobs))
         if workers > 1:
             with ThreadPoolExecutor(max_workers=workers) as pool:
                 for future in [pool.submit(run, job) for job in jobs]:
@@ -351,7 +379,8 @@ def prepare_gallery(
             for job in jobs:
                 run(job)
     return GalleryBasis(
-        bt=bt, local=local, inv_norm=inv_norm, q=q, q_offsets=q_offsets, scale=scale, offsets=features.offsets.copy()
+        bt=bt, local=local, inv_norm=inv_norm, factor=factor, factor_offsets=factor_offsets,
+        offsets=features.offsets.copy(),
     )
 
 
@@ -389,25 +418,34 @@ def fpr_tile(probes: ProbeBlock, gallery: GalleryBasis, *, float32_atol: float =
 
 
 def _squared_segment_sum(xp: ModuleType, c: Any, offsets: np.ndarray) -> Any:
-    """Square ``c`` ``[ΣM, ΣN]`` in place and sum each gallery image's rows: ``[g, ΣN]`` float64.
+    """Sum of squares of each gallery image's rows of ``c`` ``[ΣM, ΣN]``: ``[g, ΣN]`` float64.
 
-    On a CPU the gallery images are split over threads (NumPy releases the
+    On a CPU each image's ``[M, ΣN]`` rows are squared into a small scratch
+    buffer that stays in cache and summed from there, so the product is read
+    from memory once; the images are split over threads (NumPy releases the
     GIL in ufunc loops), so this memory-bound pass uses every core like the
-    GEMM before it.
+    GEMM before it, and ``c`` is left unchanged. On a GPU ``c`` is squared in
+    place (no second product-sized buffer) and summed by segment.
     """
     g = offsets.shape[0] - 1
-    workers = min(g, os.cpu_count() or 1) if xp is np else 1
-    if workers <= 1:
+    if xp is not np:
         c *= c
         return segment_sum(xp, c, offsets, axis=0)
     out = np.empty((g, c.shape[1]), dtype=np.float64)
+    workers = min(g, os.cpu_count() or 1)
     cuts = np.linspace(0, g, workers + 1).round().astype(int)
 
     def run(a: int, b: int) -> None:
-        part = c[offsets[a] : offsets[b]]
-        part *= part
-        out[a:b] = segment_sum(np, part, offsets[a : b + 1] - offsets[a], axis=0)
+        scratch = np.empty((int(np.diff(offsets[a : b + 1]).max()), c.shape[1]), dtype=c.dtype)
+        for i in range(a, b):
+            rows = c[offsets[i] : offsets[i + 1]]
+            squares = scratch[: rows.shape[0]]
+            np.multiply(rows, rows, out=squares)
+            np.add.reduce(squares, axis=0, dtype=np.float64, out=out[i])
 
+    if workers <= 1:
+        run(0, g)
+        return out
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for future in [pool.submit(run, int(a), int(b)) for a, b in zip(cuts[:-1], cuts[1:]) if b > a]:
             future.result()
