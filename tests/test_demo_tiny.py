@@ -4,23 +4,11 @@ from __future__ import annotations
 
 import json
 
-import pytest
-import torch
 
 from cli.main import main
 
 DESIGN_KEYS = {"dataset", "metric", "cmc", "mAP", "mINP", "ap_flavour", "num_query", "num_valid_query",
                "num_gallery", "params", "checkpoint_sha256", "created"}
-
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    # Tiny tensors: one intra-op thread is as fast, and avoids OpenMP spin-waits
-    # when other test processes share the cores.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_tiny_demo_end_to_end_and_rerun(tmp_path, capsys):

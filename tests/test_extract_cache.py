@@ -31,7 +31,6 @@ from reid_eval.features.cache import SplitWriter, cache_key, cache_path, create_
 from reid_eval.features.preprocess import to_tensor_batch
 from reid_eval.model import ModelConfig, build_model, load_checkpoint, save_checkpoint
 
-torch.set_num_threads(1)
 
 SMALL = ModelConfig(backbone="resnet18", input_size=(128, 64))
 

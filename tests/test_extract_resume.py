@@ -15,7 +15,6 @@ from test_extract_cache import make_partial_reid, small_checkpoint
 
 SCRIPT = """
 import sys, torch
-torch.set_num_threads(1)
 from reid_eval.features import extract_dataset
 print(extract_dataset("partial_reid", sys.argv[1], sys.argv[2], sys.argv[3], device="cpu",
                       batch_size=3, resize=sys.argv[4], allow_mismatch=True))

@@ -7,7 +7,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from cli.main import main
 from reid_eval.evaluation import evaluate_ranking
@@ -18,7 +17,6 @@ from reid_eval.report import build_report
 from reid_eval.report.results import REQUIRED_KEYS
 from test_extract_cache import make_partial_reid
 
-torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ from cli.main import main
 from reid_eval.errors import ReidEvalError
 from reid_eval.model import ModelConfig, build_model, convert_checkpoint, file_sha256, load_checkpoint, save_checkpoint
 
-torch.set_num_threads(1)
 SMALL = ModelConfig(backbone="resnet18", input_size=(64, 32))
 
 

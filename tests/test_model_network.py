@@ -13,7 +13,6 @@ from torch import nn
 
 from reid_eval.model import ModelConfig, build_model, pyramid_grid, pyramid_pool
 
-torch.set_num_threads(1)
 
 
 def test_paper_geometry_resnet50_384x128():

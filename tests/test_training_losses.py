@@ -20,14 +20,6 @@ from reid_eval.training import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    # Tiny tensors: one intra-op thread is as fast, and avoids OpenMP spin-waits
-    # when other test processes share the cores.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _pk_pids(p: int, k: int) -> torch.Tensor:
