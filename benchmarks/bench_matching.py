@@ -15,7 +15,7 @@ per-pair. Exit status 1 when a target is missed. Each time is the best of
 once with NumPy's default BLAS threads (the target) and once with one BLAS
 thread (reported: its small GEMMs gain from that on a loaded machine).
 
-    python benchmarks/bench_matching.py [--backend numpy|cupy] [--repeats 3]
+    python benchmarks/bench_matching.py [--backend numpy|cupy] [--repeats 5]
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ def breakdown(probe: SpatialFeatures, gallery: SpatialFeatures, beta: float, bac
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--backend", choices=["numpy", "cupy"], default="numpy")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--probes", type=int, default=60)
     ap.add_argument("--gallery", type=int, default=60)
     ap.add_argument("--locations", type=int, default=110)
