@@ -103,7 +103,7 @@ def extract_command(dataset, root, data_root, cache_dir, checkpoint, device, bat
 @click.command("match")
 @click.option("--metric", type=click.Choice(["fpr", "dsr", "euclidean", "cosine"]), required=True, help="fpr/dsr: pyramid reconstruction; euclidean/cosine: global features (Baseline).")
 @click.option("--dataset", default=None, help="Dataset to match [default: every dataset in the cache dir].")
-@click.option("--beta", type=float, default=0.01, show_default=True, help="Ridge β of the reconstruction (paper: 0.01).")
+@click.option("--beta", type=click.FloatRange(min=0.0, min_open=True), default=0.01, show_default=True, help="Ridge β of the reconstruction (paper: 0.01).")
 @click.option("--backend", type=click.Choice(["auto", "numpy", "cupy"]), default="auto", show_default=True)
 @click.option("--shortlist", type=click.IntRange(min=1), default=None, help="Reconstruct only the K nearest gallery images by global distance.")
 @click.option("--fuse", type=click.FloatRange(0.0, 1.0), default=None, metavar="LAMBDA", help="(1-λ)·global + λ·FPR/DSR with a λ chosen beforehand.")

@@ -158,3 +158,9 @@ def test_both_ap_flavours_get_their_own_file_and_report_row(run, tmp_path):
     # the market1501 results find their matrix through the recorded name: no retrieval row left out
     assert not any("left out" in w for w in warnings), warnings
     assert any(p.name.startswith("retrieval_partial_reid_q") for p in summary.figure_files)
+
+
+def test_non_positive_beta_is_refused_before_any_cache_is_read(tmp_path, capsys):
+    status = main(["match", "--metric", "fpr", "--beta", "0", "--cache-dir", str(tmp_path / "no-cache")])
+    err = capsys.readouterr().err
+    assert status == 2 and "--beta" in err and "Traceback" not in err
