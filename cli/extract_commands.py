@@ -68,7 +68,7 @@ def _dataset_root(name: str, root: Path | None, data_root: Path) -> Path:
 @click.option("--allow-mismatch", is_flag=True, help="Accept a dataset whose counts differ from the published ones.")
 def extract_command(dataset, root, data_root, cache_dir, checkpoint, device, batch_size, resize, splits, skip_bad, allow_mismatch) -> None:
     """Extract pyramid, foreground and global features into the HDF5 cache (resumable)."""
-    from reid_eval.features import read_split, split_status
+    from reid_eval.features import read_split_index
 
     split_list = [s.strip() for s in splits.split(",") if s.strip()]
     bad = [s for s in split_list if s not in SPLITS]
@@ -92,11 +92,11 @@ def extract_command(dataset, root, data_root, cache_dir, checkpoint, device, bat
         )
     finally:
         progress.close()
-    status = split_status(path)
     parts = []
     for s in split_list:
-        skipped = read_split(path, s).skipped
-        parts.append(f"{s} {status[s][1] - len(skipped)}" + (f" ({len(skipped)} skipped: {', '.join(skipped[:3])}{'...' if len(skipped) > 3 else ''})" if skipped else ""))
+        index = read_split_index(path, s)  # ids and paths only: the features can be tens of GB
+        skipped = index.skipped
+        parts.append(f"{s} {len(index.paths)}" + (f" ({len(skipped)} skipped: {', '.join(skipped[:3])}{'...' if len(skipped) > 3 else ''})" if skipped else ""))
     click.echo(f"{dataset}: {', '.join(parts)} images -> {path}")
 
 

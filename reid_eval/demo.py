@@ -41,7 +41,7 @@ from reid_eval.datasets.synthetic import SyntheticConfig, generate_synthetic_dat
 from reid_eval.errors import ReidEvalError
 from reid_eval.evaluation import evaluate_ranking
 from reid_eval.experiments import match_cache
-from reid_eval.features import extract_dataset, read_split
+from reid_eval.features import extract_dataset, read_split_index
 from reid_eval.model import ModelConfig, load_checkpoint
 from reid_eval.report import build_report
 from reid_eval.training import FINAL_NAME, TrainConfig, train
@@ -178,7 +178,7 @@ def run_demo(workdir: Path = Path("demo-work"), *, seed: int = 0, size: str = "d
     t = time.perf_counter()
     rows: dict[str, dict[str, float]] = {}
     by_kind: dict[str, dict[str, float]] = {}
-    query, gallery = read_split(cache, "query"), read_split(cache, "gallery")
+    query, gallery = read_split_index(cache, "query"), read_split_index(cache, "gallery")
     kinds = _query_kinds(data_root, query.paths)
     for i, (metric, _label) in enumerate(DEMO_METRICS):
         outcome = match_cache(cache, metric, results_dir)

@@ -92,11 +92,13 @@ def cache_path(cache_dir: str | os.PathLike, dataset: str, key: str) -> Path:
 
 @dataclass(frozen=True)
 class SplitIndex:
-    """Who is who in a split: ``paths`` (n, relative to the dataset root), ``pids`` / ``camids`` [n] int64."""
+    """Who is who in a split: ``paths`` (n, relative to the dataset root), ``pids`` / ``camids`` [n] int64,
+    and ``skipped``: the paths left out by --skip-bad (absent from the others)."""
 
     paths: list[str]
     pids: np.ndarray
     camids: np.ndarray
+    skipped: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -310,20 +312,25 @@ def _committed(g: h5py.Group) -> tuple[int, int, int]:
     return int(g.attrs["num_written"]), int(g.attrs["num_locations"]), int(g.attrs["num_skipped"])
 
 
-def _index(g: h5py.Group, n: int) -> SplitIndex:
-    return SplitIndex(paths=_decode(g["path"][:n]), pids=g["pid"][:n].astype(np.int64), camids=g["camid"][:n].astype(np.int64))
+def _index(g: h5py.Group) -> SplitIndex:
+    n, _, s = _committed(g)
+    return SplitIndex(
+        paths=_decode(g["path"][:n]),
+        pids=g["pid"][:n].astype(np.int64),
+        camids=g["camid"][:n].astype(np.int64),
+        skipped=_decode(g["skipped"][:s]),
+    )
 
 
 def read_split_index(cache_file: CacheSource, split: str, allow_incomplete: bool = False) -> SplitIndex:
-    """Paths, pids and camera ids of a split's committed images, without any features.
+    """Paths, pids, camera ids and skipped paths of a split's committed images, without any features.
 
     Refuses an incomplete split like :func:`read_split` unless
     ``allow_incomplete``; then the images committed so far are returned (an
     interrupted batch is never part of them).
     """
     with _opened(cache_file) as f:
-        g = _split_group(f, split, allow_incomplete)
-        return _index(g, _committed(g)[0])
+        return _index(_split_group(f, split, allow_incomplete))
 
 
 def read_image_foreground(cache_file: CacheSource, split: str, index: int) -> tuple[np.ndarray, np.ndarray]:
@@ -355,8 +362,8 @@ def read_split(cache_file: CacheSource, split: str) -> SplitData:
     """Read one complete split of a cache into memory (see :class:`SplitData`)."""
     with _opened(cache_file) as f:
         g = _split_group(f, split)
-        n, L, s = _committed(g)
-        index = _index(g, n)
+        n, L, _ = _committed(g)
+        index = _index(g)
         spatial = SpatialFeatures(
             g["local"][:L].astype(np.float32, copy=False),
             g["offsets"][: n + 1].astype(np.int64, copy=False),
@@ -370,7 +377,7 @@ def read_split(cache_file: CacheSource, split: str) -> SplitData:
             global_features=g["global"][:n].astype(np.float32, copy=False),
             grids=g["grid"][:n].astype(np.int32, copy=False),
             manifest_index=g["manifest_index"][:n].astype(np.int64),
-            skipped=_decode(g["skipped"][:s]),
+            skipped=index.skipped,
         )
 
 
