@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from cli.options import data_root_option
+from .options import data_root_option
 from reid_eval.datasets import (
     ScannedDataset,
     check_data_root,

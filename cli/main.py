@@ -28,7 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "checkpoint": ("cli.model_commands", "Write model checkpoints in reid-eval's format."),
     "datasets": ("cli.dataset_commands", "List the known datasets and whether each is found under the data root."),
     "demo": (
-        "cli.train_commands",
+        "cli.demo_commands",
         "Synthetic occluded persons -> short FPR training -> extract -> match (Baseline, DSR, FPR) -> report.",
     ),
     "extract": (
@@ -39,13 +39,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "cli.dataset_commands",
         "Scan a dataset, validate it against its published counts, write the manifest CSV.",
     ),
-    "match": ("cli.extract_commands", "Distance matrix from the cache, Market-1501 evaluation, results JSON."),
+    "match": ("cli.match_commands", "Distance matrix from the cache, Market-1501 evaluation, results JSON."),
     "report": (
         "cli.report_commands",
         "Regenerate Tables 3 and 4 (paper rows beside measured rows) and the figures.",
     ),
     "synthesize": (
-        "cli.train_commands",
+        "cli.demo_commands",
         "Write the synthetic occluded-person dataset (the `synthetic_occluded` dataset of `reid-eval datasets`).",
     ),
     "train": (

@@ -41,3 +41,14 @@ checkpoint_option = click.option(
     show_envvar=True,
     help="Model checkpoint in reid-eval's format (see `reid-eval checkpoint`).",
 )
+
+
+def parse_ints(text: str, option: str) -> tuple[int, ...]:
+    """``"2,4,6"`` or ``"384x128"`` -> (2, 4, 6) / (384, 128); click.BadParameter naming ``option`` otherwise."""
+    try:
+        values = tuple(int(v) for v in text.replace("x", ",").split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {text!r}", param_hint=option) from None
+    if not values:
+        raise click.BadParameter("expected at least one integer", param_hint=option)
+    return values

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from cli.options import cache_dir_option, results_dir_option
+from .options import cache_dir_option, results_dir_option
 
 
 def _probe_list(ctx: click.Context, param: click.Parameter, value: str | None) -> list[int] | None:

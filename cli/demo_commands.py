@@ -1,0 +1,81 @@
+"""`reid-eval demo` (the whole method on synthetic data) and `reid-eval synthesize` (the synthetic occluded set)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .options import parse_ints
+from .progress import Bars, echo_err, set_threads, threads_option
+
+
+@click.command("demo")
+@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=Path("demo-work"),
+              show_default=True, help="Everything the demo writes goes here; a rerun reuses it.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the synthetic set and the training.")
+@click.option("--size", type=click.Choice(["tiny", "default"]), default="default", show_default=True,
+              help="tiny: a seconds-long smoke run; default: a few minutes on a laptop CPU.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--no-report", is_flag=True, help="Skip the report (tables and figures).")
+@threads_option
+def demo_command(workdir, seed, size, device, no_report, threads) -> None:
+    """Synthetic occluded persons -> short FPR training -> extract -> match (Baseline, DSR, FPR) -> report."""
+    from reid_eval.demo import demo_settings, run_demo
+
+    set_threads(threads)
+    bars = Bars({"generate": "generate images", "train": "train", "extract-query": "extract query",
+                  "extract-gallery": "extract gallery", "match": "match"})
+    try:
+        result = run_demo(workdir, seed=seed, size=size, device=device, progress=bars, say=echo_err,
+                          report=not no_report)
+    finally:
+        bars.close()
+    settings = demo_settings(size, seed)
+    trained = f"{result.training.get('epochs_completed')} of {settings.epochs} training epochs"
+    if result.training.get("stopped_early"):
+        trained += ", stopped by the time limit"
+    click.echo(f"\nsynthetic_occluded, occluded and partial queries ({size} demo, seed {seed}, {trained}):\n")
+    click.echo(result.table)
+    times = ", ".join(f"{k} {v:.0f} s" for k, v in result.timings.items())
+    click.echo(f"\ntimes: {times}")
+    click.echo(f"results: {result.results_dir}" + (f"; report: {result.report_dir / 'tables' / 'report.md'}"
+                                                    if result.report_dir else ""))
+
+
+@click.command("synthesize")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("synthetic_occluded"),
+              show_default=True, help="Dataset folder to write (Market-style layout, masks/, manifest.csv).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--train-ids", type=click.IntRange(min=2), default=150, show_default=True)
+@click.option("--test-ids", type=click.IntRange(min=1), default=100, show_default=True)
+@click.option("--train-images", type=click.IntRange(min=2), default=8, show_default=True, help="Train images per identity.")
+@click.option("--gallery-images", type=click.IntRange(min=1), default=3, show_default=True, help="Gallery images per test identity.")
+@click.option("--query-images", type=click.IntRange(min=1), default=2, show_default=True, help="Query images per test identity.")
+@click.option("--size", "image_size", default="128x64", show_default=True, help="HEIGHTxWIDTH of whole-body images.")
+@click.option("--overwrite", is_flag=True, help="Replace a set made with other settings in --out.")
+def synthesize_command(out_dir, seed, train_ids, test_ids, train_images, gallery_images, query_images, image_size,
+                       overwrite) -> None:
+    """Write the synthetic occluded-person dataset (the `synthetic_occluded` dataset of `reid-eval datasets`)."""
+    from reid_eval.datasets.synthetic import SyntheticConfig, generate_synthetic_dataset
+
+    size = parse_ints(image_size, "--size")
+    if len(size) != 2:
+        raise click.BadParameter(f"expected HEIGHTxWIDTH, got {image_size!r}", param_hint="--size")
+    cfg = SyntheticConfig(seed=seed, num_train_ids=train_ids, num_test_ids=test_ids, train_images_per_id=train_images,
+                          gallery_images_per_id=gallery_images, query_images_per_id=query_images,
+                          height=size[0], width=size[1])
+    bars = Bars({"generate": "generate images"})
+    try:
+        summary = generate_synthetic_dataset(out_dir, cfg, overwrite=overwrite,
+                                             on_progress=lambda d, n: bars("generate", d, n))
+    finally:
+        bars.close()
+    what = "found (same settings)" if summary.reused else f"wrote in {summary.seconds:.1f} s"
+    counts = ", ".join(f"{s} {summary.counts.get(s, 0)} images / {summary.ids.get(s, 0)} ids"
+                       for s in ("train", "query", "gallery"))
+    click.echo(f"{out_dir}: {what}: {counts}; manifest {summary.manifest}")
+
+
+# What cli.main.COMMANDS says this module defines; its lazy group picks a command from here by name.
+COMMANDS: tuple[click.Command, ...] = (demo_command, synthesize_command)
