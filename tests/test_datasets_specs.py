@@ -23,6 +23,7 @@ PUBLISHED = {
     "partial_ilids": {"query": (119, 119), "gallery": (119, 119)},
     "occluded_reid": {"query": (1000, 200), "gallery": (1000, 200)},
     "synthetic_occluded": {},
+    "pets09_s2l1": {"query": (80, 7), "gallery": (125, 10)},  # our protocol, data_manifests/pets09_s2l1.toml
 }
 
 
@@ -43,7 +44,7 @@ def test_kinds_split_holistic_from_occluded_sets():
     kinds = {name: get_spec(name).kind for name in known_datasets()}
     assert {n for n, k in kinds.items() if k == "holistic"} == {"market1501", "dukemtmc_reid", "cuhk03_np", "cuhk03_np_labeled"}
     assert {n for n, k in kinds.items() if k == "occluded"} == {
-        "partial_reid", "partial_ilids", "occluded_reid", "synthetic_occluded",
+        "partial_reid", "partial_ilids", "occluded_reid", "synthetic_occluded", "pets09_s2l1",
     }
 
 

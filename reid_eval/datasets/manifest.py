@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from reid_eval.datasets.annotations import select_by_annotations
 from reid_eval.datasets.spec import DatasetSpec, SplitSpec, get_spec
 from reid_eval.errors import ReidEvalError
 
@@ -202,6 +203,8 @@ def scan_dataset(name: str, root: Path) -> ScannedDataset:
             "split": pd.Series(splits, dtype="str"),
         }
     )
+    if spec.annotations is not None:
+        table = select_by_annotations(spec, root, table, split_folders)
     return ScannedDataset(spec=spec, root=root, table=table, split_folders=split_folders, junk_images=junk)
 
 

@@ -6,7 +6,10 @@ path (a naming scheme of :mod:`reid_eval.datasets.naming`), which files count
 as images, which pids are junk (left out) or distractors (kept, not counted as
 identities), and the published image and identity counts of each split.
 Adding a dataset means adding a spec file; see ``data_manifests/market1501.toml``
-for the commented format.
+for the commented format. A dataset that is one folder of crops with a table
+beside it (``annotations``) picks each split's images by rules on that table
+(``where``, ``frame_stride``, ``min_frame_gap``; applied by
+:mod:`reid_eval.datasets.annotations`, example ``data_manifests/pets09_s2l1.toml``).
 """
 
 from __future__ import annotations
@@ -31,9 +34,11 @@ KINDS: tuple[str, ...] = ("holistic", "occluded")
 
 _TOP_KEYS = {
     "name", "title", "kind", "roots", "naming", "extensions",
-    "junk_pids", "distractor_pids", "single_gallery_shot", "splits", "notes",
+    "junk_pids", "distractor_pids", "single_gallery_shot", "splits", "notes", "annotations",
 }
 _SPLIT_KEYS = {"folders", "images", "identities", "camid", "notes"}
+# Keys that select a split's images from the spec's annotations table.
+_SELECTION_KEYS = {"where", "frame_stride", "min_frame_gap"}
 
 
 @dataclass(frozen=True)
@@ -46,6 +51,14 @@ class SplitSpec:
     images include distractors and exclude junk, identities exclude the
     distractor pids. ``camid``: the fixed camera id of every image of this
     split, set exactly when the naming scheme carries no camera.
+
+    Only with the dataset's ``annotations`` table (see
+    :mod:`reid_eval.datasets.annotations`): ``where`` keeps the images whose
+    numeric annotation ``column`` lies in ``[low, high]`` (inclusive), for
+    every ``(column, low, high)``; ``frame_stride`` keeps the images whose
+    ``frame`` is a multiple of it; ``min_frame_gap`` (gallery only) keeps an
+    image only when its ``frame`` is more than this many frames away from
+    every query image of the same pid.
     """
 
     name: str
@@ -53,6 +66,14 @@ class SplitSpec:
     images: int | None = None
     identities: int | None = None
     camid: int | None = None
+    where: tuple[tuple[str, float, float], ...] = ()
+    frame_stride: int | None = None
+    min_frame_gap: int | None = None
+
+    @property
+    def selects(self) -> bool:
+        """Whether this split is a selection from the annotations table."""
+        return bool(self.where) or self.frame_stride is not None or self.min_frame_gap is not None
 
 
 @dataclass(frozen=True)
@@ -64,7 +85,10 @@ class DatasetSpec:
     the synthetic set: Table 3). ``roots`` are folder paths relative to the
     data root, tried in order. ``extensions`` are lower-case suffixes without
     the dot, matched case-insensitively. ``single_gallery_shot`` is true only
-    for CUHK03's classic protocol.
+    for CUHK03's classic protocol. ``annotations``: path (relative to the
+    dataset root) of a CSV with one row per image (columns ``file``, the path
+    below the split folder, and ``pid``, plus those the splits select on), or
+    None.
     """
 
     name: str
@@ -78,6 +102,7 @@ class DatasetSpec:
     single_gallery_shot: bool
     splits: tuple[SplitSpec, ...]
     source: str
+    annotations: str | None = None
 
     @property
     def scheme(self) -> NamingScheme:
@@ -133,11 +158,38 @@ def _optional_count(source: str, key: str, value: Any) -> int | None:
     return value
 
 
-def _parse_split(source: str, name: str, table: Any, gives_camera: bool) -> SplitSpec:
+def _positive_int(source: str, key: str, value: Any) -> int | None:
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise _fail(source, f"{key} must be a positive integer")
+    return value
+
+
+def _parse_ranges(source: str, key: str, value: Any) -> tuple[tuple[str, float, float], ...]:
+    """``{column = [low, high], ...}`` as sorted ``(column, low, high)`` triples."""
+    if not isinstance(value, dict) or not value:
+        raise _fail(source, f"{key} must be a table such as {{ occluded_fraction = [0.2, 1.0] }}")
+    ranges = []
+    for column, bounds in sorted(value.items()):
+        if (not isinstance(bounds, list) or len(bounds) != 2
+                or not all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in bounds)
+                or bounds[0] > bounds[1]):
+            raise _fail(source, f"{key}.{column} must be [low, high] with low <= high")
+        ranges.append((column, float(bounds[0]), float(bounds[1])))
+    return tuple(ranges)
+
+
+def _parse_split(source: str, name: str, table: Any, gives_camera: bool, annotated: bool) -> SplitSpec:
     where = f"splits.{name}"
     if not isinstance(table, dict):
         raise _fail(source, f"{where} must be a table")
-    unknown = set(table) - _SPLIT_KEYS
+    selection_keys = set(table) & _SELECTION_KEYS
+    if selection_keys and not annotated:
+        raise _fail(source, f"{where}.{min(selection_keys)} needs an annotations table (top-level key annotations)")
+    if "min_frame_gap" in table and name != "gallery":
+        raise _fail(source, f"{where}.min_frame_gap is for the gallery (a distance to the query images)")
+    unknown = set(table) - _SPLIT_KEYS - _SELECTION_KEYS
     if unknown:
         raise _fail(source, f"unknown key(s) in {where}: {', '.join(sorted(unknown))}")
     if "folders" not in table:
@@ -155,7 +207,12 @@ def _parse_split(source: str, name: str, table: Any, gives_camera: bool) -> Spli
         raise _fail(source, f"{where}.camid is set but the naming scheme already gives a camera")
     if not gives_camera and (not isinstance(camid, int) or isinstance(camid, bool)):
         raise _fail(source, f"{where}.camid (an integer) is needed: the naming scheme gives no camera")
-    return SplitSpec(name=name, folders=folders, images=images, identities=identities, camid=camid)
+    return SplitSpec(
+        name=name, folders=folders, images=images, identities=identities, camid=camid,
+        where=_parse_ranges(source, f"{where}.where", table["where"]) if "where" in table else (),
+        frame_stride=_positive_int(source, f"{where}.frame_stride", table.get("frame_stride")),
+        min_frame_gap=_positive_int(source, f"{where}.min_frame_gap", table.get("min_frame_gap")),
+    )
 
 
 def parse_spec(data: dict[str, Any], source: str) -> DatasetSpec:
@@ -186,8 +243,14 @@ def parse_spec(data: dict[str, Any], source: str) -> DatasetSpec:
     for needed in ("query", "gallery"):
         if needed not in splits_table:
             raise _fail(source, f"splits.{needed} is missing")
+    annotations = data.get("annotations")
+    if annotations is not None and (
+        not isinstance(annotations, str) or not annotations
+        or annotations.startswith("/") or ".." in Path(annotations).parts
+    ):
+        raise _fail(source, "annotations must be a relative path inside the dataset root, such as annotations.csv")
     splits = tuple(
-        _parse_split(source, split, splits_table[split], scheme.gives_camera)
+        _parse_split(source, split, splits_table[split], scheme.gives_camera, annotations is not None)
         for split in SPLIT_ORDER
         if split in splits_table
     )
@@ -212,6 +275,7 @@ def parse_spec(data: dict[str, Any], source: str) -> DatasetSpec:
         single_gallery_shot=single_gallery_shot,
         splits=splits,
         source=source,
+        annotations=annotations,
     )
 
 
