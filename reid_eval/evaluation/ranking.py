@@ -87,6 +87,11 @@ class QueryStats:
     - ``single_shot_rank`` int64 [n, repeats] or None: the rank of the drawn
       correct match in each single-gallery-shot draw, -1 where not valid;
       None when computed without single gallery shot.
+    - ``top_gallery`` int64 [n, top_k] or None: indices into the whole
+      gallery of the query's first ``top_k`` non-junk gallery images in
+      ranking order (the same order that gives ``first_rank``), padded with
+      -1 when fewer are left; for every query, valid or not. None when
+      computed with ``top_k=0``.
     """
 
     valid: np.ndarray
@@ -96,6 +101,7 @@ class QueryStats:
     ap_market1501: np.ndarray
     inp: np.ndarray
     single_shot_rank: np.ndarray | None
+    top_gallery: np.ndarray | None = None
 
     @property
     def num_query(self) -> int:
@@ -214,6 +220,24 @@ def _ranks_of_good(row: np.ndarray, good: np.ndarray, junk: np.ndarray) -> np.nd
     return np.sort(ahead)
 
 
+def _top_non_junk(row: np.ndarray, junk: np.ndarray, k: int) -> np.ndarray:
+    """Positions (into ``row``) of the first ``k`` non-junk images in ranking order, -1 padded; int64 [k].
+
+    Same order as :func:`_ranks_of_good`: ascending distance, ties by position.
+    """
+    out = np.full(k, -1, dtype=np.int64)
+    take = min(k, row.shape[0] - junk.size)
+    if take <= 0:
+        return out
+    masked = row.astype(np.float64, copy=True)
+    masked[junk] = np.inf  # distances are finite (checked), so junk sorts behind everything
+    cutoff = np.partition(masked, take - 1)[take - 1]
+    # Everything at or below the cut-off, ascending positions, then a stable sort by distance.
+    cand = np.flatnonzero(masked <= cutoff)
+    out[:take] = cand[np.argsort(masked[cand], kind="stable")[:take]]
+    return out
+
+
 def _single_shot_ranks(
     row: np.ndarray, good: np.ndarray, own: int, gallery: _Gallery, rng: np.random.Generator, repeats: int
 ) -> np.ndarray:
@@ -245,6 +269,7 @@ def _stats_for_rows(
     single_gallery_shot: bool,
     repeats: int,
     seed: int,
+    top_k: int = 0,
 ) -> QueryStats:
     n = block.shape[0]
     _check_finite(block, query_offset)
@@ -260,8 +285,13 @@ def _stats_for_rows(
     ap_mkt = np.full(n, np.nan)
     inp = np.full(n, np.nan)
     ss_rank = np.full((n, repeats), -1, dtype=np.int64) if single_gallery_shot else None
+    top = np.full((n, top_k), -1, dtype=np.int64) if top_k > 0 else None
     for i in range(n):
         good, junk, own = gallery.split(int(q_pids[i]), int(q_camids[i]))
+        if top is not None:
+            pos = _top_non_junk(block[i], junk, top_k)
+            # back to whole-gallery indices (pid -1 columns were dropped)
+            top[i] = np.where(pos >= 0, pos if gallery.keep is None else gallery.keep[np.maximum(pos, 0)], -1)
         if good.size == 0:
             continue
         row = block[i]
@@ -279,10 +309,12 @@ def _stats_for_rows(
         if ss_rank is not None:
             rng = np.random.default_rng([seed, query_offset + i])
             ss_rank[i] = _single_shot_ranks(row, good, own, gallery, rng, repeats)
-    return QueryStats(valid, num_good, first_rank, ap_std, ap_mkt, inp, ss_rank)
+    return QueryStats(valid, num_good, first_rank, ap_std, ap_mkt, inp, ss_rank, top)
 
 
-def _check_options(single_gallery_shot: bool, repeats: int, seed: int) -> None:
+def _check_options(single_gallery_shot: bool, repeats: int, seed: int, top_k: int = 0) -> None:
+    if not isinstance(top_k, (int, np.integer)) or isinstance(top_k, bool) or top_k < 0:
+        raise ValueError(f"top_k must be a non-negative integer, got {top_k!r}")
     if single_gallery_shot:
         if not isinstance(repeats, (int, np.integer)) or isinstance(repeats, bool) or repeats < 1:
             raise ValueError(f"repeats must be a positive integer, got {repeats!r}")
@@ -302,6 +334,7 @@ def query_stats(
     repeats: int = 10,
     seed: int = 0,
     block_rows: int | None = None,
+    top_k: int = 0,
 ) -> QueryStats:
     """Per-query ranks, AP and INP for a run of query rows (the streaming step).
 
@@ -311,6 +344,8 @@ def query_stats(
     ``query_offset`` only seeds the single-gallery-shot draws, so that any
     split into blocks gives the same draws as one call. ``block_rows`` bounds
     the rows processed at once (default: about 32 MiB of distances).
+    ``top_k`` > 0 also records each query's first ``top_k`` non-junk gallery
+    images (``QueryStats.top_gallery``), ranked by the same rule.
     Merge the results of consecutive blocks with :func:`merge_query_stats`.
     """
     d = _as_distmat(distmat)
@@ -319,7 +354,8 @@ def query_stats(
     qc = _as_ids(q_camids, "q_camids", nq)
     gp = _as_ids(g_pids, "g_pids", ng)
     gc = _as_ids(g_camids, "g_camids", ng)
-    _check_options(single_gallery_shot, repeats, seed)
+    _check_options(single_gallery_shot, repeats, seed, top_k)
+    top_k = int(top_k)
     if block_rows is None:
         block_rows = max(1, _BLOCK_BYTES // max(1, ng * d.dtype.itemsize))
     if block_rows < 1:
@@ -335,11 +371,12 @@ def query_stats(
             single_gallery_shot,
             repeats,
             seed,
+            top_k,
         )
         for s in range(0, nq, block_rows)
     ]
     if not parts:
-        return _stats_for_rows(d, qp, qc, gallery, query_offset, single_gallery_shot, repeats, seed)
+        return _stats_for_rows(d, qp, qc, gallery, query_offset, single_gallery_shot, repeats, seed, top_k)
     return merge_query_stats(parts)
 
 
@@ -352,6 +389,11 @@ def merge_query_stats(parts: Sequence[QueryStats]) -> QueryStats:
         raise ValueError("parts mix single-gallery-shot and multi-shot stats")
     if all(single) and len({p.single_shot_rank.shape[1] for p in parts}) > 1:
         raise ValueError("parts have different numbers of single-gallery-shot repeats")
+    tops = [p.top_gallery for p in parts]
+    if any(t is None for t in tops) and not all(t is None for t in tops):
+        raise ValueError("parts mix stats with and without top_gallery")
+    if tops[0] is not None and len({t.shape[1] for t in tops}) > 1:
+        raise ValueError("parts have different top_k")
     return QueryStats(
         valid=np.concatenate([p.valid for p in parts]),
         num_good=np.concatenate([p.num_good for p in parts]),
@@ -360,6 +402,7 @@ def merge_query_stats(parts: Sequence[QueryStats]) -> QueryStats:
         ap_market1501=np.concatenate([p.ap_market1501 for p in parts]),
         inp=np.concatenate([p.inp for p in parts]),
         single_shot_rank=np.concatenate([p.single_shot_rank for p in parts]) if all(single) else None,
+        top_gallery=np.concatenate(tops) if tops[0] is not None else None,
     )
 
 
