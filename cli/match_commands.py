@@ -1,4 +1,9 @@
-"""`reid-eval match`: distances from the feature cache, evaluation, results JSON."""
+"""`reid-eval match`: distances from the feature cache, evaluation, results JSON.
+
+Choices and defaults come from the library (reid_eval.experiments.record);
+this module parses options into a MatchParams and calls the library. It
+imports no torch (only `--checkpoint` hashing loads the model stage).
+"""
 
 from __future__ import annotations
 
@@ -6,37 +11,58 @@ from pathlib import Path
 
 import click
 
-from .options import cache_dir_option, checkpoint_option, results_dir_option
+from reid_eval.evaluation import AP_FLAVOURS
+from reid_eval.experiments.record import GLOBAL_METRICS, MATCH_METRICS, PAPER_AP, PAPER_BETA, MatchParams
+from reid_eval.matching.backend import BACKENDS
+
+from .options import FiniteFloat, cache_dir_option, checkpoint_option, results_dir_option
+
+_DEFAULT = MatchParams()
 
 
 @click.command("match")
-@click.option("--metric", type=click.Choice(["fpr", "dsr", "euclidean", "cosine"]), required=True, help="fpr/dsr: pyramid reconstruction; euclidean/cosine: global features (Baseline).")
+@click.option("--metric", type=click.Choice(MATCH_METRICS), required=True,
+              help="fpr/dsr: pyramid reconstruction; euclidean/cosine: global features (Baseline).")
 @click.option("--dataset", default=None, help="Dataset to match [default: every dataset in the cache dir].")
-@click.option("--beta", type=click.FloatRange(min=0.0, min_open=True), default=0.01, show_default=True, help="Ridge β of the reconstruction (paper: 0.01).")
-@click.option("--backend", type=click.Choice(["auto", "numpy", "cupy"]), default="auto", show_default=True)
-@click.option("--shortlist", type=click.IntRange(min=1), default=None, help="Reconstruct only the K nearest gallery images by global distance.")
-@click.option("--fuse", type=click.FloatRange(0.0, 1.0), default=None, metavar="LAMBDA", help="(1-λ)·global + λ·FPR/DSR with a λ chosen beforehand.")
-@click.option("--fuse-global", type=click.Choice(["euclidean", "cosine"]), default="euclidean", show_default=True, help="Global distance used by --fuse.")
-@click.option("--ap", type=click.Choice(["standard", "market1501"]), default="standard", show_default=True, help="AP flavour (market1501: the official trapezoid rule).")
+@click.option("--beta", type=FiniteFloat(min=0.0, min_open=True), default=PAPER_BETA, show_default=True,
+              help=f"Ridge β of the reconstruction (paper: {PAPER_BETA:g}).")
+@click.option("--backend", type=click.Choice(BACKENDS), default=_DEFAULT.backend, show_default=True)
+@click.option("--shortlist", type=click.IntRange(min=1), default=None, metavar="K",
+              help="Reconstruct only the K nearest gallery images by --shortlist-metric (its own results file; "
+                   "the paper's tables are exact all-pairs).")
+@click.option("--shortlist-metric", type=click.Choice(GLOBAL_METRICS), default="euclidean", show_default=True,
+              help="Global distance that picks the --shortlist.")
+@click.option("--fuse", type=FiniteFloat(0.0, 1.0), default=None, metavar="LAMBDA",
+              help="(1-λ)·global + λ·FPR/DSR with a λ chosen beforehand.")
+@click.option("--fuse-global", type=click.Choice(GLOBAL_METRICS), default="euclidean", show_default=True,
+              help="Global distance used by --fuse.")
+@click.option("--ap", type=click.Choice(AP_FLAVOURS), default=_DEFAULT.ap, show_default=True,
+              help=f"AP flavour ({PAPER_AP}: the official trapezoid rule the paper's tables used).")
 @cache_dir_option
 @results_dir_option
 @checkpoint_option
-def match_command(metric, dataset, beta, backend, shortlist, fuse, fuse_global, ap, cache_dir, results_dir, checkpoint) -> None:
+def match_command(metric, dataset, beta, backend, shortlist, shortlist_metric, fuse, fuse_global, ap, cache_dir,
+                  results_dir, checkpoint) -> None:
     """Distance matrix from the cache, Market-1501 evaluation, results JSON.
 
     With several caches for a dataset, the one made with --checkpoint is used,
-    else the newest.
+    else the newest complete one; a damaged or unfinished newest cache is an
+    error, never skipped. Every parameter, and the checkpoint, is part of the
+    results file name: runs with other parameters never replace each other.
     """
     from reid_eval.experiments import match_cache, select_caches
-    from reid_eval.model import file_sha256
 
+    params = MatchParams(metric=metric, beta=beta, shortlist=shortlist, shortlist_metric=shortlist_metric, fuse=fuse,
+                         fuse_global=fuse_global, ap=ap, backend=backend).validate()
     sha = None
     if checkpoint is not None:
         if not Path(checkpoint).is_file():
             raise click.BadParameter(f"{checkpoint} does not exist", param_hint="--checkpoint")
+        from reid_eval.model import file_sha256  # the model stage loads torch: only when a checkpoint is named
+
         sha = file_sha256(checkpoint)
     for name, path in select_caches(cache_dir, dataset, sha).items():
-        outcome = match_cache(path, metric, results_dir, beta=beta, backend=backend, shortlist=shortlist, fuse=fuse, fuse_global=fuse_global, ap=ap)
+        outcome = match_cache(path, params, results_dir, dataset=name)
         click.echo(outcome.summary)
 
 

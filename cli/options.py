@@ -2,9 +2,38 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
+from typing import Any
 
 import click
+
+
+class FiniteFloat(click.FloatRange):
+    """A float option that refuses NaN and ±infinity, naming the option; optional bounds as click.FloatRange.
+
+    Use it for every numeric option that takes a real number
+    (``type=FiniteFloat(min=0, min_open=True)``): click's own FLOAT and
+    FloatRange accept "nan" and "inf", which no computation here can use.
+    """
+
+    name = "finite float"
+
+    def __init__(self, min: float | None = None, max: float | None = None, min_open: bool = False,
+                 max_open: bool = False, clamp: bool = False) -> None:
+        super().__init__(min=min, max=max, min_open=min_open, max_open=max_open, clamp=clamp)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = click.FLOAT.convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return super().convert(number, param, ctx)
+
+    def __repr__(self) -> str:
+        return f"FiniteFloat({self._describe_range()})" if (self.min, self.max) != (None, None) else "FiniteFloat"
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
+        return "FLOAT"
 
 data_root_option = click.option(
     "--data-root",

@@ -8,7 +8,7 @@
    (:func:`reid_eval.features.extract_dataset`);
 4. match with the Baseline (``euclidean`` on the global features), DSR and
    FPR and evaluate (:func:`reid_eval.experiments.match_cache`), results JSON
-   under ``<workdir>/results``;
+   (:class:`reid_eval.experiments.MatchResult`) under ``<workdir>/results``;
 5. build the report (:func:`reid_eval.report.build_report`) into
    ``<workdir>/results/tables`` and ``figures``.
 
@@ -40,7 +40,7 @@ import numpy as np
 from reid_eval.datasets.synthetic import SyntheticConfig, generate_synthetic_dataset
 from reid_eval.errors import ReidEvalError
 from reid_eval.evaluation import evaluate_ranking
-from reid_eval.experiments import match_cache
+from reid_eval.experiments import GLOBAL_METRICS, METRIC_NAMES, MatchParams, match_cache
 from reid_eval.features import extract_dataset, read_split_index
 from reid_eval.model import ModelConfig, load_checkpoint
 from reid_eval.report import build_report
@@ -48,9 +48,8 @@ from reid_eval.training import FINAL_NAME, TrainConfig, train
 from reid_eval.training.trainer import CHECKPOINT_NAME
 
 DATASET = "synthetic_occluded"
-#: Rows of the demo table: (metric, label).
-DEMO_METRICS: tuple[tuple[str, str], ...] = (("euclidean", "Baseline (global, euclidean)"),
-                                             ("dsr", "DSR (Eq. 4)"), ("fpr", "FPR (Eq. 5)"))
+#: Metrics of the demo table, in its row order (labels: experiments.METRIC_NAMES).
+DEMO_METRICS: tuple[str, ...] = ("euclidean", "dsr", "fpr")
 
 #: progress(stage, done, total, note): stage is one of "generate", "train", "extract-query",
 #: "extract-gallery", "match"; note is a short status text (e.g. the current loss).
@@ -111,7 +110,8 @@ def _train(settings: DemoSettings, data_root: Path, train_dir: Path, device: str
     final = train_dir / FINAL_NAME
     wanted = TrainConfig(dataset=DATASET, root=data_root, out_dir=train_dir, model=settings.model,
                          epochs=settings.epochs, batch_p=settings.batch_p, batch_k=settings.batch_k,
-                         lr=settings.lr, margin=settings.margin, flip=True, seed=settings.synthetic.seed,
+                         lr=settings.lr, lr_schedule="constant", warmup_epochs=0,  # the demo's short runs: no warmup
+                         margin=settings.margin, flip=True, seed=settings.synthetic.seed,
                          device=device, max_seconds=settings.max_train_seconds)
     if final.is_file():
         _, _, meta = load_checkpoint(final)
@@ -180,10 +180,10 @@ def run_demo(workdir: Path = Path("demo-work"), *, seed: int = 0, size: str = "d
     by_kind: dict[str, dict[str, float]] = {}
     query, gallery = read_split_index(cache, "query"), read_split_index(cache, "gallery")
     kinds = _query_kinds(data_root, query.paths)
-    for i, (metric, _label) in enumerate(DEMO_METRICS):
-        outcome = match_cache(cache, metric, results_dir)
-        cmc = outcome.record["cmc"]
-        rows[metric] = {"rank1": cmc[0], "rank5": cmc[min(4, len(cmc) - 1)], "mAP": outcome.record["mAP"]}
+    for i, metric in enumerate(DEMO_METRICS):
+        outcome = match_cache(cache, MatchParams(metric=metric), results_dir, dataset=DATASET)
+        cmc = outcome.result.cmc
+        rows[metric] = {"rank1": cmc[0], "rank5": cmc[min(4, len(cmc) - 1)], "mAP": outcome.result.mAP}
         for kind in sorted(set(kinds)):
             sel = np.array([k == kind for k in kinds])
             r = evaluate_ranking(outcome.distances[sel], query.pids[sel], gallery.pids, query.camids[sel],
@@ -218,13 +218,18 @@ def _query_kinds(data_root: Path, paths: list[str]) -> list[str]:
     return [kind.get(p, "unknown") for p in paths]
 
 
+def _label(metric: str) -> str:
+    """'Baseline (euclidean)', 'DSR', 'FPR': the report's method names, the Baseline's distance named."""
+    return METRIC_NAMES[metric] + (f" ({metric})" if metric in GLOBAL_METRICS else "")
+
+
 def format_table(rows: dict[str, dict[str, float]]) -> str:
     """The demo table as Markdown, rates in percent."""
     lines = ["| method | rank-1 | rank-5 | mAP |", "| --- | ---: | ---: | ---: |"]
-    for metric, label in DEMO_METRICS:
+    for metric in DEMO_METRICS:
         if metric in rows:
             r = rows[metric]
-            lines.append(f"| {label} | {100 * r['rank1']:.1f} | {100 * r['rank5']:.1f} | {100 * r['mAP']:.1f} |")
+            lines.append(f"| {_label(metric)} | {100 * r['rank1']:.1f} | {100 * r['rank5']:.1f} | {100 * r['mAP']:.1f} |")
     return "\n".join(lines)
 
 
@@ -233,7 +238,7 @@ def format_kind_table(by_kind: dict[str, dict[str, float]], kinds: list[str]) ->
     names = sorted(by_kind)
     head = " | ".join(f"rank-1 {k} ({kinds.count(k)})" for k in names)
     lines = [f"| method | {head} |", "| --- |" + " ---: |" * len(names)]
-    for metric, label in DEMO_METRICS:
+    for metric in DEMO_METRICS:
         cells = " | ".join(f"{100 * by_kind[k][metric]:.1f}" for k in names if metric in by_kind[k])
-        lines.append(f"| {label} | {cells} |")
+        lines.append(f"| {_label(metric)} | {cells} |")
     return "\n".join(lines)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 import pytest
+from click.testing import CliRunner
 
 from cli.main import COMMANDS, LazyGroup, cli, main
 
@@ -63,6 +64,8 @@ def test_command_table_matches_the_command_modules():
         (["--version"], []),
         (["datasets", "--data-root", "{tmp}"], ["cli.dataset_commands"]),
         (["manifest", "--help"], ["cli.dataset_commands"]),
+        (["match", "--help"], ["cli.match_commands"]),
+        (["report", "--help"], ["cli.report_commands"]),
     ],
 )
 def test_cli_imports_only_the_invoked_command_module_and_no_torch(argv, modules, tmp_path):
@@ -95,3 +98,19 @@ def test_table_entry_missing_from_its_module_is_reported(monkeypatch, capsys):
     monkeypatch.setitem(cli.lazy_commands, "phantom", ("cli.dataset_commands", "Not defined there."))
     assert main(["phantom"]) == 1
     assert "cli.dataset_commands has no command 'phantom'" in capsys.readouterr().err
+
+
+def test_finite_float_option_refuses_nan_and_infinity_naming_the_option():
+    from cli.options import FiniteFloat
+
+    @click.command()
+    @click.option("--weight", type=FiniteFloat(min=0.0, min_open=True))
+    def command(weight):
+        click.echo(repr(weight))
+
+    for bad in ("nan", "inf", "-inf", "NaN", "1e999"):
+        result = CliRunner().invoke(command, ["--weight", bad])
+        assert result.exit_code == 2 and "--weight" in result.output and "not a finite number" in result.output, bad
+    result = CliRunner().invoke(command, ["--weight", "0"])
+    assert result.exit_code == 2 and "x>0" in result.output
+    assert CliRunner().invoke(command, ["--weight", "2.5e-3"]).output.strip() == "0.0025"

@@ -4,19 +4,25 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
 
 import numpy as np
 import pytest
 
+from reid_eval.errors import ReidEvalError
+
 from cli.main import main
 from reid_eval.evaluation import evaluate_ranking
-from reid_eval.experiments import distance_name, results_file_name, select_caches
-from reid_eval.features import read_distances, read_split
+from reid_eval.experiments import RESULT_KEYS, MatchParams, select_caches
+from reid_eval.features import read_attrs, read_distances, read_split
 from reid_eval.matching import fpr_distances, global_distances
 from reid_eval.report import build_report
-from reid_eval.report.results import REQUIRED_KEYS
 from test_extract_cache import make_partial_reid
-
 
 
 @pytest.fixture(scope="module")
@@ -33,20 +39,29 @@ def run(tmp_path_factory):
     for metric in ("fpr", "euclidean"):
         assert main(["match", "--metric", metric, "--results-dir", str(results), *common]) == 0
     (cache_file,) = cache.rglob("*.h5")
-    return {"ckpt": ckpt, "cache": cache, "results": results, "cache_file": cache_file, "data": data}
+    sha = str(read_attrs(cache_file)["checkpoint_sha256"])
+    return {"ckpt": ckpt, "cache": cache, "results": results, "cache_file": cache_file, "data": data, "sha": sha}
+
+
+def results_file(run, folder=None, dataset="partial_reid", **params):
+    """Where `match` writes the results of ``params`` for the fixture's checkpoint."""
+    name = MatchParams(checkpoint_sha256=run["sha"], **params).results_file_name(dataset)
+    return (folder or run["results"]) / name
 
 
 def test_match_writes_results_with_the_design_fields(run):
+    assert {f"partial_reid__euclidean__ckpt-{run['sha'][:8]}.json", f"partial_reid__fpr__ckpt-{run['sha'][:8]}.json"} <= {
+        p.name for p in run["results"].glob("*.json")}
     for metric in ("fpr", "euclidean"):
-        record = json.loads((run["results"] / f"partial_reid__{metric}.json").read_text())
-        assert set(REQUIRED_KEYS) <= set(record) and set(record) == set(REQUIRED_KEYS)
+        record = json.loads(results_file(run, metric=metric).read_text())
+        assert set(record) == set(RESULT_KEYS) and record["checkpoint_sha256"] == run["sha"]
         assert record["dataset"] == "partial_reid" and record["metric"] == metric
         assert record["num_query"] == 12 and record["num_gallery"] == 12 and record["num_valid_query"] == 12
         assert record["params"]["cache_file"] == str(run["cache_file"].resolve())
         assert len(record["cmc"]) == 50 and all(0 <= c <= 1 for c in record["cmc"])
         assert np.all(np.diff(record["cmc"]) >= 0) and record["cmc"][-1] == 1.0
         assert 0 < record["mINP"] <= record["mAP"] <= 1
-    assert json.loads((run["results"] / "partial_reid__fpr.json").read_text())["params"]["beta"] == 0.01
+    assert json.loads(results_file(run, metric="fpr").read_text())["params"]["beta"] == 0.01
 
 
 def test_stored_matrix_equals_the_engine_and_results_equal_the_protocol(run):
@@ -57,7 +72,7 @@ def test_stored_matrix_equals_the_engine_and_results_equal_the_protocol(run):
     E, _ = read_distances(run["cache_file"], "euclidean")
     np.testing.assert_array_equal(E, global_distances(q.global_features, g.global_features, "euclidean"))
     r = evaluate_ranking(D, q.pids, g.pids, q.camids, g.camids)
-    record = json.loads((run["results"] / "partial_reid__fpr.json").read_text())
+    record = json.loads(results_file(run, metric="fpr").read_text())
     assert record["mAP"] == pytest.approx(r.mAP) and record["cmc"] == pytest.approx(list(r.cmc))
 
 
@@ -66,12 +81,12 @@ def test_fuse_and_beta_name_the_files_and_combine_the_matrices(run, capsys):
                  "--cache-dir", str(run["cache"]), "--results-dir", str(run["results"])]) == 0
     line = capsys.readouterr().out.strip()
     assert line.startswith("partial_reid fpr+euclidean__beta0.1__fuse0.25: R1 ") and "mINP" in line
-    name = results_file_name("partial_reid", "fpr", 0.1, 0.25)
-    assert name == "partial_reid__fpr+euclidean__beta0.1__fuse0.25.json"
-    record = json.loads((run["results"] / name).read_text())
+    params = MatchParams(metric="fpr", beta=0.1, fuse=0.25)
+    assert params.results_file_name("partial_reid") == "partial_reid__fpr+euclidean__beta0.1__fuse0.25.json"
+    record = json.loads(results_file(run, metric="fpr", beta=0.1, fuse=0.25).read_text())
     assert record["metric"] == "fpr+euclidean" and record["params"]["fuse"] == 0.25
     q, g = read_split(run["cache_file"], "query"), read_split(run["cache_file"], "gallery")
-    fused, _ = read_distances(run["cache_file"], distance_name("fpr", 0.1, 0.25))
+    fused, _ = read_distances(run["cache_file"], params.distance_name)
     want = 0.75 * global_distances(q.global_features, g.global_features, "euclidean") + 0.25 * fpr_distances(
         q.spatial, g.spatial, beta=0.1, backend="numpy"
     )
@@ -80,17 +95,27 @@ def test_fuse_and_beta_name_the_files_and_combine_the_matrices(run, capsys):
 
 def test_dsr_and_cosine_and_shortlist(run):
     args = ["--cache-dir", str(run["cache"]), "--results-dir", str(run["results"])]
+    assert main(["match", "--metric", "dsr", *args]) == 0
+    exact = json.loads(results_file(run, metric="dsr").read_text())
     assert main(["match", "--metric", "dsr", "--shortlist", "5", *args]) == 0
     assert main(["match", "--metric", "cosine", *args]) == 0
-    D, params = read_distances(run["cache_file"], "dsr")
-    assert params["weighted"] is False and params["shortlist"] == 5
+    # The shortlist run has its own matrix and results file: the exact run is still there, unchanged.
+    assert json.loads(results_file(run, metric="dsr").read_text()) == exact
+    shortlisted = json.loads(results_file(run, metric="dsr", shortlist=5).read_text())
+    assert shortlisted["params"]["distance_name"] == "dsr__shortlist5" and shortlisted["params"]["shortlist"] == 5
+    D, params = read_distances(run["cache_file"], "dsr__shortlist5")
+    assert params["weighted"] is False and params["shortlist"] == 5 and params["shortlist_metric"] == "euclidean"
     q, g = read_split(run["cache_file"], "query"), read_split(run["cache_file"], "gallery")
     full = fpr_distances(q.spatial, g.spatial, weighted=False, backend="numpy")
+    np.testing.assert_array_equal(read_distances(run["cache_file"], "dsr")[0], full)
     # each row's 5 shortlisted entries carry their DSR distances
     for i in range(len(q.paths)):
         near = np.argsort(global_distances(q.global_features[i : i + 1], g.global_features)[0], kind="stable")[:5]
         np.testing.assert_allclose(D[i, near], full[i, near], rtol=1e-5, atol=1e-6)  # float32 engine tolerance
-    assert (run["results"] / "partial_reid__cosine.json").is_file()
+    assert results_file(run, metric="cosine").is_file()
+    # The report labels the shortlist row as such.
+    report = build_report(run["results"], figures=False)
+    assert "DSR (measured, shortlist K=5 by euclidean, standard AP)" in report.markdown
 
 
 def test_user_errors_are_one_line(run, tmp_path, capsys):
@@ -131,15 +156,17 @@ def test_select_caches_prefers_the_checkpoint_then_the_newest(run, tmp_path):
 
 
 def test_both_ap_flavours_get_their_own_file_and_report_row(run, tmp_path):
-    assert results_file_name("market1501", "fpr", ap="market1501") == "market1501__fpr__ap-market1501.json"
-    assert results_file_name("market1501", "fpr", 0.1, ap="standard") == "market1501__fpr__beta0.1.json"
+    assert MatchParams(metric="fpr", ap="market1501").results_file_name("market1501") == "market1501__fpr__ap-market1501.json"
+    assert MatchParams(metric="fpr", beta=0.1).results_file_name("market1501") == "market1501__fpr__beta0.1.json"
     mine = tmp_path / "results"
     for ap in ("standard", "market1501"):
         assert main(["match", "--metric", "fpr", "--ap", ap, "--dataset", "partial_reid",
                      "--cache-dir", str(run["cache"]), "--results-dir", str(mine)]) == 0
-    assert sorted(p.name for p in mine.glob("*.json")) == ["partial_reid__fpr.json", "partial_reid__fpr__ap-market1501.json"]
-    standard = json.loads((mine / "partial_reid__fpr.json").read_text())
-    official = json.loads((mine / "partial_reid__fpr__ap-market1501.json").read_text())
+    standard_file, official_file = results_file(run, mine, metric="fpr"), results_file(run, mine, metric="fpr", ap="market1501")
+    assert sorted(mine.glob("*.json")) == sorted([standard_file, official_file])
+    assert official_file.name == f"partial_reid__fpr__ap-market1501__ckpt-{run['sha'][:8]}.json"
+    standard = json.loads(standard_file.read_text())
+    official = json.loads(official_file.read_text())
     assert (standard["ap_flavour"], official["ap_flavour"]) == ("standard", "market1501")
     # one matrix, stored once, named in both files
     assert standard["params"]["distance_name"] == official["params"]["distance_name"] == "fpr"
@@ -152,9 +179,10 @@ def test_both_ap_flavours_get_their_own_file_and_report_row(run, tmp_path):
     summary = build_report(mine, top_k=2, warn=warnings.append)
     with open(mine / "tables" / "table3.csv", newline="") as handle:
         rows = [r for r in csv.DictReader(handle) if r["source"] == "measured"]
-    assert [r["method"] for r in rows] == ["FPR (measured)", "FPR (measured, AP market1501)"]
-    assert [r["Partial-REID mAP"] for r in rows] == [f"{100 * standard['mAP']:.2f}", f"{100 * official['mAP']:.2f}"]
-    assert "AP market1501" in rows[1]["note"] and "AP standard" in rows[0]["note"]
+    # the paper's flavour is unmarked; the other one is marked in the row itself
+    assert [r["method"] for r in rows] == ["FPR (measured)", "FPR (measured, standard AP)"]
+    assert [r["Partial-REID mAP"] for r in rows] == [f"{100 * official['mAP']:.2f}", f"{100 * standard['mAP']:.2f}"]
+    assert "AP market1501" in rows[0]["note"] and "AP standard" in rows[1]["note"]
     # the market1501 results find their matrix through the recorded name: no retrieval row left out
     assert not any("left out" in w for w in warnings), warnings
     assert any(p.name.startswith("retrieval_partial_reid_q") for p in summary.figure_files)
@@ -164,3 +192,84 @@ def test_non_positive_beta_is_refused_before_any_cache_is_read(tmp_path, capsys)
     status = main(["match", "--metric", "fpr", "--beta", "0", "--cache-dir", str(tmp_path / "no-cache")])
     err = capsys.readouterr().err
     assert status == 2 and "--beta" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(("option", "value"), [("--beta", "inf"), ("--beta", "nan"), ("--fuse", "nan"), ("--fuse", "-inf")])
+def test_nan_and_infinity_are_refused_at_the_option(option, value, tmp_path, capsys):
+    status = main(["match", "--metric", "fpr", option, value, "--cache-dir", str(tmp_path / "no-cache")])
+    err = capsys.readouterr().err
+    assert status == 2 and option in err and "not a finite number" in err and "Traceback" not in err
+
+
+def _copy_cache(run, tmp_path):
+    cache = tmp_path / "cache"
+    shutil.copytree(run["cache"], cache)
+    (copied,) = cache.rglob("*.h5")
+    return cache, copied
+
+
+def test_cache_of_another_dataset_is_an_error_naming_both(run, tmp_path, capsys):
+    cache, copied = _copy_cache(run, tmp_path)
+    (cache / "partial_ilids").mkdir()
+    shutil.move(copied, cache / "partial_ilids" / copied.name)
+    for argv in (["--dataset", "partial_ilids"], []):
+        status = main(["match", "--metric", "euclidean", *argv, "--cache-dir", str(cache), "--results-dir", str(tmp_path / "r")])
+        err = capsys.readouterr().err
+        assert status == 1 and "holds dataset partial_reid, not partial_ilids" in err and copied.name in err, err
+    assert not (tmp_path / "r").exists()
+
+
+def test_damaged_or_unfinished_newest_cache_is_named_never_skipped(run, tmp_path, capsys):
+    cache, copied = _copy_cache(run, tmp_path)
+    damaged = copied.parent / "ffffffffffffffff.h5"
+    damaged.write_bytes(b"not an HDF5 file")
+    args = ["match", "--metric", "euclidean", "--cache-dir", str(cache), "--results-dir", str(tmp_path / "r")]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "damaged feature cache" in err and str(damaged) in err and "Traceback" not in err
+    assert not (tmp_path / "r").exists()
+    # --checkpoint selects the good cache: the user's option, not a silent fallback
+    assert main([*args, "--checkpoint", str(run["ckpt"])]) == 0
+    written = capsys.readouterr().out.strip().split(" -> ")[-1]
+    assert json.loads(Path(written).read_text())["params"]["cache_file"] == str(copied.resolve())
+    damaged.unlink()
+    # an unfinished newer cache (an interrupted extraction) is named too
+    unfinished = copied.parent / "eeeeeeeeeeeeeeee.h5"
+    shutil.copy(copied, unfinished)
+    with h5py.File(unfinished, "r+") as f:
+        f["gallery"].attrs["num_complete"] = 5
+        f.attrs["created"] = "2999-01-01T00:00:00+00:00"
+    assert select_caches(cache, "partial_reid", run["sha"]) == {"partial_reid": copied}  # by checkpoint: the complete one
+    with pytest.raises(ReidEvalError, match="is incomplete"):
+        select_caches(cache, "partial_reid")
+
+
+def test_two_checkpoints_keep_two_results_and_two_report_rows(run, tmp_path, capsys):
+    cache, copied = _copy_cache(run, tmp_path)
+    other = tmp_path / "other.pt"
+    assert main(["checkpoint", "init", "--out", str(other), "--backbone", "resnet18", "--input-size", "128", "64", "--seed", "4"]) == 0
+    assert main(["extract", "--dataset", "partial_reid", "--data-root", str(run["data"]), "--checkpoint", str(other),
+                 "--device", "cpu", "--batch-size", "8", "--allow-mismatch", "--cache-dir", str(cache)]) == 0
+    results = tmp_path / "results"
+    for ckpt in (run["ckpt"], other):
+        assert main(["match", "--metric", "euclidean", "--checkpoint", str(ckpt), "--cache-dir", str(cache),
+                     "--results-dir", str(results)]) == 0
+    capsys.readouterr()
+    files = sorted(results.glob("*.json"))
+    shas = {json.loads(p.read_text())["checkpoint_sha256"] for p in files}
+    assert len(files) == 2 and len(shas) == 2 and run["sha"] in shas
+    report = build_report(results, figures=False)
+    labels = [line.split("|")[1].strip() for line in report.markdown.splitlines() if "(measured" in line and line.startswith("|")]
+    assert sorted(labels) == sorted(f"Baseline (measured, standard AP, ckpt {s[:8]})" for s in shas)
+
+
+def test_match_runs_without_torch(run, tmp_path):
+    code = (
+        "import sys\n"
+        "from cli.main import main\n"
+        "status = main(sys.argv[1:])\n"
+        "print(status, sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision')))\n"
+    )
+    argv = ["match", "--metric", "euclidean", "--cache-dir", str(run["cache"]), "--results-dir", str(tmp_path)]
+    out = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "0 []"

@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from reid_eval.errors import ReidEvalError
+from reid_eval.evaluation import evaluate_ranking, query_stats
 from reid_eval.report import build_report
 from reid_eval.report import figures as fig
 from reid_eval.report.cache import ReportCache
@@ -25,21 +26,27 @@ def test_sizes_in_pixels():
     assert fig.foreground_size(6) == (20 + 80 * 6 + 80, 40 + 320)
 
 
-def test_first_match_ranks_and_probe_choice():
-    q_pids, g_pids = np.array([1, 2, 3]), np.array([1, 2, 3, 1, 9])
-    q_cams, g_cams = np.array([1, 1, 1]), np.array([2, 2, 2, 1, 2])
+def test_probe_choice_and_retrieval_rows_use_the_evaluation_ranks():
+    q_pids, g_pids = np.array([1, 2, 3, 2]), np.array([1, 2, 3, 1, 9])
+    q_cams, g_cams = np.array([1, 1, 1, 1]), np.array([2, 2, 2, 1, 2])
     d = np.array(
         [
             [0.3, 0.1, 0.2, 0.0, 0.5],  # gallery 3 is pid 1 camera 1: junk for query 0, so its match ranks 2
             [0.9, 0.1, 0.5, 0.5, 0.5],  # rank 0
             [0.1, 0.2, 0.3, 0.4, 0.0],  # rank 3 (gallery 3 counts: pid 1 is another person)
+            [0.2, 0.2, 0.7, 0.7, 0.7],  # tie between gallery 0 (wrong) and 1 (correct): gallery order, rank 1
         ]
     )
-    ranks = fig.first_match_ranks(d, q_pids, g_pids, q_cams, g_cams)
-    assert ranks.tolist() == [2, 0, 3]
+    ranks = query_stats(d, q_pids, g_pids, q_cams, g_cams).first_rank
+    assert ranks.tolist() == [2, 0, 3, 1]
+    assert evaluate_ranking(d, q_pids, g_pids, q_cams, g_cams, max_rank=2).cmc.tolist() == [0.25, 0.5]
+    # The row drawn for a probe shows its first correct image exactly where the CMC counts it.
+    for q in range(4):
+        shown = fig.ranked_gallery(d[q], q_pids[q], q_cams[q], g_pids, g_cams, 5)
+        assert int(np.flatnonzero(g_pids[shown] == q_pids[q])[0]) == ranks[q]
     assert fig.ranked_gallery(d[0], 1, 1, g_pids, g_cams, 3).tolist() == [1, 2, 0]
     assert fig.choose_probes({"fpr": ranks}, "fpr", 1, 1) == [1, 2]
-    other = np.array([0, 4, 3])
+    other = np.array([0, 4, 3, 1])
     # Against another metric: query 1 gains most (0 vs 4), query 0 loses most (2 vs 0).
     assert fig.choose_probes({"fpr": ranks, "dsr": other}, "fpr", 1, 1) == [1, 0]
     assert fig.choose_probes({"fpr": np.array([-1, -1])}, "fpr") == []
@@ -142,7 +149,7 @@ def test_beta_groups_need_two_betas(tmp_path):
     assert fig.beta_groups(load_results(tmp_path)) == {}
     write_result(tmp_path, "partial_reid", "fpr", 0.7, 0.6, beta=1.0)
     groups = fig.beta_groups(load_results(tmp_path))
-    assert list(groups) == ["FPR"] and [r.beta for r in groups["FPR"]] == [0.01, 1.0]
+    assert list(groups) == ["FPR (standard AP)"] and [r.beta for r in groups["FPR (standard AP)"]] == [0.01, 1.0]
 
 
 def test_altered_cache_skips_its_figures_not_the_report(tmp_path):

@@ -55,23 +55,26 @@ def test_measured_values_land_in_their_row_and_column(tmp_path):
     md = to_markdown(table3)
     rows = md_rows(md)
     header = rows["Method"]
-    assert rows["FPR (measured)"][header.index("Partial-REID R1")] == "81.23"
-    assert rows["FPR (measured)"][header.index("Partial-REID mAP")] == "76.54"
-    assert rows["FPR (measured)"][header.index("Occluded-REID R1")] == "50.00"
-    assert rows["FPR (measured)"][header.index("Partial-iLIDS R1")] == "—"
-    assert rows["Baseline (measured)"][header.index("Partial-REID R1")] == "45.67"
+    assert rows["FPR (measured, standard AP)"][header.index("Partial-REID R1")] == "81.23"
+    assert rows["FPR (measured, standard AP)"][header.index("Partial-REID mAP")] == "76.54"
+    assert rows["FPR (measured, standard AP)"][header.index("Occluded-REID R1")] == "50.00"
+    assert rows["FPR (measured, standard AP)"][header.index("Partial-iLIDS R1")] == "—"
+    assert rows["Baseline (measured, standard AP)"][header.index("Partial-REID R1")] == "45.67"
     assert rows["FPR (ours)"][header.index("Partial-REID R1")] == "81.00"
     assert rows["FPR (ours)"][header.index("Source")] == "paper"
-    assert "market1501" not in md  # Table 4's dataset stays out of Table 3
+    # Table 4's dataset stays out of Table 3 (its rows and footnotes; the AP note names the flavour market1501)
+    assert not any("market1501" in line for line in md.splitlines() if line.startswith(("|", "- (")))
+    # Rows scored with another AP flavour than the paper's are marked in the table itself.
+    assert any(line.startswith("- Rows marked 'standard AP'") and "--ap market1501" in line for line in md.splitlines())
     # Footnote names checkpoint and parameters.
-    letter = rows["FPR (measured)"][header.index("Source")].split("(")[1].rstrip(")")
+    letter = rows["FPR (measured, standard AP)"][header.index("Source")].split("(")[1].rstrip(")")
     footnote = next(line for line in md.splitlines() if line.startswith(f"- ({letter})"))
     assert "checkpoint 01234567" in footnote and "beta=0.01" in footnote and "backend=numpy" in footnote
     # The dataset without results names the commands that fill it.
     assert "`reid-eval extract --dataset partial_ilids` then `reid-eval match --metric fpr --dataset partial_ilids`" in md
 
     parsed = list(csv.DictReader(io.StringIO(to_csv(table3))))
-    fpr = next(r for r in parsed if r["method"] == "FPR (measured)")
+    fpr = next(r for r in parsed if r["method"] == "FPR (measured, standard AP)")
     assert fpr["Partial-REID R1"] == "81.23" and fpr["Occluded-REID mAP"] == "25.00" and fpr["source"] == "measured"
     assert "checkpoint 01234567" in fpr["note"]
     quoted = next(r for r in parsed if r["method"] == "DSR")
@@ -90,12 +93,13 @@ def test_table4_cuhk03_variants_beta_and_duplicates(tmp_path):
     table = build_paper_table(load_paper_tables()["table4"], records)
     rows = {r.label: r for r in table.rows}
     cols = table.value_columns
-    assert rows["FPR (measured)"].cells[cols.index("CUHK03 R1")] == "70.11"
-    assert rows["FPR (measured, labeled)"].cells[cols.index("CUHK03 mAP")] == "68.22"
-    assert rows["FPR (measured, β=0.1)"].cells[cols.index("Market1501 R1")] == "95.00"
+    # Two checkpoints in the table: every measured row names its own, so no two rows read alike.
+    assert rows["FPR (measured, standard AP, ckpt 01234567)"].cells[cols.index("CUHK03 R1")] == "70.11"
+    assert rows["FPR (measured, standard AP, labeled, ckpt 01234567)"].cells[cols.index("CUHK03 mAP")] == "68.22"
+    assert rows["FPR (measured, β=0.1, standard AP, ckpt 01234567)"].cells[cols.index("Market1501 R1")] == "95.00"
     # Two checkpoints for the same row and dataset give two rows, not an overwrite.
-    baselines = [r for r in table.rows if r.label == "Baseline (measured)"]
-    assert sorted(r.cells[0] for r in baselines) == ["90.00", "91.00"]
+    assert rows["Baseline (measured, standard AP, ckpt 01234567)"].cells[0] == "90.00"
+    assert rows["Baseline (measured, standard AP, ckpt abababab)"].cells[0] == "91.00"
     assert len({r.footnote for r in table.rows if r.footnote}) == 5
     assert rows["PCB (ECCV18)"].cells == ["92.30", "77.40", "61.30", "54.20", "81.80", "66.10"]
     assert rows["SPReID (CVPR18)"].cells[2:] == ["—"] * 4
@@ -107,7 +111,8 @@ def test_other_dataset_gets_its_own_table(tmp_path):
     write_result(tmp_path, "synthetic_occluded", "dsr", 0.25, 0.2, cmc=[0.25, 0.3])
     records = load_results(tmp_path)
     table = build_dataset_table("synthetic_occluded", records)
-    assert [r.label for r in table.rows] == ["DSR (measured)", "FPR (measured)"]
+    assert [r.label for r in table.rows] == ["DSR (measured, standard AP)", "FPR (measured, standard AP)"]
+    assert any("'standard AP'" in n for n in table.notes)
     assert table.rows[1].cells == ["50.00", "85.00", "95.00", "43.21", "21.61"]
     assert table.rows[0].cells[1:3] == ["—", "—"]  # the CMC stops at rank 2
     summary = build_report(tmp_path, figures=False)
@@ -164,7 +169,7 @@ def test_latex_escapes_specials():
 def test_markdown_of_fused_metric_names_lambda(tmp_path):
     write_result(tmp_path, "market1501", "fpr+euclidean", 0.9, 0.8, fuse=0.3)
     table = build_paper_table(load_paper_tables()["table4"], load_results(tmp_path))
-    assert "| measured | FPR + Baseline (measured, λ=0.3) | measured (a) | 90.00 | 80.00 |" in to_markdown(table)
+    assert "| measured | FPR + Baseline (measured, λ=0.3, standard AP) | measured (a) | 90.00 | 80.00 |" in to_markdown(table)
 
 
 def test_results_in_percent_are_refused(tmp_path):

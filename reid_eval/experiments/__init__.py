@@ -1,14 +1,48 @@
 """experiments stage: runs that tie the cache, the matching engine and the
-evaluation protocol together (sits after evaluation; report may import it)."""
+evaluation protocol together (sits after evaluation; report may import it).
 
-from reid_eval.experiments.match import (  # noqa: F401
-    GLOBAL_METRICS,
-    MATCH_METRICS,
+:mod:`reid_eval.experiments.record` holds the match run's contract
+(:class:`MatchParams`, :class:`MatchResult`, the metric lists and the paper's
+β and AP flavour); :mod:`reid_eval.experiments.match` runs it and chooses the
+cache (:func:`select_cache`).
+"""
+
+from reid_eval.experiments.match import (
+    MATCH_SPLITS,
     MatchOutcome,
+    NoCacheError,
     compute_distances,
-    distance_name,
     match_cache,
-    metric_label,
-    results_file_name,
+    select_cache,
     select_caches,
 )
+from reid_eval.experiments.record import (
+    CHECKPOINT_PREFIX,
+    GLOBAL_METRICS,
+    MATCH_METRICS,
+    METRIC_NAMES,
+    PAPER_AP,
+    PAPER_BETA,
+    RESULT_KEYS,
+    MatchParams,
+    MatchResult,
+)
+
+__all__ = [
+    "CHECKPOINT_PREFIX",
+    "GLOBAL_METRICS",
+    "MATCH_METRICS",
+    "MATCH_SPLITS",
+    "METRIC_NAMES",
+    "PAPER_AP",
+    "PAPER_BETA",
+    "RESULT_KEYS",
+    "MatchOutcome",
+    "MatchParams",
+    "MatchResult",
+    "NoCacheError",
+    "compute_distances",
+    "match_cache",
+    "select_cache",
+    "select_caches",
+]

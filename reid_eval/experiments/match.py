@@ -1,31 +1,33 @@
 """The match step: distances from a feature cache, evaluated, written as results.
 
-For one cache file (one dataset, checkpoint and preprocessing):
+For one cache file (one dataset, checkpoint and preprocessing) and one
+:class:`~reid_eval.experiments.record.MatchParams`:
 
 1. read the complete ``query`` and ``gallery`` splits;
 2. compute the [P, G] float32 distance matrix — ``fpr`` / ``dsr`` with
    :func:`reid_eval.matching.fpr_distances` on the pyramid features
    (``weighted`` True / False), ``euclidean`` / ``cosine`` with
    :func:`reid_eval.matching.global_distances` on the global features; with
-   ``fuse=λ`` the matrix is (1−λ)·global + λ·FPR (or DSR), the global part by
-   ``fuse_global``, λ given by the user and never tuned on the test set;
-3. store it in the cache as ``distances/<name>`` with its parameters;
+   ``shortlist=K`` only the K nearest gallery images by the shortlist metric
+   are reconstructed (the authors' later code; the paper's tables are exact
+   all-pairs); with ``fuse=λ`` the matrix is (1−λ)·global + λ·FPR (or DSR),
+   the global part by ``fuse_global``, λ given by the user and never tuned
+   on the test set;
+3. store it in the cache as ``distances/<params.distance_name>`` with its parameters;
 4. evaluate it with :func:`reid_eval.evaluation.evaluate_ranking` under the
    dataset's protocol (Market-1501 junk rules; the occluded sets' manifests
    already give query and gallery different cameras; CUHK03 classic's single
    gallery shot from the dataset spec);
-5. write ``<results_dir>/<dataset>__<metric>[__beta<β>][__fuse<λ>][__ap-market1501].json``
-   (the AP flavour changes the results, not the matrix: both flavours share
-   ``distances/<name>``, recorded as ``params["distance_name"]``).
+5. write ``<results_dir>/<params.results_file_name(dataset)>`` (a
+   :class:`~reid_eval.experiments.record.MatchResult`).
 
-When several caches exist for one dataset, :func:`select_caches` takes the one
-made with the given checkpoint, else the newest (by its ``created`` attribute).
+Which cache a dataset is matched with is decided by :func:`select_cache`
+alone (the report uses it too).
 """
 
 from __future__ import annotations
 
-import datetime as _dt
-import json
+import dataclasses
 import os
 import time
 from dataclasses import dataclass
@@ -36,150 +38,86 @@ import numpy as np
 
 from reid_eval.datasets import get_spec
 from reid_eval.errors import ReidEvalError
-from reid_eval.evaluation import AP_FLAVOURS, evaluate_ranking
-from reid_eval.features import SplitData, read_attrs, read_split, split_status, write_distances
-from reid_eval.features.extract import iter_cache_files
+from reid_eval.evaluation import evaluate_ranking
+from reid_eval.experiments.record import GLOBAL_METRICS, MatchParams, MatchResult
+from reid_eval.features import (
+    SplitData,
+    iter_cache_files,
+    read_attrs,
+    read_split,
+    split_complete,
+    split_status,
+    write_distances,
+)
 from reid_eval.matching import fpr_distances, global_distances
 
-MATCH_METRICS: tuple[str, ...] = ("fpr", "dsr", "euclidean", "cosine")
-GLOBAL_METRICS: tuple[str, ...] = ("euclidean", "cosine")
-PAPER_BETA = 0.01
+class NoCacheError(ReidEvalError):
+    """No cache fits the request (none, or none made with the checkpoint asked for)."""
+
+
+#: The splits a cache needs before it can be matched.
+MATCH_SPLITS: tuple[str, ...] = ("query", "gallery")
 
 
 @dataclass
 class MatchOutcome:
-    """What one match run produced: the results file, its content and the summary line."""
+    """What one match run produced: the results file, its content, the summary line and the [P, G] matrix."""
 
     results_file: Path
-    record: dict[str, Any]
+    result: MatchResult
     summary: str
     distances: np.ndarray
 
 
-def metric_label(metric: str, fuse: float | None = None, fuse_global: str = "euclidean") -> str:
-    """Metric name in results: ``fpr``, ``dsr``, ``euclidean``, ``cosine``, or ``fpr+euclidean`` when fused."""
-    return f"{metric}+{fuse_global}" if fuse is not None else metric
-
-
-def _num(v: float) -> str:
-    return format(float(v), "g")
-
-
-def distance_name(metric: str, beta: float = PAPER_BETA, fuse: float | None = None, fuse_global: str = "euclidean") -> str:
-    """``<metric>[__beta<β>][__fuse<λ>]``: the results file stem after the dataset, and the cache's distances name."""
-    name = metric_label(metric, fuse, fuse_global)
-    if metric not in GLOBAL_METRICS and float(beta) != PAPER_BETA:
-        name += f"__beta{_num(beta)}"
-    if fuse is not None:
-        name += f"__fuse{_num(fuse)}"
-    return name
-
-
-def results_file_name(
-    dataset: str,
-    metric: str,
-    beta: float = PAPER_BETA,
-    fuse: float | None = None,
-    fuse_global: str = "euclidean",
-    ap: str = "standard",
-) -> str:
-    """``<dataset>__<metric>[__beta<β>][__fuse<λ>][__ap-<flavour>].json`` (team contract).
-
-    The AP flavour is named only when it is not the standard one, so the two
-    flavours of one matrix get two files.
-    """
-    suffix = "" if ap == "standard" else f"__ap-{ap}"
-    return f"{dataset}__{distance_name(metric, beta, fuse, fuse_global)}{suffix}.json"
-
-
-def _check_args(metric: str, beta: float, fuse: float | None, fuse_global: str, shortlist: int | None) -> None:
-    if metric not in MATCH_METRICS:
-        raise ValueError(f"--metric must be one of {', '.join(MATCH_METRICS)}, got {metric!r}")
-    if not beta > 0:
-        raise ValueError(f"--beta must be positive, got {beta}")
-    if fuse is not None:
-        if metric in GLOBAL_METRICS:
-            raise ValueError(f"--fuse combines a global distance with fpr or dsr; --metric {metric} is already global")
-        if not 0.0 <= fuse <= 1.0:
-            raise ValueError(f"--fuse must be in [0, 1], got {fuse}")
-        if fuse_global not in GLOBAL_METRICS:
-            raise ValueError(f"--fuse-global must be one of {', '.join(GLOBAL_METRICS)}, got {fuse_global!r}")
-    if shortlist is not None and shortlist < 1:
-        raise ValueError(f"--shortlist must be at least 1, got {shortlist}")
-    if shortlist is not None and metric in GLOBAL_METRICS:
-        raise ValueError(f"--shortlist re-ranks with fpr or dsr; it does nothing for --metric {metric}")
-    if shortlist is not None and fuse is not None:
-        # outside the shortlist the engine returns ranks, not distances: a weighted sum would mix units
-        raise ValueError("--shortlist and --fuse cannot be combined")
-
-
-def compute_distances(
-    query: SplitData,
-    gallery: SplitData,
-    metric: str,
-    *,
-    beta: float = PAPER_BETA,
-    backend: str = "auto",
-    shortlist: int | None = None,
-    fuse: float | None = None,
-    fuse_global: str = "euclidean",
-) -> np.ndarray:
-    """[P, G] float32 distances (smaller = more similar) between a cache's query and gallery."""
-    _check_args(metric, beta, fuse, fuse_global, shortlist)
-    if metric in GLOBAL_METRICS:
-        return np.asarray(global_distances(query.global_features, gallery.global_features, metric=metric), np.float32)
-    kwargs: dict[str, Any] = {"beta": beta, "weighted": metric == "fpr", "backend": backend}
-    if shortlist is not None:
-        kwargs["shortlist"] = shortlist
+def compute_distances(query: SplitData, gallery: SplitData, params: MatchParams) -> np.ndarray:
+    """[P, G] float32 distances (smaller = more similar) between a cache's query and gallery under ``params``."""
+    params.validate()
+    if params.metric in GLOBAL_METRICS:
+        return np.asarray(global_distances(query.global_features, gallery.global_features, metric=params.metric), np.float32)
+    kwargs: dict[str, Any] = {"beta": params.beta, "weighted": params.metric == "fpr", "backend": params.backend}
+    if params.shortlist is not None:
+        kwargs.update(shortlist=params.shortlist, shortlist_metric=params.shortlist_metric)
         kwargs["probe_global"], kwargs["gallery_global"] = query.global_features, gallery.global_features
     local = np.asarray(fpr_distances(query.spatial, gallery.spatial, **kwargs), np.float32)
-    if fuse is None:
+    if params.fuse is None:
         return local
-    glob = np.asarray(global_distances(query.global_features, gallery.global_features, metric=fuse_global), np.float32)
-    return ((1.0 - fuse) * glob + fuse * local).astype(np.float32)
+    glob = np.asarray(global_distances(query.global_features, gallery.global_features, metric=params.fuse_global), np.float32)
+    return ((1.0 - params.fuse) * glob + params.fuse * local).astype(np.float32)
 
 
 def match_cache(
     cache_file: str | os.PathLike,
-    metric: str,
+    params: MatchParams,
     results_dir: str | os.PathLike,
     *,
-    beta: float = PAPER_BETA,
-    backend: str = "auto",
-    shortlist: int | None = None,
-    fuse: float | None = None,
-    fuse_global: str = "euclidean",
-    ap: str = "standard",
-    max_rank: int = 50,
+    dataset: str | None = None,
 ) -> MatchOutcome:
-    """Run steps 1-5 of the module docstring on one cache file."""
-    _check_args(metric, beta, fuse, fuse_global, shortlist)
-    if ap not in AP_FLAVOURS:
-        raise ValueError(f"--ap must be one of {', '.join(AP_FLAVOURS)}, got {ap!r}")
+    """Run steps 1-5 of the module docstring on one cache file.
+
+    ``params.checkpoint_sha256`` is taken from the cache (a different one
+    given is an error, as is a cache of another ``dataset`` than asked).
+    """
+    params.validate()
     cache_file = Path(cache_file).resolve()
     attrs = read_attrs(cache_file)
-    dataset = str(attrs["dataset"])
+    stored = str(attrs["dataset"])
+    if dataset is not None and stored != dataset:
+        raise ReidEvalError(f"cache {cache_file} holds dataset {stored}, not {dataset} (--dataset)")
+    sha = str(attrs["checkpoint_sha256"])
+    if params.checkpoint_sha256 and params.checkpoint_sha256 != sha:
+        raise ReidEvalError(f"cache {cache_file} was made with checkpoint {sha[:12]}, not {params.checkpoint_sha256[:12]} (--checkpoint)")
+    params = dataclasses.replace(params, checkpoint_sha256=sha)
     query, gallery = read_split(cache_file, "query"), read_split(cache_file, "gallery")
     t0 = time.perf_counter()
-    D = compute_distances(
-        query, gallery, metric, beta=beta, backend=backend, shortlist=shortlist, fuse=fuse, fuse_global=fuse_global
-    )
+    D = compute_distances(query, gallery, params)
     seconds = time.perf_counter() - t0
-    spec = get_spec(dataset)
-    single_gallery_shot = bool(getattr(spec, "single_gallery_shot", False))
-    params: dict[str, Any] = {
+    single_gallery_shot = bool(getattr(get_spec(stored), "single_gallery_shot", False))
+    reconstructs = params.metric not in GLOBAL_METRICS
+    provenance: dict[str, Any] = {
         "cache_file": str(cache_file),
-        "metric": metric,
-        "beta": float(beta) if metric not in GLOBAL_METRICS else None,
-        "backend": backend if metric not in GLOBAL_METRICS else None,
-        "shortlist": shortlist,
-        "shortlist_metric": "euclidean" if shortlist is not None else None,
-        "fuse": fuse,
-        "fuse_global": fuse_global if fuse is not None else None,
-        "weighted": (metric == "fpr") if metric not in GLOBAL_METRICS else None,
-        "normalize": True if metric not in GLOBAL_METRICS else None,
+        "weighted": (params.metric == "fpr") if reconstructs else None,
+        "normalize": True if reconstructs else None,
         "single_gallery_shot": single_gallery_shot,
-        "max_rank": max_rank,
         "resize": attrs["settings"]["preprocessing"]["resize"],
         "backbone": attrs["settings"]["model"]["backbone"],
         "input_size": attrs["settings"]["model"]["input_size"],
@@ -187,64 +125,116 @@ def match_cache(
         "skipped_gallery": len(gallery.skipped),
         "matching_seconds": round(seconds, 3),
     }
-    name = distance_name(metric, beta, fuse, fuse_global)
-    params["distance_name"] = name
-    write_distances(cache_file, name, D, params)
+    name = params.distance_name
+    write_distances(cache_file, name, D, {**provenance, **params.to_json(), "distance_name": name})
     r = evaluate_ranking(
-        D, query.pids, gallery.pids, query.camids, gallery.camids, ap=ap, max_rank=max_rank, single_gallery_shot=single_gallery_shot
+        D, query.pids, gallery.pids, query.camids, gallery.camids,
+        ap=params.ap, max_rank=params.max_rank, single_gallery_shot=single_gallery_shot,
     )
-    label = metric_label(metric, fuse, fuse_global)
-    record = {
-        "dataset": dataset,
-        "metric": label,
-        "cmc": [float(v) for v in np.asarray(r.cmc)],
-        "mAP": float(r.mAP),
-        "mINP": float(r.mINP),
-        "ap_flavour": ap,
-        "num_query": int(len(query.paths)),
-        "num_valid_query": int(np.count_nonzero(r.valid)),
-        "num_gallery": int(len(gallery.paths)),
-        "params": params,
-        "checkpoint_sha256": str(attrs["checkpoint_sha256"]),
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-    }
-    out = Path(results_dir) / results_file_name(dataset, metric, beta, fuse, fuse_global, ap)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(tmp, out)
-    cmc = record["cmc"]
+    result = MatchResult(
+        dataset=stored,
+        params=params,
+        cmc=tuple(float(v) for v in np.asarray(r.cmc)),
+        mAP=float(r.mAP),
+        mINP=float(r.mINP),
+        num_query=int(len(query.paths)),
+        num_valid_query=int(np.count_nonzero(r.valid)),
+        num_gallery=int(len(gallery.paths)),
+        provenance=provenance,
+        created=MatchResult.now(),
+    )
+    out = result.write(results_dir)
+    cmc = result.cmc
     r5 = cmc[min(4, len(cmc) - 1)]
-    flavour = "" if ap == "standard" else f" (AP {ap})"
+    flavour = "" if params.ap == "standard" else f" (AP {params.ap})"
     summary = (
-        f"{dataset} {name}{flavour}: R1 {100 * cmc[0]:.2f}% R5 {100 * r5:.2f}% mAP {100 * record['mAP']:.2f}% "
-        f"mINP {100 * record['mINP']:.2f}% ({record['num_valid_query']}/{record['num_query']} queries, "
-        f"{record['num_gallery']} gallery) -> {out}"
+        f"{stored} {name}{flavour}: R1 {100 * cmc[0]:.2f}% R5 {100 * r5:.2f}% mAP {100 * result.mAP:.2f}% "
+        f"mINP {100 * result.mINP:.2f}% ({result.num_valid_query}/{result.num_query} queries, "
+        f"{result.num_gallery} gallery, checkpoint {sha[:8]}) -> {out}"
     )
-    return MatchOutcome(out, record, summary, D)
+    return MatchOutcome(out, result, summary, D)
 
 
-def select_caches(cache_dir: str | os.PathLike, dataset: str | None = None, checkpoint_sha256: str | None = None) -> dict[str, Path]:
-    """{dataset: cache file} to match: every dataset with a cache whose query and gallery are complete.
+def _incomplete_text(path: Path) -> str:
+    status = split_status(path)
+    parts = [f"{s} {status[s][0]}/{status[s][1]}" if s in status else f"no {s}" for s in MATCH_SPLITS]
+    return ", ".join(parts)
 
-    With ``checkpoint_sha256`` only caches made with that checkpoint count.
-    Among several caches of a dataset the newest (``created`` attribute, then
-    file time) wins. Raises ReidEvalError naming the folder when nothing fits.
+
+def select_cache(cache_dir: str | os.PathLike, dataset: str, checkpoint_sha256: str | None = None) -> Path:
+    """The one cache file that `match` (and `report`, for its figures) uses for ``dataset``.
+
+    Candidates are ``<cache_dir>/<dataset>/*.h5``. Rules, each failure a
+    ReidEvalError naming the file(s):
+
+    * a cache whose stored dataset is not ``dataset`` is an error naming both;
+    * a damaged or unreadable cache is an error naming it, unless
+      ``checkpoint_sha256`` selects another cache (never a silent fallback);
+    * with ``checkpoint_sha256`` only caches made with that checkpoint count;
+    * a cache counts only when its query and gallery are complete
+      (:func:`reid_eval.features.split_complete`); when the newest cache is
+      incomplete and no checkpoint was given, that is an error (an older
+      cache would silently stand in for it);
+    * among the complete ones the newest (``created`` attribute, then file time) wins.
     """
-    found: dict[str, list[tuple[str, Path]]] = {}
+    damaged: list[str] = []
+    usable: list[tuple[str, float, Path]] = []
+    unfinished: list[tuple[str, float, Path]] = []
     for path in iter_cache_files(cache_dir, dataset):
         try:
             attrs = read_attrs(path)
-            status = split_status(path)
-        except ReidEvalError:
-            continue  # a damaged or foreign file is not a candidate; extract reports it
-        if any(s not in status or status[s][0] != status[s][1] for s in ("query", "gallery")):
+            complete = all(split_complete(path, s) for s in MATCH_SPLITS)
+        except (ReidEvalError, OSError, KeyError) as exc:
+            damaged.append(f"{path} ({exc})" if str(path) not in str(exc) else str(exc))
             continue
-        if checkpoint_sha256 and attrs["checkpoint_sha256"] != checkpoint_sha256:
+        stored = str(attrs.get("dataset", ""))
+        if stored != dataset:
+            raise ReidEvalError(f"cache {path} holds dataset {stored}, not {dataset}; move it to {Path(cache_dir) / stored}")
+        if checkpoint_sha256 and str(attrs["checkpoint_sha256"]) != checkpoint_sha256:
             continue
-        found.setdefault(str(attrs["dataset"]), []).append((str(attrs.get("created", "")), path))
-    if not found:
-        what = f"dataset {dataset}" if dataset else "any dataset"
+        item = (str(attrs.get("created", "")), path.stat().st_mtime, path)
+        (usable if complete else unfinished).append(item)
+    if damaged and not (checkpoint_sha256 and usable):
+        more = "" if len(damaged) == 1 else f" (and {len(damaged) - 1} more)"
+        hint = "; delete it and run `reid-eval extract` again, or choose another cache with --checkpoint"
+        raise ReidEvalError(f"damaged feature cache {damaged[0]}{more}{hint}")
+    newest_unfinished = max(unfinished, default=None)
+    if newest_unfinished and not checkpoint_sha256 and (not usable or newest_unfinished[:2] > max(usable)[:2]):
+        path = newest_unfinished[2]
+        raise ReidEvalError(
+            f"the newest cache for {dataset}, {path}, is incomplete ({_incomplete_text(path)}); "
+            "finish it with `reid-eval extract`, or choose another cache with --checkpoint"
+        )
+    if not usable:
         ck = " made with that --checkpoint" if checkpoint_sha256 else ""
-        raise ReidEvalError(f"no complete feature cache{ck} for {what} under {cache_dir}; run `reid-eval extract` first")
-    return {ds: max(items, key=lambda t: (t[0], t[1].stat().st_mtime))[1] for ds, items in sorted(found.items())}
+        raise NoCacheError(
+            f"no complete feature cache{ck} for dataset {dataset} under {cache_dir}; run `reid-eval extract` first"
+        )
+    return max(usable)[2]
+
+
+def select_caches(cache_dir: str | os.PathLike, dataset: str | None = None, checkpoint_sha256: str | None = None) -> dict[str, Path]:
+    """{dataset: :func:`select_cache`} for ``dataset``, or for every dataset folder under ``cache_dir``.
+
+    Without ``dataset``, a folder holding only caches of another checkpoint
+    (when one is given) is left out; an error in any other folder stops
+    everything, naming it. Raises ReidEvalError when nothing is left.
+    """
+    if dataset is not None:
+        return {dataset: select_cache(cache_dir, dataset, checkpoint_sha256)}
+    base = Path(cache_dir)
+    if base.exists() and not base.is_dir():
+        raise ReidEvalError(f"--cache-dir {base} is not a folder")
+    names = sorted({p.parent.name for p in iter_cache_files(base)})
+    chosen: dict[str, Path] = {}
+    for name in names:
+        try:
+            chosen[name] = select_cache(base, name, checkpoint_sha256)
+        except NoCacheError:
+            if checkpoint_sha256:
+                continue  # this dataset has no cache of that checkpoint
+            raise
+    if not chosen:
+        ck = " made with that --checkpoint" if checkpoint_sha256 else ""
+        raise NoCacheError(f"no complete feature cache{ck} for any dataset under {cache_dir}; run `reid-eval extract` first")
+    return chosen

@@ -293,6 +293,23 @@ def split_status(cache_file: CacheSource) -> dict[str, tuple[int, int]]:
         return {s: (int(f[s].attrs["num_complete"]), int(f[s].attrs["num_total"])) for s in SPLITS if s in f}
 
 
+def split_complete(cache_file: CacheSource, split: str) -> bool:
+    """Whether the cache holds ``split`` with every image of its manifest processed (written or skipped).
+
+    The one completeness test: readers refuse an incomplete split, `match`
+    and `report` choose only caches whose query and gallery pass it.
+    """
+    status = split_status(cache_file).get(split)
+    return status is not None and status[0] == status[1]
+
+
+def iter_cache_files(cache_dir: str | os.PathLike, dataset: str | None = None) -> Iterator[Path]:
+    """Every ``<cache_dir>/<dataset>/<key>.h5`` (of one dataset when given), sorted by path."""
+    base = Path(cache_dir)
+    pattern = f"{dataset}/*.h5" if dataset else "*/*.h5"
+    yield from sorted(p for p in base.glob(pattern) if p.is_file())
+
+
 def _split_group(f: h5py.File, split: str, allow_incomplete: bool = False) -> h5py.Group:
     """The group of ``split``; refuses an unknown name, an absent split and (unless allowed) an incomplete one."""
     if split not in SPLITS:

@@ -36,6 +36,7 @@ from reid_eval.features.cache import (
     cache_key,
     cache_path,
     create_cache,
+    iter_cache_files,  # re-exported: it moved to the torch-free reading side
     open_cache,
 )
 from reid_eval.features.preprocess import Preprocessing, load_image_array, to_tensor_batch
@@ -311,13 +312,6 @@ def _extract_split(
             if progress:
                 rate = (b.stop - done0) / max(time.perf_counter() - t0, 1e-9)
                 progress(split, b.stop, total, rate)
-
-
-def iter_cache_files(cache_dir: str | os.PathLike, dataset: str | None = None) -> Iterator[Path]:
-    """Every ``<cache_dir>/<dataset>/<key>.h5`` (of one dataset when given), sorted by path."""
-    base = Path(cache_dir)
-    pattern = f"{dataset}/*.h5" if dataset else "*/*.h5"
-    yield from sorted(p for p in base.glob(pattern) if p.is_file())
 
 
 __all__ = [

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from reid_eval.errors import ReidEvalError
-from reid_eval.features import iter_cache_files, read_attrs
+from reid_eval.evaluation import query_stats
+from reid_eval.experiments import select_cache
 from reid_eval.report import figures as fig
 from reid_eval.report.cache import ReportCache
 from reid_eval.report.paper import load_paper_tables
@@ -54,8 +55,8 @@ def build_report(
     ``<out_dir>/tables/{table3,table4,<dataset>}.{md,csv,tex}`` and
     ``report.md``, and ``<out_dir>/figures/*.{png,pdf}`` (``out_dir`` defaults
     to ``results_dir``). Caches come from each results file's
-    ``params.cache_file``, else from ``<cache_dir>/<dataset>/*.h5`` (same checkpoint
-    preferred); without a cache the retrieval and foreground
+    recorded cache file, else from ``<cache_dir>`` as `match` chooses it
+    (:func:`reid_eval.experiments.select_cache` with the result's checkpoint); without a cache the retrieval and foreground
     figures of that dataset are skipped with a warning. ``probes``: query
     indices to draw (default: the best and worst ones). ``warn`` receives each
     warning once (default: the ``reid_eval.report`` logger).
@@ -122,13 +123,9 @@ def _figures(
             written += fig.beta_sweep_figure(folder / f"beta_sweep_{name}", f"β sweep, {title}", groups)
         by_cache: dict[Path, list[ResultRecord]] = {}
         for record in recs:
-            cache = _find_cache(record, cache_dir)
+            cache, why = _find_cache(record, cache_dir)
             if cache is None:
-                note(
-                    f"{record.path.name}: cache {record.params.get('cache_file') or '(not recorded)'} not found"
-                    + (f" (nor in {cache_dir})" if cache_dir else "")
-                    + "; retrieval and foreground figures skipped"
-                )
+                note(f"{record.path.name}: {why}; retrieval and foreground figures skipped")
                 continue
             by_cache.setdefault(cache, []).append(record)
         for i, (cache, crecs) in enumerate(sorted(by_cache.items())):
@@ -145,21 +142,18 @@ def _figures(
     return written, out_of_range
 
 
-def _find_cache(record: ResultRecord, cache_dir: Path | None) -> Path | None:
-    """The results file's own cache, else a cache of the same dataset (same checkpoint preferred) in ``cache_dir``."""
-    recorded = record.params.get("cache_file")
+def _find_cache(record: ResultRecord, cache_dir: Path | None) -> tuple[Path | None, str]:
+    """The results file's own cache, else the one :func:`select_cache` picks for its dataset and checkpoint; (None, why) when none."""
+    recorded = record.provenance.get("cache_file")
     if recorded and Path(recorded).is_file():
-        return Path(recorded)
+        return Path(recorded), ""
+    why = f"cache {recorded or '(not recorded)'} not found"
     if cache_dir is None or not Path(cache_dir).is_dir():
-        return None
-    candidates = []
-    for path in iter_cache_files(cache_dir, record.dataset):
-        try:
-            sha = str(read_attrs(path).get("checkpoint_sha256", ""))
-        except ReidEvalError:
-            continue  # damaged or altered: not a cache to draw from
-        candidates.append((sha != record.checkpoint_sha256, str(path), path))
-    return min(candidates)[2] if candidates else None
+        return None, why
+    try:
+        return select_cache(cache_dir, record.dataset, record.checkpoint_sha256 or None), ""
+    except ReidEvalError as exc:
+        return None, f"{why}, and in {cache_dir}: {exc}"
 
 
 def _cache_figures(
@@ -213,7 +207,7 @@ def _cache_figures(
     if matrices:
         if probes is None:
             ranks = {
-                label: fig.first_match_ranks(d, query.pids, gallery.pids, query.camids, gallery.camids)
+                label: query_stats(d, query.pids, gallery.pids, query.camids, gallery.camids).first_rank
                 for label, (_, d) in matrices.items()
             }
             primary = next((label for label, (r, _) in matrices.items() if r.metric == "fpr"), next(iter(matrices)))

@@ -10,7 +10,6 @@ to which results file.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
@@ -23,8 +22,9 @@ from reid_eval.features import (
     read_distances,
     read_image_foreground,
     read_split_index,
-    split_status,
+    split_complete,
 )
+from reid_eval.experiments.record import MatchParams
 from reid_eval.report.results import ResultRecord
 
 __all__ = ["ReportCache", "SplitIndex"]
@@ -61,7 +61,8 @@ class ReportCache:
         return str(self._attrs.get("dataset", ""))
 
     def has_split(self, split: str) -> bool:
-        return split in split_status(self._file)
+        """Whether the split is present and complete."""
+        return split_complete(self._file, split)
 
     def split(self, split: str) -> SplitIndex:
         """Paths, pids and camids of a split's committed rows (an unfinished split gives the rows written so far)."""
@@ -88,38 +89,16 @@ class ReportCache:
     def distances_for(self, record: ResultRecord) -> tuple[np.ndarray | None, str]:
         """The [P, G] float32 matrix behind a results file, or (None, why not).
 
-        `match` records the matrix's name in the results as
-        ``params["distance_name"]``; for results without it the name is the
-        file stem without its dataset (``fpr``, ``fpr__beta0.1``,
-        ``fpr+euclidean__fuse0.5``). That name is tried first, then
-        ``<metric>`` and ``<metric>__*``. An entry is taken only when its
-        ``beta`` and ``fuse`` parameters agree with the results file's (a later
-        `match` may have replaced it).
+        The matrix is ``distances/<record.params.distance_name>``, taken only
+        when the parameters stored with it have the same distance identity as
+        the results file's (a later `match` may have replaced it).
         """
-        stem = record.path.stem
-        expected = record.params.get("distance_name") or (
-            stem[len(record.dataset) + 2 :] if stem.startswith(record.dataset + "__") else record.metric
-        )
+        name = record.params.distance_name
         stored = list_distances(self._file)
-        names = [expected] if expected in stored else []
-        names += [n for n in stored if n not in names and (n == record.metric or n.startswith(record.metric + "__"))]
-        if not names:
-            return None, f"{self.path} has no distances/{expected}"
-        for name in names:
-            if _params_agree(stored[name], record.params):
-                return np.asarray(read_distances(self._file, name)[0], dtype=np.float32), ""
-        return None, f"distances/{expected} in {self.path} was computed with other parameters than {record.path.name}"
-
-
-def _params_agree(stored: dict, params: dict) -> bool:
-    """Whether a stored matrix's ``beta`` and ``fuse`` equal the results file's (where both are set)."""
-    for key in ("beta", "fuse"):
-        if key in stored and key in params and params[key] is not None:
-            a, b = stored[key], params[key]
-            try:
-                if not math.isclose(float(a), float(b), rel_tol=1e-6, abs_tol=1e-12):
-                    return False
-            except (TypeError, ValueError):
-                if str(a) != str(b):
-                    return False
-    return True
+        if name not in stored:
+            return None, f"{self.path} has no distances/{name}"
+        # Keys the stored entry lacks (written by an older `match`) are taken as the results file's.
+        known = {k: v for k, v in stored[name].items() if k in MatchParams.field_names()}
+        if MatchParams.from_json({**record.params.to_json(), **known}).identity("distance") != record.params.identity("distance"):
+            return None, f"distances/{name} in {self.path} was computed with other parameters than {record.path.name}"
+        return np.asarray(read_distances(self._file, name)[0], dtype=np.float32), ""

@@ -3,7 +3,8 @@
 * retrieval rows (paper Fig. 6): a probe and its top-k gallery images under
   each metric, one row per metric, green border = same identity, red = not,
   each with its distance; gallery images the protocol drops for that probe
-  (same identity and camera, pid −1) are left out, as in the evaluation;
+  (same identity and camera, pid −1) are left out and ties go by gallery
+  index, as in the evaluation stage, whose per-query ranks also pick the probes;
 * foreground probability maps (Fig. 4): each image above its finest pyramid
   level's probabilities drawn over it as a heatmap;
 * CMC curves per dataset, one line per results file;
@@ -28,6 +29,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image, UnidentifiedImageError  # noqa: E402
 
+from reid_eval.experiments.record import PAPER_BETA  # noqa: E402
 from reid_eval.report.results import ResultRecord  # noqa: E402
 
 DPI = 100
@@ -113,31 +115,12 @@ def _tile(ax: plt.Axes, tile: np.ndarray, border: str | None) -> None:
 # ---------------------------------------------------------------- ranking
 
 
-def valid_gallery(q_pid: int, q_camid: int, g_pids: np.ndarray, g_camids: np.ndarray) -> np.ndarray:
-    """bool [G]: gallery images the Market-1501 protocol keeps for this probe (drops same pid+camera and pid −1)."""
-    return ~(((g_pids == q_pid) & (g_camids == q_camid)) | (g_pids == -1))
-
-
-def first_match_ranks(
-    dist: np.ndarray, q_pids: np.ndarray, g_pids: np.ndarray, q_camids: np.ndarray, g_camids: np.ndarray
-) -> np.ndarray:
-    """int64 [P]: 0-based rank of each probe's first correct match among its valid gallery, −1 without one.
-
-    Rank = number of valid gallery images strictly closer than the closest
-    correct one (ties resolved in the probe's favour); no sort needed.
-    """
-    ranks = np.full(len(q_pids), -1, dtype=np.int64)
-    for i in range(len(q_pids)):
-        valid = valid_gallery(int(q_pids[i]), int(q_camids[i]), g_pids, g_camids)
-        match = valid & (g_pids == q_pids[i])
-        if match.any():
-            best = dist[i][match].min()
-            ranks[i] = int(np.count_nonzero(valid & (dist[i] < best)))
-    return ranks
-
-
 def choose_probes(ranks: dict[str, np.ndarray], primary: str, n_best: int = 2, n_worst: int = 2) -> list[int]:
     """Probe indices to show: where ``primary`` does best and worst.
+
+    ``ranks``: per metric, int64 [P] 0-based first-match ranks, −1 for a probe
+    without a correct match — the ``first_rank`` of
+    :func:`reid_eval.evaluation.query_stats`, the ranks the CMC is built from.
 
     With other metrics present, "best" are the probes where the primary
     metric's first correct match ranks highest relative to the best other
@@ -164,8 +147,15 @@ def choose_probes(ranks: dict[str, np.ndarray], primary: str, n_best: int = 2, n
 def ranked_gallery(
     dist_row: np.ndarray, q_pid: int, q_camid: int, g_pids: np.ndarray, g_camids: np.ndarray, top_k: int
 ) -> np.ndarray:
-    """int64 [≤top_k]: indices of the probe's closest valid gallery images, closest first (stable on ties)."""
-    keep = np.flatnonzero(valid_gallery(q_pid, q_camid, g_pids, g_camids))
+    """int64 [≤top_k]: the probe's closest gallery images that the protocol keeps, closest first.
+
+    Junk (the protocol's rule) is left out and ties go by
+    gallery index, as in :func:`reid_eval.evaluation.query_stats`, so the
+    first correct image shown sits at the rank the CMC counts.
+    """
+    # TODO(#13/#15): take QueryStats.top_gallery from reid_eval.evaluation.query_stats(top_k=...) once it lands
+    junk = ((g_pids == q_pid) & (g_camids == q_camid)) | (g_pids == -1)
+    keep = np.flatnonzero(~junk)
     order = keep[np.argsort(dist_row[keep], kind="stable")]
     return order[:top_k]
 
@@ -277,7 +267,7 @@ def beta_sweep_figure(base: Path, title: str, groups: dict[str, list[ResultRecor
         ax.set_xlabel("β")
         ax.set_ylabel(what)
         ax.grid(alpha=0.3, which="both")
-        ax.axvline(0.01, color="grey", linestyle=":", linewidth=1)
+        ax.axvline(PAPER_BETA, color="grey", linestyle=":", linewidth=1)  # the paper's β
         ax.legend(fontsize=7)
     fig.suptitle(title, fontsize=10)
     return _save(fig, base)

@@ -1,9 +1,10 @@
-"""Reading the results JSON files that `reid-eval match` writes (DESIGN.md, Results files).
+"""Reading the results files that `reid-eval match` writes (docs/DESIGN.md, "Results files").
 
-A results file holds one dataset × metric evaluation, rates as fractions in
-[0, 1]. The report reads every ``*.json`` directly under the results folder
-that carries all of DESIGN.md's keys; other JSON files there are skipped with
-a warning, and a file with the keys but impossible values is an error naming it.
+A results file is one :class:`reid_eval.experiments.MatchResult` (its layout,
+keys and checks live there). The report reads every ``*.json`` directly under
+the results folder that carries the results keys; other JSON files there are
+skipped with a warning, and a file with the keys but impossible values is an
+error naming it. :class:`ResultRecord` adds what the report needs for display.
 """
 
 from __future__ import annotations
@@ -11,31 +12,25 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from reid_eval.errors import ReidEvalError
-
-REQUIRED_KEYS = (
-    "dataset",
-    "metric",
-    "cmc",
-    "mAP",
-    "mINP",
-    "ap_flavour",
-    "num_query",
-    "num_valid_query",
-    "num_gallery",
-    "params",
-    "checkpoint_sha256",
-    "created",
+from reid_eval.experiments.record import (
+    CHECKPOINT_PREFIX,
+    MATCH_METRICS,
+    METRIC_NAMES,
+    PAPER_AP,
+    PAPER_BETA,
+    RESULT_KEYS,
+    MatchParams,
+    MatchResult,
 )
-PAPER_BETA = 0.01
-# Display order of metrics in tables and figures; others follow alphabetically.
-METRIC_ORDER = ("euclidean", "cosine", "dsr", "fpr")
-METRIC_NAMES = {"euclidean": "Baseline", "cosine": "Cosine baseline", "dsr": "DSR", "fpr": "FPR"}
+
 # CUHK03-NP's two box variants are two datasets (data_manifests/cuhk03_np*.toml).
 CUHK03_VARIANT_OF = {"cuhk03_np": "detected", "cuhk03_np_detected": "detected", "cuhk03_np_labeled": "labeled"}
 
@@ -44,36 +39,80 @@ Warn = Callable[[str], None]
 
 @dataclass(frozen=True)
 class ResultRecord:
-    """One results file. ``cmc`` [R] float64 fractions; ``mAP``, ``mINP`` fractions."""
+    """One results file (``path``) and its :class:`MatchResult`, with the report's labels and sort order.
+
+    ``cmc`` [R] float64 fractions; ``mAP``, ``mINP`` fractions; ``params`` the
+    run's :class:`MatchParams`; ``provenance`` what it recorded besides (cache file, ...).
+    """
 
     path: Path
-    dataset: str
-    metric: str
-    cmc: np.ndarray
-    mAP: float
-    mINP: float
-    ap_flavour: str
-    num_query: int
-    num_valid_query: int
-    num_gallery: int
-    params: dict = field(default_factory=dict)
-    checkpoint_sha256: str = ""
-    created: str = ""
+    result: MatchResult
+
+    # ------------------------------------------------------------ the result's fields
+    @property
+    def dataset(self) -> str:
+        return self.result.dataset
+
+    @property
+    def metric(self) -> str:
+        """'fpr', 'euclidean', ... or 'fpr+euclidean' when fused."""
+        return self.result.metric
+
+    @cached_property
+    def cmc(self) -> np.ndarray:
+        return np.asarray(self.result.cmc, dtype=np.float64)
+
+    @property
+    def mAP(self) -> float:
+        return self.result.mAP
+
+    @property
+    def mINP(self) -> float:
+        return self.result.mINP
+
+    @property
+    def ap_flavour(self) -> str:
+        return self.result.params.ap
+
+    @property
+    def num_query(self) -> int:
+        return self.result.num_query
+
+    @property
+    def num_valid_query(self) -> int:
+        return self.result.num_valid_query
+
+    @property
+    def num_gallery(self) -> int:
+        return self.result.num_gallery
+
+    @property
+    def params(self) -> MatchParams:
+        return self.result.params
+
+    @property
+    def provenance(self) -> dict[str, Any]:
+        return dict(self.result.provenance)
+
+    @property
+    def checkpoint_sha256(self) -> str:
+        return self.result.checkpoint_sha256
+
+    @property
+    def created(self) -> str:
+        return self.result.created
 
     @property
     def beta(self) -> float | None:
         """β of the reconstruction (FPR/DSR), None for metrics without one."""
-        beta = self.params.get("beta")
-        return None if beta is None else float(beta)
+        return self.params.beta
 
     @property
     def fuse(self) -> float | None:
         """Fusion weight λ when the metric is a fused one ('fpr+euclidean'), else None."""
-        fuse = self.params.get("fuse")
-        if fuse is None or isinstance(fuse, bool) or "+" not in self.metric:
-            return None
-        return float(fuse)
+        return self.params.fuse
 
+    # ------------------------------------------------------------ display
     @property
     def base_dataset(self) -> str:
         """The dataset a paper column compares with: 'cuhk03_np' for either CUHK03-NP box variant."""
@@ -90,7 +129,7 @@ class ResultRecord:
 
     @property
     def short_sha(self) -> str:
-        return self.checkpoint_sha256[:8] if self.checkpoint_sha256 else "none"
+        return self.checkpoint_sha256[:CHECKPOINT_PREFIX] if self.checkpoint_sha256 else "none"
 
     def rank(self, k: int) -> float | None:
         """CMC at rank k (1-based) as a fraction, None when the curve is shorter."""
@@ -99,71 +138,57 @@ class ResultRecord:
     @property
     def method_name(self) -> str:
         """'FPR', 'Baseline', 'DSR', 'FPR + Baseline' ... without the measured marker."""
-        parts = self.metric.split("+")
-        return " + ".join(METRIC_NAMES.get(p, p) for p in parts) if len(parts) > 1 else METRIC_NAMES.get(self.metric, self.metric)
+        return " + ".join(METRIC_NAMES.get(p, p) for p in self.metric.split("+"))
 
     @property
     def variant_label(self) -> str:
-        """What sets this run apart from the paper's setting: β when not 0.01, λ when fused ('' when nothing)."""
+        """What sets this matrix apart from the paper's setting: β when not the paper's, the shortlist, λ ('' when nothing)."""
+        p = self.params
         extras = []
-        if self.beta is not None and not math.isclose(self.beta, PAPER_BETA, rel_tol=1e-9):
-            extras.append(f"β={self.beta:g}")
-        if self.fuse is not None:
-            extras.append(f"λ={self.fuse:g}")
+        if p.beta is not None and not math.isclose(p.beta, PAPER_BETA, rel_tol=1e-9):
+            extras.append(f"β={p.beta:g}")
+        if p.shortlist is not None:
+            extras.append(f"shortlist K={p.shortlist} by {p.shortlist_metric}")
+        if p.fuse is not None:
+            extras.append(f"λ={p.fuse:g}")
         return ", ".join(extras)
 
     @property
     def ap_label(self) -> str:
-        """'AP market1501' for results with the official Market-1501 AP, '' for the standard AP."""
-        return "" if self.ap_flavour == "standard" else f"AP {self.ap_flavour}"
+        """'standard AP' when the AP flavour is not the paper's (the official Market-1501 one), else ''."""
+        return "" if self.ap_flavour == PAPER_AP else f"{self.ap_flavour} AP"
 
-    def label(self, *more: str) -> str:
-        """Row label, e.g. 'FPR (measured)', 'FPR (measured, β=0.1, AP market1501)'; ``more`` adds qualifiers ('labeled')."""
+    def label(self, *more: str, checkpoint: bool = False) -> str:
+        """Row label, e.g. 'FPR (measured)', 'FPR (measured, β=0.1, standard AP)'.
+
+        ``more`` adds qualifiers ('labeled'); ``checkpoint`` adds the
+        checkpoint's hash prefix (when rows of several checkpoints share a table).
+        """
         extras = [e for e in (self.variant_label, self.ap_label, *more) if e]
+        if checkpoint:
+            extras.append(f"ckpt {self.short_sha}")
         return f"{self.method_name} (measured{''.join(', ' + e for e in extras)})"
 
     @property
     def sort_key(self) -> tuple:
         parts = self.metric.split("+")
-        first = METRIC_ORDER.index(parts[0]) if parts[0] in METRIC_ORDER else len(METRIC_ORDER)
+        first = MATCH_METRICS.index(parts[0]) if parts[0] in MATCH_METRICS else len(MATCH_METRICS)
+        p = self.params
         return (
-            len(parts), first, self.metric, self.variant or "", self.beta or 0.0, self.fuse or 0.0, self.ap_label, str(self.path)
+            len(parts), first, self.metric, self.variant or "", p.beta or 0.0, p.shortlist or 0, p.fuse or 0.0,
+            self.ap_flavour != PAPER_AP, self.checkpoint_sha256, str(self.path),
         )
 
 
 def parse_result(path: Path, data: dict) -> ResultRecord:
     """A record from one file's parsed JSON; raises ReidEvalError naming the file on bad values."""
-    try:
-        cmc = np.asarray(data["cmc"], dtype=np.float64)
-        record = ResultRecord(
-            path=path,
-            dataset=str(data["dataset"]),
-            metric=str(data["metric"]),
-            cmc=cmc,
-            mAP=float(data["mAP"]),
-            mINP=float(data["mINP"]),
-            ap_flavour=str(data["ap_flavour"]),
-            num_query=int(data["num_query"]),
-            num_valid_query=int(data["num_valid_query"]),
-            num_gallery=int(data["num_gallery"]),
-            params=dict(data["params"] or {}),
-            checkpoint_sha256=str(data["checkpoint_sha256"] or ""),
-            created=str(data["created"]),
-        )
-    except (TypeError, ValueError) as exc:
-        raise ReidEvalError(f"{path}: malformed results file ({exc})") from exc
-    rates = [*cmc.tolist(), record.mAP, record.mINP]
-    if cmc.ndim != 1 or not all(0.0 <= r <= 1.0 for r in rates):
-        raise ReidEvalError(f"{path}: cmc, mAP and mINP must be fractions in [0, 1] (is this a percentage?)")
-    if np.any(np.diff(cmc) < -1e-9):
-        raise ReidEvalError(f"{path}: cmc must be non-decreasing")
-    return record
+    return ResultRecord(path, MatchResult.from_json(data, path))
 
 
 def load_results(results_dir: Path, warn: Warn | None = None) -> list[ResultRecord]:
     """Every results file directly under ``results_dir``, sorted by dataset then metric order.
 
-    JSON files without DESIGN.md's keys (or unreadable as JSON) are skipped and
+    JSON files without the results keys (or unreadable as JSON) are skipped and
     reported through ``warn``. Raises ReidEvalError when ``results_dir`` is not a folder.
     """
     results_dir = Path(results_dir)
@@ -177,9 +202,9 @@ def load_results(results_dir: Path, warn: Warn | None = None) -> list[ResultReco
             if warn:
                 warn(f"{path}: not readable as JSON ({exc}); skipped")
             continue
-        if not isinstance(data, dict) or any(k not in data for k in REQUIRED_KEYS):
+        if not isinstance(data, dict) or any(k not in data for k in RESULT_KEYS):
             if warn:
-                missing = [k for k in REQUIRED_KEYS if not isinstance(data, dict) or k not in data]
+                missing = [k for k in RESULT_KEYS if not isinstance(data, dict) or k not in data]
                 warn(f"{path}: not a results file (missing {', '.join(missing)}); skipped")
             continue
         records.append(parse_result(path, data))

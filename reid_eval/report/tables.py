@@ -8,8 +8,10 @@ letter whose text names the checkpoint and the matching parameters.
 Which measured rows go into which table: a results file of dataset X fills the
 column of X in the paper table that has X (Table 4's CUHK03 column takes
 ``cuhk03_np``; results recorded as the 'detected' boxes get rows of their own,
-see ``paper_tables.json`` notes); one row per metric variant (metric, β, λ,
-CUHK03 boxes, AP flavour). A dataset in no paper table gets a table of its own with
+see ``paper_tables.json`` notes); one row per run identity (metric, β,
+shortlist, λ, AP flavour, checkpoint; ``MatchParams.identity``) and CUHK03 boxes.
+A row's label names what differs from the paper's setting, the AP flavour
+included when it is not the paper's (official Market-1501) one. A dataset in no paper table gets a table of its own with
 R1/R5/R10/mAP/mINP.
 """
 
@@ -22,6 +24,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from reid_eval.experiments.record import PAPER_AP
 from reid_eval.report.paper import PaperTable
 from reid_eval.report.results import ResultRecord
 
@@ -104,11 +107,12 @@ def _footnote_text(rows_records: list[ResultRecord]) -> str:
 
 
 def _params_text(record: ResultRecord) -> str:
-    """'key=value, ...' of the matching parameters; unset (None) ones, the metric and matrix name (already named) and timings left out."""
+    """'key=value, ...' of the matching parameters; unset (None) ones, those already named (metric, AP, checkpoint, matrix name) and timings left out."""
     items = []
-    for key in sorted(record.params):
-        value = record.params[key]
-        if value is None or key in ("metric", "distance_name", "matching_seconds"):
+    params = record.result.to_json()["params"]
+    for key in sorted(params):
+        value = params[key]
+        if value is None or key in ("metric", "ap", "checkpoint_sha256", "distance_name", "matching_seconds"):
             continue
         if key == "cache_file" and value:
             value = Path(str(value)).name
@@ -124,12 +128,29 @@ def _other_variant(record: ResultRecord, paper_variant: str | None) -> str:
 
 
 def _group_rows(records: list[ResultRecord], paper_variant: str | None = None) -> list[list[ResultRecord]]:
-    """Results grouped into rows (same metric, β, λ, CUHK03 boxes, AP flavour), in display order."""
+    """Results grouped into rows (same matrix and score parameters, checkpoint, CUHK03 boxes), in display order."""
     rows: dict[tuple, list[ResultRecord]] = {}
     for record in sorted(records, key=lambda r: r.sort_key):
-        key = (record.metric, record.beta, record.fuse, _other_variant(record, paper_variant), record.ap_flavour)
+        key = (record.params.identity("results"), _other_variant(record, paper_variant))
         rows.setdefault(key, []).append(record)
     return list(rows.values())
+
+
+def _several_checkpoints(records: list[ResultRecord]) -> bool:
+    """Whether rows need the checkpoint in their label to stay apart."""
+    return len({r.checkpoint_sha256 for r in records}) > 1
+
+
+def _ap_note(records: list[ResultRecord], paper_table: bool) -> list[str]:
+    """The note under a table that explains rows marked with another AP flavour than the paper's."""
+    other = sorted({r.ap_flavour for r in records if r.ap_label})
+    if not other:
+        return []
+    against = "the paper's rows" if paper_table else "the paper's tables"
+    return [
+        f"Rows marked '{other[0]} AP' score mAP with that AP flavour; {against} use the official Market-1501 AP "
+        f"({PAPER_AP}), so their mAP is not directly comparable: rerun `reid-eval match` with `--ap {PAPER_AP}`."
+    ]
 
 
 def fill_commands(dataset: str) -> str:
@@ -158,6 +179,7 @@ def build_paper_table(paper: PaperTable, records: list[ResultRecord]) -> Table:
         rows.append(Row(prow.label, "paper", cells, group=prow.group, full_source=prow.source))
 
     footnotes: list[tuple[str, str]] = []
+    several = _several_checkpoints(mine)
     for group in _group_rows(mine, paper.cuhk03_variant):
         # Split a row when one dataset appears twice (different checkpoints or caches).
         pending = list(group)
@@ -179,7 +201,7 @@ def build_paper_table(paper: PaperTable, records: list[ResultRecord]) -> Table:
                 r = taken.get(ds)
                 cells += [percent(r.rank(1)) if r else EMPTY, percent(r.mAP) if r else EMPTY]
             rows.append(
-                Row(members[0].label(_other_variant(members[0], paper.cuhk03_variant)), MEASURED, cells, group=MEASURED if paper.rows[0].group else "", footnote=letter, full_source=MEASURED, note=text)
+                Row(members[0].label(_other_variant(members[0], paper.cuhk03_variant), checkpoint=several), MEASURED, cells, group=MEASURED if paper.rows[0].group else "", footnote=letter, full_source=MEASURED, note=text)
             )
 
     notes = [f"Paper rows quoted from {paper.source}; measured rows from this run's results files (percent)."]
@@ -193,6 +215,7 @@ def build_paper_table(paper: PaperTable, records: list[ResultRecord]) -> Table:
             f"CUHK03 column: the paper's numbers are compared with CUHK03-NP {paper.cuhk03_variant} boxes; "
             f"results on the {other} boxes have rows marked '{other}' (see the quotation notes)."
         )
+    notes.extend(_ap_note(mine, paper_table=True))
     notes.extend(f"Quotation note: {n}" for n in paper.notes)
     return Table(
         key=paper.key,
@@ -208,20 +231,22 @@ def build_paper_table(paper: PaperTable, records: list[ResultRecord]) -> Table:
 def build_dataset_table(dataset: str, records: list[ResultRecord]) -> Table:
     """A table of measured rows for a dataset that no paper table covers: R1, R5, R10, mAP, mINP (percent)."""
     rows, footnotes = [], []
-    for group in _group_rows([r for r in records if r.dataset == dataset]):
+    mine = [r for r in records if r.dataset == dataset]
+    several = _several_checkpoints(mine)
+    for group in _group_rows(mine):
         for r in group:
             letter = _letter(len(footnotes))
             text = _footnote_text([r])
             footnotes.append((letter, text))
             cells = [percent(r.rank(1)), percent(r.rank(5)), percent(r.rank(10)), percent(r.mAP), percent(r.mINP)]
-            rows.append(Row(r.label(), MEASURED, cells, footnote=letter, full_source=MEASURED, note=text))
+            rows.append(Row(r.label(checkpoint=several), MEASURED, cells, footnote=letter, full_source=MEASURED, note=text))
     return Table(
         key=dataset,
         title=f"Measured results on {dataset_label(dataset)} ({dataset}; percent)",
         column_groups=[(dataset_label(dataset), ["R1", "R5", "R10", "mAP", "mINP"])],
         rows=rows,
         footnotes=footnotes,
-        notes=["No published numbers for this dataset; all rows measured."],
+        notes=["No published numbers for this dataset; all rows measured.", *_ap_note(mine, paper_table=False)],
     )
 
 

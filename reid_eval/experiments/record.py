@@ -1,0 +1,349 @@
+"""The match run as a type: :class:`MatchParams` (what was asked) and :class:`MatchResult` (what came out).
+
+This module is the one home of the contract between `match` (which writes
+results), `report` and `demo` (which read them): option choices and defaults,
+validation, the distance name in the cache and the results file name, and the
+JSON layout of a results file (docs/DESIGN.md, "Results files").
+
+Identity and provenance
+-----------------------
+Every :class:`MatchParams` field says, in its ``metadata["role"]``, what it is:
+
+* ``"distance"`` — identity of the distance matrix: it changes the matrix, so
+  it is part of the distance name (``distances/<name>`` in the cache) and of
+  the results file name: ``beta``, ``shortlist``, ``shortlist_metric``,
+  ``fuse``; ``metric`` and ``fuse_global`` form the name's label
+  (``fpr``, ``fpr+euclidean``).
+* ``"results"`` — identity of the scores only (one matrix, several results
+  files): ``ap`` (the AP flavour) and ``checkpoint_sha256`` (its first
+  :data:`CHECKPOINT_PREFIX` hex digits).
+* ``"provenance"`` — recorded, never named, because it does not change the
+  matrix or the scores: ``backend``, ``max_rank``.
+
+A name part is ``__<tag><value>`` and is left out when the value is the
+field's ``omit`` value (the paper's setting or "not used"), so the paper's
+run keeps the short name ``<dataset>__fpr__ckpt-<sha8>.json``. Names are only
+ever derived from a :class:`MatchParams`, never parsed back.
+
+Adding a field: give it a default that reproduces today's behaviour, a
+``_field(...)`` with its role, ``tag``/``omit`` when it is identity, its
+``option`` (the CLI flag, for error messages) and a check in :meth:`MatchParams.validate`.
+Old results files without the field read back with the default.
+
+:class:`MatchResult` is one results file: scores plus its :class:`MatchParams`
+and a free ``provenance`` mapping (cache file, model settings, timings, engine
+statistics) that never affects names. ``to_json``/``from_json`` keep the
+results file layout of docs/DESIGN.md: the twelve top-level keys, and in
+``params`` the :class:`MatchParams` fields, the provenance entries and the
+``distance_name``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from reid_eval.errors import ReidEvalError
+from reid_eval.evaluation import AP_FLAVOURS
+from reid_eval.matching import DEFAULT_BETA
+from reid_eval.matching.backend import BACKENDS
+
+#: β of the paper (§4.1); defined once, in reid_eval.matching.definition.
+PAPER_BETA: float = DEFAULT_BETA
+#: The AP flavour of the paper's tables: the official Market-1501 code's (evaluation.ranking docstring).
+PAPER_AP: str = "market1501"
+#: Every metric `match` computes, in display order: global Baseline rows first, then DSR and FPR.
+MATCH_METRICS: tuple[str, ...] = ("euclidean", "cosine", "dsr", "fpr")
+#: The metrics on global features (the others reconstruct pyramid features).
+GLOBAL_METRICS: tuple[str, ...] = ("euclidean", "cosine")
+#: Display names of the metrics (tables, figures, demo).
+METRIC_NAMES: dict[str, str] = {"euclidean": "Baseline", "cosine": "Cosine baseline", "dsr": "DSR", "fpr": "FPR"}
+#: Hex digits of the checkpoint's SHA-256 in a results file name.
+CHECKPOINT_PREFIX = 8
+#: The top-level keys of a results file (docs/DESIGN.md, "Results files").
+RESULT_KEYS: tuple[str, ...] = (
+    "dataset",
+    "metric",
+    "cmc",
+    "mAP",
+    "mINP",
+    "ap_flavour",
+    "num_query",
+    "num_valid_query",
+    "num_gallery",
+    "params",
+    "checkpoint_sha256",
+    "created",
+)
+
+
+def _field(default: Any, role: str, option: str | None = None, tag: str | None = None, omit: Any = None) -> Any:
+    """A MatchParams field; see the module docstring for ``role``, ``tag`` and ``omit``."""
+    return field(default=default, metadata={"role": role, "option": option, "tag": tag, "omit": omit})
+
+
+def _num(value: float) -> str:
+    return format(float(value), "g")
+
+
+def _finite_number(value: Any, option: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{option} must be a number, got {value!r}")
+    if not math.isfinite(float(value)):
+        raise ValueError(f"{option} must be a finite number, got {value}")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class MatchParams:
+    """Everything that decides one match run's matrix and scores (identity), plus provenance.
+
+    Construct with the user's values; fields that do not apply to the metric
+    are normalised on construction (``beta`` is None for the global metrics,
+    ``shortlist_metric`` None without a shortlist, ``fuse_global`` None
+    without ``fuse``), so equal runs compare and name equal. Call
+    :meth:`validate` before use: it raises ValueError naming the option.
+    """
+
+    metric: str = _field("fpr", "distance", "--metric")
+    beta: float | None = _field(PAPER_BETA, "distance", "--beta", tag="beta", omit=PAPER_BETA)
+    shortlist: int | None = _field(None, "distance", "--shortlist", tag="shortlist")
+    shortlist_metric: str | None = _field("euclidean", "distance", "--shortlist-metric", tag="shortlist-by-", omit="euclidean")
+    fuse: float | None = _field(None, "distance", "--fuse", tag="fuse")
+    fuse_global: str | None = _field("euclidean", "distance", "--fuse-global")  # in the label: fpr+<fuse_global>
+    ap: str = _field("standard", "results", "--ap", tag="ap-", omit="standard")
+    checkpoint_sha256: str = _field("", "results", "--checkpoint", tag="ckpt-", omit="")
+    backend: str = _field("auto", "provenance", "--backend")
+    max_rank: int = _field(50, "provenance", "--max-rank")
+
+    def __post_init__(self) -> None:
+        reconstructs = self.metric not in GLOBAL_METRICS
+        if not reconstructs:
+            object.__setattr__(self, "beta", None)
+        elif self.beta is None:
+            object.__setattr__(self, "beta", PAPER_BETA)
+        if self.shortlist is None:
+            object.__setattr__(self, "shortlist_metric", None)
+        elif self.shortlist_metric is None:
+            object.__setattr__(self, "shortlist_metric", "euclidean")
+        if self.fuse is None:
+            object.__setattr__(self, "fuse_global", None)
+        elif self.fuse_global is None:
+            object.__setattr__(self, "fuse_global", "euclidean")
+
+    # ------------------------------------------------------------ checks
+
+    def validate(self) -> "MatchParams":
+        """Return self, or raise ValueError naming the option that is wrong (NaN, infinity, ≤ 0, unknown choice, ...)."""
+        if self.metric not in MATCH_METRICS:
+            raise ValueError(f"--metric must be one of {', '.join(MATCH_METRICS)}, got {self.metric!r}")
+        if self.beta is not None:
+            beta = _finite_number(self.beta, "--beta")
+            if not beta > 0:
+                raise ValueError(f"--beta must be positive, got {self.beta}")
+        if self.shortlist is not None:
+            if self.metric in GLOBAL_METRICS:
+                raise ValueError(f"--shortlist re-ranks with fpr or dsr; it does nothing for --metric {self.metric}")
+            if isinstance(self.shortlist, bool) or not isinstance(self.shortlist, int) or self.shortlist < 1:
+                raise ValueError(f"--shortlist must be an integer of at least 1, got {self.shortlist!r}")
+            if self.shortlist_metric not in GLOBAL_METRICS:
+                raise ValueError(f"--shortlist-metric must be one of {', '.join(GLOBAL_METRICS)}, got {self.shortlist_metric!r}")
+        if self.fuse is not None:
+            if self.metric in GLOBAL_METRICS:
+                raise ValueError(f"--fuse combines a global distance with fpr or dsr; --metric {self.metric} is already global")
+            fuse = _finite_number(self.fuse, "--fuse")
+            if not 0.0 <= fuse <= 1.0:
+                raise ValueError(f"--fuse must be in [0, 1], got {self.fuse}")
+            if self.fuse_global not in GLOBAL_METRICS:
+                raise ValueError(f"--fuse-global must be one of {', '.join(GLOBAL_METRICS)}, got {self.fuse_global!r}")
+            if self.shortlist is not None:
+                # outside the shortlist the engine returns ranks, not distances: a weighted sum would mix units
+                raise ValueError("--shortlist and --fuse cannot be combined")
+        if self.ap not in AP_FLAVOURS:
+            raise ValueError(f"--ap must be one of {', '.join(AP_FLAVOURS)}, got {self.ap!r}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"--backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        if isinstance(self.max_rank, bool) or not isinstance(self.max_rank, int) or self.max_rank < 1:
+            raise ValueError(f"--max-rank must be an integer of at least 1, got {self.max_rank!r}")
+        sha = self.checkpoint_sha256
+        if sha and not (isinstance(sha, str) and all(c in "0123456789abcdef" for c in sha)):
+            raise ValueError(f"--checkpoint: its SHA-256 must be lower-case hex, got {sha!r}")
+        return self
+
+    # ------------------------------------------------------------ names
+
+    @property
+    def label(self) -> str:
+        """Metric name in results: ``fpr``, ``dsr``, ``euclidean``, ``cosine``, or ``fpr+euclidean`` when fused."""
+        return f"{self.metric}+{self.fuse_global}" if self.fuse is not None else self.metric
+
+    def _parts(self, role: str) -> str:
+        parts = []
+        for f in dataclasses.fields(self):
+            tag = f.metadata.get("tag")
+            if f.metadata.get("role") != role or tag is None:
+                continue
+            value = getattr(self, f.name)
+            if value is None or value == f.metadata.get("omit"):
+                continue
+            if f.name == "checkpoint_sha256":
+                value = value[:CHECKPOINT_PREFIX]
+            parts.append(f"__{tag}{_num(value) if isinstance(value, float) else value}")
+        return "".join(parts)
+
+    @property
+    def distance_name(self) -> str:
+        """``<label>[__beta<β>][__shortlist<K>][__shortlist-by-<metric>][__fuse<λ>]``: the cache's ``distances/<name>``."""
+        return self.label + self._parts("distance")
+
+    def results_file_name(self, dataset: str) -> str:
+        """``<dataset>__<distance name>[__ap-<flavour>][__ckpt-<sha8>].json``: one file per identity."""
+        return f"{dataset}__{self.distance_name}{self._parts('results')}.json"
+
+    def identity(self, role: str = "results") -> tuple:
+        """The values that decide the matrix (``role="distance"``) or the matrix and its scores (``"results"``)."""
+        roles = ("distance",) if role == "distance" else ("distance", "results")
+        return tuple(getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata.get("role") in roles)
+
+    # ------------------------------------------------------------ JSON
+
+    def to_json(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> "MatchParams":
+        """From a results file's ``params`` (or a stored matrix's attributes); unknown keys are ignored, missing ones take defaults."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        for key in ("beta", "fuse"):
+            if values.get(key) is not None:
+                values[key] = float(values[key])
+        if values.get("shortlist") is not None:
+            values["shortlist"] = int(values["shortlist"])
+        values["checkpoint_sha256"] = str(values.get("checkpoint_sha256") or "")
+        return cls(**values)
+
+    @classmethod
+    def field_names(cls, role: str | None = None) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls) if role is None or f.metadata.get("role") == role)
+
+
+@dataclass(frozen=True)
+class MatchResult:
+    """One results file: the scores of one (dataset, :class:`MatchParams`) run.
+
+    ``cmc`` float [max_rank] and ``mAP``, ``mINP``: fractions in [0, 1] under
+    ``params.ap``. ``provenance``: what is recorded but names nothing (cache
+    file, model settings, skipped images, timings, engine statistics).
+    """
+
+    dataset: str
+    params: MatchParams
+    cmc: tuple[float, ...]
+    mAP: float
+    mINP: float
+    num_query: int
+    num_valid_query: int
+    num_gallery: int
+    provenance: Mapping[str, Any] = field(default_factory=dict)
+    created: str = ""
+
+    @property
+    def metric(self) -> str:
+        return self.params.label
+
+    @property
+    def checkpoint_sha256(self) -> str:
+        return self.params.checkpoint_sha256
+
+    @property
+    def file_name(self) -> str:
+        return self.params.results_file_name(self.dataset)
+
+    @staticmethod
+    def now() -> str:
+        return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+    def to_json(self) -> dict[str, Any]:
+        params = {**dict(self.provenance), **self.params.to_json(), "distance_name": self.params.distance_name}
+        return {
+            "dataset": self.dataset,
+            "metric": self.metric,
+            "cmc": [float(v) for v in self.cmc],
+            "mAP": float(self.mAP),
+            "mINP": float(self.mINP),
+            "ap_flavour": self.params.ap,
+            "num_query": int(self.num_query),
+            "num_valid_query": int(self.num_valid_query),
+            "num_gallery": int(self.num_gallery),
+            "params": params,
+            "checkpoint_sha256": self.checkpoint_sha256,
+            "created": self.created,
+        }
+
+    @classmethod
+    def from_json(cls, data: Any, source: str | os.PathLike = "results") -> "MatchResult":
+        """Parse one results file's JSON; ReidEvalError naming ``source`` when keys are missing or values impossible."""
+        if not isinstance(data, dict):
+            raise ReidEvalError(f"{source}: not a results file (not a JSON object)")
+        missing = [k for k in RESULT_KEYS if k not in data]
+        if missing:
+            raise ReidEvalError(f"{source}: not a results file (missing {', '.join(missing)})")
+        try:
+            raw = dict(data["params"] or {})
+            # the file's own metric, AP and checkpoint fields win over an older params dict
+            metric = str(data["metric"])
+            raw["metric"] = metric.split("+")[0]
+            if "+" in metric:
+                raw["fuse_global"] = metric.split("+", 1)[1]
+                if raw.get("fuse") is None:
+                    raise ValueError(f"metric {metric} without params.fuse")
+            raw["ap"] = str(data["ap_flavour"])
+            raw["checkpoint_sha256"] = str(data["checkpoint_sha256"] or "")
+            params = MatchParams.from_json(raw)
+            provenance = {k: v for k, v in raw.items() if k not in MatchParams.field_names() and k != "distance_name"}
+            result = cls(
+                dataset=str(data["dataset"]),
+                params=params,
+                cmc=tuple(float(v) for v in data["cmc"]),
+                mAP=float(data["mAP"]),
+                mINP=float(data["mINP"]),
+                num_query=int(data["num_query"]),
+                num_valid_query=int(data["num_valid_query"]),
+                num_gallery=int(data["num_gallery"]),
+                provenance=provenance,
+                created=str(data["created"]),
+            )
+        except (TypeError, ValueError) as exc:
+            raise ReidEvalError(f"{source}: malformed results file ({exc})") from exc
+        rates = [*result.cmc, result.mAP, result.mINP]
+        if not result.cmc or not all(0.0 <= r <= 1.0 for r in rates):
+            raise ReidEvalError(f"{source}: cmc, mAP and mINP must be fractions in [0, 1] (is this a percentage?)")
+        if any(b < a - 1e-9 for a, b in zip(result.cmc, result.cmc[1:])):
+            raise ReidEvalError(f"{source}: cmc must be non-decreasing")
+        return result
+
+    def write(self, results_dir: str | os.PathLike) -> Path:
+        """Write ``<results_dir>/<file_name>`` atomically (a rerun with identical parameters replaces its own file)."""
+        out = Path(results_dir) / self.file_name
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_text(json.dumps(self.to_json(), indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, out)
+        return out
+
+    @classmethod
+    def read(cls, path: str | os.PathLike) -> "MatchResult":
+        """One results file; ReidEvalError naming it when unreadable or not a results file."""
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ReidEvalError(f"{path}: not readable as JSON ({exc})") from exc
+        return cls.from_json(data, path)
