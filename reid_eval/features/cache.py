@@ -398,6 +398,90 @@ def read_split(cache_file: CacheSource, split: str) -> SplitData:
         )
 
 
+# Block reads (matching at scale). ``local`` is stored in chunks of whole rows
+# (all d columns, about 1 MiB), so the rows of a range of images are read from
+# the few chunks that hold them: measured at d = 2048, 80-image blocks read at
+# 2.0 GB/s from the page cache with 128-row chunks, the same with 440- or
+# 512-row chunks and faster than a contiguous layout, so every cache written
+# since schema 1 is read as it is. A split whose tables do not fit together
+# (a damaged or foreign file) is refused in one line.
+
+
+def _damaged(f: h5py.File, split: str, what: str) -> ReidEvalError:
+    return ReidEvalError(f"cache {f.filename} split {split} is damaged ({what}); delete it and extract again")
+
+
+def _block_group(f: h5py.File, split: str) -> tuple[h5py.Group, int, int]:
+    """The complete split group checked for block reads: (group, images n, local rows L)."""
+    g = _split_group(f, split)
+    n, L, _ = _committed(g)
+    for name in ("local", "foreground", "offsets", "global"):
+        if name not in g:
+            raise _damaged(f, split, f"no {name} table")
+    local, fg, offs, glob = g["local"], g["foreground"], g["offsets"], g["global"]
+    if local.ndim != 2 or local.shape[0] < L or fg.shape[0] < L or offs.shape[0] < n + 1 or glob.shape[0] < n:
+        raise _damaged(
+            f, split,
+            f"{n} images and {L} locations committed, but tables of {offs.shape[0]} offsets, "
+            f"{local.shape[0]} local rows, {fg.shape[0]} foreground values, {glob.shape[0]} global rows",
+        )
+    return g, n, L
+
+
+def read_split_offsets(cache_file: CacheSource, split: str) -> np.ndarray:
+    """``[n+1]`` int64 row boundaries of a complete split's images in ``local`` (8 bytes per image).
+
+    Checked: starts at 0, never decreases, ends at the committed number of
+    locations, and the tables hold that many rows; otherwise ReidEvalError
+    (damaged cache, re-extract).
+    """
+    with _opened(cache_file) as f:
+        g, n, L = _block_group(f, split)
+        try:
+            offsets = g["offsets"][: n + 1].astype(np.int64, copy=False)
+        except OSError as exc:
+            raise _damaged(f, split, f"offsets unreadable: {' '.join(str(exc).split())}") from None
+        if offsets[0] != 0 or offsets[-1] != L or np.any(np.diff(offsets) < 0):
+            raise _damaged(f, split, f"offsets run from {offsets[0]} to {offsets[-1]} for {L} locations, or decrease")
+        return offsets
+
+
+def read_spatial_block(cache_file: CacheSource, split: str, start: int, stop: int) -> SpatialFeatures:
+    """Images ``start:stop`` of a complete split, read from the file without the rest of it.
+
+    Returns SpatialFeatures with local ``[R, d]`` float32 (R = the images'
+    locations), offsets ``[stop-start+1]`` from 0 and foreground ``[R]``.
+    Pass a file opened with :func:`open_cache` when reading many blocks.
+    """
+    with _opened(cache_file) as f:
+        g, n, _ = _block_group(f, split)
+        if not 0 <= start <= stop <= n:
+            raise ValueError(f"image range {start}:{stop} is outside the {n} images of the {split} split of {f.filename}")
+        try:
+            offsets = g["offsets"][start : stop + 1].astype(np.int64)
+            a, b = int(offsets[0]), int(offsets[-1])
+            local = g["local"][a:b]
+            foreground = g["foreground"][a:b]
+        except OSError as exc:
+            raise _damaged(f, split, f"images {start}:{stop} unreadable: {' '.join(str(exc).split())}") from None
+        try:
+            return SpatialFeatures(local, offsets - a, foreground=foreground)
+        except ValueError as exc:
+            raise _damaged(f, split, f"images {start}:{stop}: {exc}") from None
+
+
+def read_global_block(cache_file: CacheSource, split: str, start: int, stop: int) -> np.ndarray:
+    """``[stop-start, d]`` float32 global features of images ``start:stop`` of a complete split."""
+    with _opened(cache_file) as f:
+        g, n, _ = _block_group(f, split)
+        if not 0 <= start <= stop <= n:
+            raise ValueError(f"image range {start}:{stop} is outside the {n} images of the {split} split of {f.filename}")
+        try:
+            return g["global"][start:stop].astype(np.float32, copy=False)
+        except OSError as exc:
+            raise _damaged(f, split, f"global features {start}:{stop} unreadable: {' '.join(str(exc).split())}") from None
+
+
 def read_attrs(cache_file: CacheSource) -> dict[str, Any]:
     """Root attributes of a cache (``settings`` decoded from JSON)."""
     with _opened(cache_file) as f:

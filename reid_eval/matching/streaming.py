@@ -1,0 +1,387 @@
+"""FPR / DSR distances straight from the HDF5 cache: bounded memory, resumable, observable, distributable.
+
+:func:`fpr_distances_from_cache` is :func:`reid_eval.matching.fpr_distances`
+for two splits of a cache file that are never loaded whole:
+
+* a :class:`~reid_eval.matching.tiles.TilePlan` cuts both splits into image
+  ranges sized so that the tiles in flight fit in ``memory_budget_bytes``;
+  peak memory is that budget, plus the ``[P, G]`` float32 result, plus a
+  constant (the interpreter, NumPy, h5py), whatever the split sizes;
+* each finished tile is committed to a :class:`~reid_eval.matching.tile_store.TileStore`
+  folder; with ``resume_dir`` set, a rerun after Ctrl-C or ``kill -9``
+  recomputes none of them and ends with the same bits;
+* ``progress`` receives a :class:`MatchProgress` after every tile (tiles
+  done / total, pairs and GFLOP per second, ETA);
+* ``workers=N`` runs the tiles on a Dask ``LocalCluster`` of N single-thread
+  worker processes, ``scheduler="tcp://host:port"`` on an existing Dask
+  cluster (see :mod:`reid_eval.matching.dask_tiles`); without either, tiles
+  run on ``threads`` threads of this process.
+
+Every tile runs its GEMM on one BLAS thread, so the matrix depends only on
+the tile plan (see :mod:`reid_eval.matching.tiles`), not on threads, workers
+or machines.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from reid_eval.errors import ReidEvalError
+from reid_eval.features.cache import open_cache, read_attrs, read_split_offsets
+from reid_eval.matching.backend import get_array_module
+from reid_eval.matching.definition import DEFAULT_BETA
+from reid_eval.matching.fpr import DEFAULT_FLOAT32_ATOL, DEFAULT_MEMORY_BUDGET
+from reid_eval.matching.tile_store import TileStore
+from reid_eval.matching.tiles import MEMORY_BUDGET_ENV, TilePlan, TileSource, plan_tiles, run_tile_task
+
+__all__ = ["MatchProgress", "StreamResult", "fpr_distances_from_cache", "default_memory_budget"]
+
+
+def default_memory_budget() -> int:
+    """``REID_EVAL_MEMORY_BUDGET`` (bytes) when set, else 1.5 GB."""
+    raw = os.environ.get(MEMORY_BUDGET_ENV)
+    if raw is None or not raw.strip():
+        return DEFAULT_MEMORY_BUDGET
+    try:
+        value = int(float(raw))
+    except ValueError:
+        raise ReidEvalError(f"{MEMORY_BUDGET_ENV}={raw!r} is not a number of bytes") from None
+    if value <= 0:
+        raise ReidEvalError(f"{MEMORY_BUDGET_ENV}={raw!r} must be positive")
+    return value
+
+
+@dataclass(frozen=True)
+class MatchProgress:
+    """Where a streamed match stands (passed to the ``progress`` callback).
+
+    tiles_done includes tiles_resumed (committed by an earlier run); the
+    rates count only tiles computed by this run, over ``seconds`` since it
+    started computing.
+    """
+
+    tiles_done: int
+    tiles_total: int
+    tiles_resumed: int
+    pairs_done: int
+    pairs_total: int
+    pairs_computed: int
+    flops_computed: float
+    seconds: float
+
+    @property
+    def pairs_per_second(self) -> float:
+        return self.pairs_computed / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def gflops(self) -> float:
+        return self.flops_computed / self.seconds / 1e9 if self.seconds > 0 else 0.0
+
+    @property
+    def eta_seconds(self) -> float | None:
+        rate = self.pairs_per_second
+        return (self.pairs_total - self.pairs_done) / rate if rate > 0 else None
+
+    def line(self) -> str:
+        """``tiles 3/40 (1 resumed), 1.2e+05 pairs/s, 95.3 GFLOP/s, ETA 0:01:07``."""
+        eta = self.eta_seconds
+        eta_text = "?" if eta is None else _clock(eta)
+        resumed = f" ({self.tiles_resumed} resumed)" if self.tiles_resumed else ""
+        return (
+            f"tiles {self.tiles_done}/{self.tiles_total}{resumed}, {self.pairs_per_second:.3g} pairs/s, "
+            f"{self.gflops:.1f} GFLOP/s, ETA {eta_text}"
+        )
+
+
+def _clock(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+@dataclass(frozen=True)
+class StreamResult:
+    """A streamed matrix and how it was made.
+
+    distances: ``[P, G]`` float32 (float64 with ``precision="float64"``);
+    plan: the tile plan (recorded with the tiles; resume keeps it);
+    tiles_resumed / tiles_computed: tiles found committed / computed now;
+    seconds: wall time of this call; runner: ``"threads:N"``,
+    ``"dask-local:N"`` or ``"dask:<address>"``.
+    """
+
+    distances: np.ndarray
+    plan: TilePlan
+    tiles_resumed: int
+    tiles_computed: int
+    seconds: float
+    runner: str
+
+    def provenance(self) -> dict[str, Any]:
+        """How the matrix was computed (not what it is): for the stored attributes."""
+        return {
+            "tile_block_rows": self.plan.block_rows,
+            "tile_count": self.plan.num_tiles,
+            "memory_budget_bytes": self.plan.memory_budget_bytes,
+            "tiles_resumed": self.tiles_resumed,
+            "runner": self.runner,
+        }
+
+
+class _Tracker:
+    """Counts finished tiles (from any thread) and reports them to the callback."""
+
+    def __init__(self, plan: TilePlan, pcounts: np.ndarray, gcounts: np.ndarray, pimg: np.ndarray,
+                 gimg: np.ndarray, dim: int, done: set, callback: Callable[[MatchProgress], None] | None) -> None:
+        self.plan, self.pcounts, self.gcounts, self.pimg, self.gimg, self.dim = plan, pcounts, gcounts, pimg, gimg, dim
+        self.callback = callback
+        self.lock = threading.Lock()
+        self.resumed = len(done)
+        self.done = len(done)
+        self.pairs_total = int(pimg.sum() * gimg.sum())
+        self.pairs_done = sum(self._pairs(t) for t in done)
+        self.pairs_computed = 0
+        self.flops = 0.0
+        self.t0 = time.perf_counter()
+
+    def _pairs(self, tile: tuple[int, int]) -> int:
+        gi, pi = tile
+        return int(self.gimg[gi] * self.pimg[pi])
+
+    def tile_done(self, gi: int, pi: int) -> None:
+        with self.lock:
+            self.done += 1
+            pairs = self._pairs((gi, pi))
+            self.pairs_done += pairs
+            self.pairs_computed += pairs
+            self.flops += 2.0 * self.dim * float(self.gcounts[gi]) * float(self.pcounts[pi])
+            self.report()
+
+    def report(self) -> None:
+        if self.callback is not None:
+            self.callback(self.snapshot())
+
+    def snapshot(self) -> MatchProgress:
+        return MatchProgress(
+            tiles_done=self.done, tiles_total=self.plan.num_tiles, tiles_resumed=self.resumed,
+            pairs_done=self.pairs_done, pairs_total=self.pairs_total, pairs_computed=self.pairs_computed,
+            flops_computed=self.flops, seconds=time.perf_counter() - self.t0,
+        )
+
+
+def _task_groups(pending: list[tuple[int, int]], parallel: int) -> list[tuple[int, list[int]]]:
+    """``[(gallery block, [probe blocks])]``: one task per gallery block, split when there are too few to go round.
+
+    A task prepares its gallery basis once, so fewer, longer tasks cost less;
+    but every runner should get at least two tasks.
+    """
+    by_gallery: dict[int, list[int]] = {}
+    for gi, pi in pending:
+        by_gallery.setdefault(gi, []).append(pi)
+    parts = max(1, math.ceil(2 * parallel / max(1, len(by_gallery))))
+    groups = []
+    for gi, pis in by_gallery.items():
+        size = max(1, math.ceil(len(pis) / parts))
+        groups += [(gi, pis[k : k + size]) for k in range(0, len(pis), size)]
+    return groups
+
+
+def _run_threads(src: TileSource, plan: TilePlan, groups, store: TileStore, tracker: _Tracker, threads: int) -> None:
+    stop = threading.Event()
+
+    def commit(gi: int, pi: int, tile: np.ndarray) -> None:
+        store.commit(gi, pi, tile)
+        tracker.tile_done(gi, pi)
+
+    pool = ThreadPoolExecutor(max_workers=threads)
+    futures = [pool.submit(run_tile_task, src, plan, gi, pis, commit, stop) for gi, pis in groups]
+    try:
+        remaining = set(futures)
+        while remaining:
+            finished, remaining = wait(remaining, timeout=0.5, return_when=FIRST_COMPLETED)
+            for fut in finished:
+                fut.result()  # re-raise a task's error here
+    except BaseException:
+        # Ctrl-C or a failed tile: the threads stop after the tile they are on
+        # (it is committed; nothing else is lost) and the error propagates.
+        stop.set()
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+
+
+def _source(cache_file: Path, probe_split: str, gallery_split: str, beta: float, weighted: bool, normalize: bool,
+            precision: str, float32_atol: float, backend: str) -> TileSource:
+    xp = get_array_module(backend)
+    return TileSource(
+        cache_file=str(cache_file), probe_split=probe_split, gallery_split=gallery_split, beta=float(beta),
+        weighted=bool(weighted), normalize=bool(normalize), precision=precision, float32_atol=float(float32_atol),
+        backend="numpy" if xp is np else "cupy",
+    )
+
+
+def fpr_distances_from_cache(
+    cache_file: str | os.PathLike,
+    probe_split: str = "query",
+    gallery_split: str = "gallery",
+    *,
+    beta: float = DEFAULT_BETA,
+    weighted: bool = True,
+    normalize: bool = True,
+    precision: str = "float32",
+    float32_atol: float = DEFAULT_FLOAT32_ATOL,
+    backend: str = "auto",
+    memory_budget_bytes: int | None = None,
+    threads: int | None = None,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    resume_dir: str | os.PathLike | None = None,
+    progress: Callable[[MatchProgress], None] | None = None,
+    block_rows: int | None = None,
+    dask_processes: bool = True,
+) -> StreamResult:
+    """FPR (``weighted=True``) or DSR distances of every ``probe_split`` image to every ``gallery_split`` image.
+
+    The splits are read block by block from ``cache_file`` (see the module
+    docstring); the parameters ``beta`` ... ``float32_atol`` and ``backend``
+    mean what they mean for :func:`reid_eval.matching.fpr_distances`.
+
+    memory_budget_bytes:
+        bound on the working memory of the tiles in flight in this process
+        (and in each Dask worker); default :func:`default_memory_budget`.
+    threads:
+        tiles computed at once in this process, one BLAS thread each
+        (default: the CPU count; 1 on a GPU). The budget is shared by them.
+    workers / scheduler:
+        run the tiles on a Dask LocalCluster of ``workers`` single-thread
+        processes, or on the cluster at ``scheduler``; mutually exclusive.
+        Needs ``pip install "reid-eval[dask]"``.
+    resume_dir:
+        tile folder (:func:`reid_eval.matching.tile_store.tile_dir`). When it
+        holds tiles of the same computation, they are kept and only the
+        others are computed, with the recorded plan; tiles of another
+        computation are discarded. The folder is left in place (the caller
+        removes it once the matrix is stored). None: a temporary folder
+        beside the cache, removed at the end.
+    block_rows:
+        force the blocks' size in locations instead of deriving it from the
+        budget (tests, benchmarks).
+    """
+    t_start = time.perf_counter()
+    if workers is not None and scheduler is not None:
+        raise ReidEvalError("--workers and --scheduler cannot be combined: --workers starts a cluster, --scheduler uses one")
+    if workers is not None and workers < 1:
+        raise ReidEvalError(f"--workers must be at least 1, got {workers}")
+    if precision not in ("float32", "float64"):
+        raise ValueError(f"precision must be 'float32' or 'float64', got {precision!r}")
+    if not beta > 0:
+        raise ReidEvalError(f"--beta must be positive, got {beta}")
+    cache_file = Path(cache_file).resolve()
+    src = _source(cache_file, probe_split, gallery_split, beta, weighted, normalize, precision, float32_atol, backend)
+    budget = default_memory_budget() if memory_budget_bytes is None else int(memory_budget_bytes)
+    if threads is None:
+        threads = 1 if src.backend == "cupy" else (os.cpu_count() or 1)
+    with open_cache(cache_file) as f:
+        poff = read_split_offsets(f, probe_split)
+        goff = read_split_offsets(f, gallery_split)
+        dim = int(f[probe_split]["local"].shape[1])
+        if int(f[gallery_split]["local"].shape[1]) != dim:
+            raise ReidEvalError(f"cache {cache_file}: {probe_split} features have d={dim}, {gallery_split} d={f[gallery_split]['local'].shape[1]}")
+        if weighted and probe_split in f and "foreground" not in f[probe_split]:
+            raise ReidEvalError(f"cache {cache_file} has no foreground probabilities for FPR; use --metric dsr or re-extract")
+    n_probe, n_gallery = len(poff) - 1, len(goff) - 1
+    out_dtype = np.float32 if precision == "float32" else np.float64
+    parallel = workers if workers is not None else threads
+    if block_rows is not None:
+        from reid_eval.matching.fpr import plan_blocks
+
+        plan = TilePlan(int(block_rows), tuple(plan_blocks(np.diff(poff), block_rows)),
+                        tuple(plan_blocks(np.diff(goff), block_rows)), precision, budget, threads)
+    else:
+        plan = plan_tiles(poff, goff, dim, memory_budget_bytes=budget, concurrent_tiles=threads, precision=precision)
+    runner = f"threads:{threads}" if workers is None and scheduler is None else (
+        f"dask-local:{workers}" if workers is not None else f"dask:{scheduler}")
+    if n_probe == 0 or n_gallery == 0:
+        return StreamResult(np.zeros((n_probe, n_gallery), out_dtype), plan, 0, 0, time.perf_counter() - t_start, runner)
+
+    attrs = read_attrs(cache_file)
+    identity = {
+        "cache_key": str(attrs.get("cache_key", "")), "probe_split": probe_split, "gallery_split": gallery_split,
+        "num_probe": n_probe, "num_gallery": n_gallery, "beta": float(beta), "weighted": bool(weighted),
+        "normalize": bool(normalize), "precision": precision, "float32_atol": float(float32_atol),
+        "backend": src.backend,
+    }
+    temporary = resume_dir is None
+    store = TileStore(resume_dir if resume_dir is not None else tempfile.mkdtemp(prefix=".tiles-", dir=cache_file.parent))
+    recorded = store.manifest()
+    if recorded is not None and recorded.get("identity") == identity:
+        # Resume with the plan the tiles were made with: other blocks could change the last bits.
+        old = TilePlan.from_dict(recorded["plan"])
+        if not old.same_tiles(plan):
+            if block_rows is not None:
+                store.start({"identity": identity, "plan": plan.to_dict()})
+            elif old.block_rows > plan.block_rows:
+                raise ReidEvalError(
+                    f"the interrupted match in {store.directory} was started with --memory-budget "
+                    f"{old.memory_budget_bytes} (blocks of {old.block_rows} locations); resume with that budget, "
+                    f"or pass --recompute to start over"
+                )
+            else:
+                plan = old
+    else:
+        store.start({"identity": identity, "plan": plan.to_dict()})
+    try:
+        D = _compute(src, plan, store, poff, goff, dim, n_probe, n_gallery, out_dtype, progress,
+                     threads, workers, scheduler, dask_processes)
+    finally:
+        if temporary:
+            store.remove()
+    resumed, computed = D[1], D[2]
+    return StreamResult(D[0], plan, resumed, computed, time.perf_counter() - t_start, runner)
+
+
+def _compute(src, plan, store, poff, goff, dim, n_probe, n_gallery, out_dtype, progress, threads, workers, scheduler,
+             dask_processes):
+    pcounts = np.array([poff[b] - poff[a] for a, b in plan.probe_blocks], dtype=np.int64)
+    gcounts = np.array([goff[b] - goff[a] for a, b in plan.gallery_blocks], dtype=np.int64)
+    pimg = np.array([b - a for a, b in plan.probe_blocks], dtype=np.int64)
+    gimg = np.array([b - a for a, b in plan.gallery_blocks], dtype=np.int64)
+    done = store.done() & set(plan.tiles())
+    resumed = len(done)
+    tracker = _Tracker(plan, pcounts, gcounts, pimg, gimg, dim, done, progress)
+    tracker.report()
+    out = np.empty((n_probe, n_gallery), dtype=out_dtype)
+    computed = 0
+    for _attempt in range(2):
+        pending = [t for t in plan.tiles() if t not in done]
+        if pending:
+            groups = _task_groups(pending, workers or threads)
+            if workers is None and scheduler is None:
+                _run_threads(src, plan, groups, store, tracker, threads)
+            else:
+                from reid_eval.matching.dask_tiles import run_on_dask
+
+                run_on_dask(src, plan, groups, store, tracker, workers=workers, scheduler=scheduler,
+                            processes=dask_processes)
+            computed += len(pending)
+        # Assemble from the committed tiles; one that does not read back is computed again.
+        done = set()
+        for gi, pi in plan.tiles():
+            (pa, pb), (ga, gb) = plan.probe_blocks[pi], plan.gallery_blocks[gi]
+            tile = store.load(gi, pi, (pb - pa, gb - ga))
+            if tile is not None:
+                out[pa:pb, ga:gb] = tile
+                done.add((gi, pi))
+        if len(done) == plan.num_tiles:
+            return out, resumed, computed
+    raise ReidEvalError(f"tiles in {store.directory} could not be written and read back; check the disk")

@@ -1,0 +1,136 @@
+"""Finished tiles of a distance matrix, committed one by one so that an interrupted match resumes.
+
+Where. Beside the cache file: ``<cache>.h5.tiles/<name>/`` holds
+``manifest.json`` (what is being computed and the tile plan) and one
+``g<gallery block>-p<probe block>.npy`` per finished tile. When every tile is
+done, the caller writes the matrix into the cache as ``distances/<name>``
+and removes the folder.
+
+Why not inside the HDF5 file. HDF5 has no journal: a process killed (kill -9,
+power loss) while HDF5 updates its metadata can leave the whole file
+unreadable, and with it hours of extracted features; and a process holding
+the file open for writing locks out every reader, including Dask workers
+reading their blocks. So the cache is opened for writing once, at the end,
+for the finished matrix, as before; the tiles go to plain files.
+
+Commit protocol. A tile is written to a temporary name in the folder,
+flushed and ``fsync``-ed, then renamed to its final name (``os.replace`` is
+atomic on POSIX): a tile file exists completely or not at all, whatever
+moment the process dies at. The record of done tiles *is* the set of tile
+files; a tile file that cannot be read back (e.g. after a power loss that
+lost the unsynced folder entry's data) counts as not done and is recomputed.
+Workers on other machines commit the same way into the same folder (it sits
+beside the cache, which they read through the same shared path).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["TileStore", "tile_dir"]
+
+_TILE = re.compile(r"^g(\d+)-p(\d+)\.npy$")
+
+
+def tile_dir(cache_file: str | os.PathLike, name: str) -> Path:
+    """``<cache file>.tiles/<name>``: where the finished tiles of ``distances/<name>`` wait."""
+    return Path(str(cache_file) + ".tiles") / name
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_atomic(path: Path, write: Any) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+class TileStore:
+    """The tile folder of one distance matrix (see the module docstring)."""
+
+    def __init__(self, directory: str | os.PathLike) -> None:
+        self.directory = Path(directory)
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.directory / "manifest.json"
+
+    def manifest(self) -> dict[str, Any] | None:
+        """The recorded manifest, or None when there is none (or it cannot be read)."""
+        try:
+            return json.loads(self.manifest_path.read_text())
+        except (OSError, ValueError):
+            return None
+
+    def start(self, manifest: Mapping[str, Any]) -> None:
+        """Begin afresh: remove every tile and record ``manifest``."""
+        self.remove()
+        self.directory.mkdir(parents=True, exist_ok=True)
+        blob = (json.dumps(dict(manifest), sort_keys=True, indent=1) + "\n").encode()
+        _write_atomic(self.manifest_path, lambda fh: fh.write(blob))
+
+    def _path(self, gi: int, pi: int) -> Path:
+        return self.directory / f"g{gi}-p{pi}.npy"
+
+    def done(self) -> set[tuple[int, int]]:
+        """``{(gallery block, probe block)}`` of the committed tiles."""
+        if not self.directory.is_dir():
+            return set()
+        out = set()
+        for entry in os.listdir(self.directory):
+            m = _TILE.match(entry)
+            if m:
+                out.add((int(m.group(1)), int(m.group(2))))
+        return out
+
+    def commit(self, gi: int, pi: int, tile: np.ndarray) -> None:
+        """Write one finished tile (atomic: the file appears whole or not at all)."""
+        _write_atomic(self._path(gi, pi), lambda fh: np.save(fh, np.ascontiguousarray(tile), allow_pickle=False))
+
+    def load(self, gi: int, pi: int, shape: tuple[int, int]) -> np.ndarray | None:
+        """The committed tile ``(gi, pi)`` if it reads back with ``shape``; otherwise None (and the file is dropped)."""
+        path = self._path(gi, pi)
+        try:
+            tile = np.load(path, allow_pickle=False)
+            if tile.shape == shape:
+                return tile
+        except (OSError, ValueError, EOFError):
+            pass
+        path.unlink(missing_ok=True)
+        return None
+
+    def remove(self) -> None:
+        """Delete the folder (and the ``.tiles`` parent when it is left empty)."""
+        shutil.rmtree(self.directory, ignore_errors=True)
+        try:
+            self.directory.parent.rmdir()
+        except OSError:
+            pass

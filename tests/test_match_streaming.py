@@ -1,0 +1,211 @@
+"""Matching at scale: block reads from the cache, tile plans, resumable tiles (issue 10)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from reid_eval.errors import ReidEvalError
+from reid_eval.features import SpatialFeatures, open_cache
+from reid_eval.features.cache import (
+    SplitWriter,
+    cache_key,
+    cache_path,
+    create_cache,
+    read_spatial_block,
+    read_split,
+    read_split_offsets,
+)
+from reid_eval.matching import fpr_distances, fpr_tile, prepare_gallery, prepare_probes
+from reid_eval.matching.fpr import plan_blocks
+from reid_eval.matching.streaming import fpr_distances_from_cache
+from reid_eval.matching.tile_store import TileStore, tile_dir
+from reid_eval.matching.tiles import plan_tiles, single_blas_thread
+
+SETTINGS = {"model": {"backbone": "synthetic", "input_size": [384, 128]}, "preprocessing": {"resize": "fixed"}}
+
+
+def synthetic_split(rng: np.random.Generator, n: int, counts: np.ndarray, d: int, near: np.ndarray | None = None):
+    """Random unit-ish features; rows of ``near`` (when given) copied with tiny noise so some residuals are small."""
+    L = int(counts.sum())
+    local = rng.standard_normal((L, d)).astype(np.float32)
+    if near is not None:
+        k = min(L, near.shape[0])
+        local[:k] = near[:k] + 1e-4 * rng.standard_normal((k, d)).astype(np.float32)
+    foreground = rng.uniform(0.05, 1.0, L).astype(np.float32)
+    glob = rng.standard_normal((n, d)).astype(np.float32)
+    return local, foreground, glob
+
+
+def write_cache(cache_dir: Path, n_query: int = 9, n_gallery: int = 13, d: int = 32, m: int | tuple[int, int] = (3, 7),
+                dataset: str = "partial_reid", seed: int = 0, batch: int = 5) -> Path:
+    """A feature cache of random features written through the project's cache writer (no images, no model)."""
+    rng = np.random.default_rng(seed)
+    key = cache_key(dataset, "c" * 64, SETTINGS, "m" * 64)
+    path = cache_path(cache_dir, dataset, key)
+    create_cache(path, {"cache_key": key, "dataset": dataset, "dataset_root": str(cache_dir), "checkpoint_sha256": "c" * 64,
+                        "manifest_sha256": "m" * 64, "settings": json.dumps(SETTINGS)})
+    near = None
+    with open_cache(path, "r+") as f:
+        for split, n in (("query", n_query), ("gallery", n_gallery)):
+            counts = (np.full(n, m) if isinstance(m, int) else rng.integers(m[0], m[1] + 1, n)).astype(np.int64)
+            local, fg, glob = synthetic_split(rng, n, counts, d, near)
+            near = local
+            offsets = np.concatenate([[0], np.cumsum(counts)])
+            writer = SplitWriter(f, split, n, d, 1)
+            for a in range(0, n, batch):
+                b = min(n, a + batch)
+                ra, rb = offsets[a], offsets[b]
+                writer.append(
+                    b - a, [f"{split}/{i:05d}.jpg" for i in range(a, b)], np.arange(a, b) % 4 + 1,
+                    np.full(b - a, 1 if split == "query" else 2), np.arange(a, b),
+                    np.stack([[[c, 1]] for c in counts[a:b]]).astype(np.int32), local[ra:rb], counts[a:b], fg[ra:rb], glob[a:b],
+                )
+    return path
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    return write_cache(tmp_path_factory.mktemp("cache"))
+
+
+def in_memory_tiles(query: SpatialFeatures, gallery: SpatialFeatures, block_rows: int, weighted: bool = True) -> np.ndarray:
+    """fpr_distances' loop over the same blocks, in memory, one BLAS thread (the streaming tile definition)."""
+    out = np.empty((len(query), len(gallery)), np.float32)
+    with single_blas_thread():
+        for ga, gb in plan_blocks(gallery.counts, block_rows):
+            basis = prepare_gallery(gallery[ga:gb], backend="numpy")
+            for pa, pb in plan_blocks(query.counts, block_rows):
+                probes = prepare_probes(query[pa:pb], weighted=weighted, backend="numpy")
+                out[pa:pb, ga:gb] = fpr_tile(probes, basis)
+    return out
+
+
+def test_block_reads_equal_the_whole_split(cache):
+    whole = read_split(cache, "gallery").spatial
+    offsets = read_split_offsets(cache, "gallery")
+    np.testing.assert_array_equal(offsets, whole.offsets)
+    block = read_spatial_block(cache, "gallery", 4, 9)
+    ref = whole[4:9]
+    np.testing.assert_array_equal(block.local, ref.local)
+    np.testing.assert_array_equal(block.offsets, ref.offsets)
+    np.testing.assert_array_equal(block.foreground, ref.foreground)
+
+
+@pytest.mark.parametrize("weighted", [True, False])
+def test_one_tile_streaming_equals_fpr_distances_bit_for_bit(cache, weighted):
+    q, g = read_split(cache, "query").spatial, read_split(cache, "gallery").spatial
+    with single_blas_thread():
+        ref = fpr_distances(q, g, weighted=weighted, backend="numpy")
+    got = fpr_distances_from_cache(cache, weighted=weighted, backend="numpy", block_rows=10**6, threads=1)
+    assert got.plan.num_tiles == 1
+    np.testing.assert_array_equal(got.distances, ref)
+
+
+def test_many_tiles_equal_the_in_memory_engine_on_the_same_plan_whatever_the_threads(cache):
+    q, g = read_split(cache, "query").spatial, read_split(cache, "gallery").spatial
+    ref = in_memory_tiles(q, g, block_rows=20)
+    one = fpr_distances_from_cache(cache, backend="numpy", block_rows=20, threads=1)
+    two = fpr_distances_from_cache(cache, backend="numpy", block_rows=20, threads=2)
+    assert one.plan.num_tiles > 6
+    np.testing.assert_array_equal(one.distances, ref)
+    np.testing.assert_array_equal(two.distances, ref)
+    # another plan: equal to the engine's accuracy (last-bit GEMM rounding only)
+    np.testing.assert_allclose(one.distances, fpr_distances(q, g, backend="numpy"), rtol=0, atol=1e-5)
+
+
+def test_the_budget_sets_the_blocks_and_a_budget_too_small_is_one_line(cache, monkeypatch):
+    from reid_eval.matching.tiles import tile_task_bytes
+
+    poff, goff = np.arange(301) * 110, np.arange(8001) * 110  # the benchmark's shape
+    small = plan_tiles(poff, goff, 2048, memory_budget_bytes=500_000_000, concurrent_tiles=2)
+    large = plan_tiles(poff, goff, 2048, memory_budget_bytes=1_500_000_000, concurrent_tiles=2)
+    assert 110 < small.block_rows < large.block_rows
+    assert 2 * tile_task_bytes(small.block_rows, 2048, 110, 110) <= 500_000_000 < 2 * tile_task_bytes(small.block_rows + 1, 2048, 110, 110)
+    assert small.gallery_blocks[-1][1] == 8000 and all(b - a == small.block_rows // 110 for a, b in small.gallery_blocks[:-1])
+    with pytest.raises(ReidEvalError, match="--memory-budget 1000 is too small"):
+        plan_tiles(poff, goff, 2048, memory_budget_bytes=1000, concurrent_tiles=2)
+    monkeypatch.setenv("REID_EVAL_MEMORY_BUDGET", "2e6")
+    assert fpr_distances_from_cache(cache, backend="numpy", threads=1).plan.memory_budget_bytes == 2_000_000
+    monkeypatch.setenv("REID_EVAL_MEMORY_BUDGET", "lots")
+    with pytest.raises(ReidEvalError, match="REID_EVAL_MEMORY_BUDGET"):
+        fpr_distances_from_cache(cache, backend="numpy")
+
+
+def _copy(src: Path, dst_dir: Path) -> Path:
+    dst = dst_dir / src.parent.name / src.name
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    dst.write_bytes(src.read_bytes())
+    return dst
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda f: f["gallery"].attrs.__setitem__("num_locations", 10**6), "damaged"),
+    (lambda f: f["query"].__delitem__("foreground"), "no foreground table"),
+    (lambda f: f["gallery"]["offsets"].__setitem__(3, 10**5), "damaged"),
+    (lambda f: f.attrs.__setitem__("schema_version", 0), "re-extract"),
+])
+def test_damaged_or_old_cache_is_refused_in_one_line(cache, tmp_path, damage, message):
+    path = _copy(cache, tmp_path)
+    with h5py.File(path, "r+") as f:
+        damage(f)
+    with pytest.raises(ReidEvalError, match=message) as err:
+        fpr_distances_from_cache(path, backend="numpy", threads=1)
+    assert "\n" not in str(err.value)
+
+
+CHILD = textwrap.dedent("""
+    import sys, time
+    from reid_eval.matching.streaming import fpr_distances_from_cache
+    # slow tiles, so that the parent kills us in the middle
+    fpr_distances_from_cache(sys.argv[1], backend="numpy", block_rows=12, threads=1, resume_dir=sys.argv[2],
+                             progress=lambda p: time.sleep(0.25))
+""")
+
+
+def test_sigkill_mid_match_resumes_bit_identical_without_recomputing_finished_tiles(cache, tmp_path):
+    resume = tile_dir(_copy(cache, tmp_path), "fpr")
+    path = Path(str(resume.parent)[: -len(".tiles")])
+    reference = fpr_distances_from_cache(path, backend="numpy", block_rows=12, threads=1)
+    total = reference.plan.num_tiles
+    assert total >= 12
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(path), str(resume)])
+    store = TileStore(resume)
+    deadline = time.time() + 60
+    while len(store.done()) < 4 and time.time() < deadline and child.poll() is None:
+        time.sleep(0.02)
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    done = store.done()
+    assert 4 <= len(done) < total, "the child must be killed after some tiles and before the end"
+    before = {t: os.stat(store._path(*t)) for t in done}
+    result = fpr_distances_from_cache(path, backend="numpy", block_rows=12, threads=1, resume_dir=resume)
+    assert (result.tiles_resumed, result.tiles_computed) == (len(done), total - len(done))
+    for t, st in before.items():  # finished tiles were kept, not written again
+        now = os.stat(store._path(*t))
+        assert (now.st_ino, now.st_mtime_ns) == (st.st_ino, st.st_mtime_ns)
+    np.testing.assert_array_equal(result.distances, reference.distances)
+    # a rerun with another budget keeps the recorded plan of the tiles (no forced block_rows)
+    again = fpr_distances_from_cache(path, backend="numpy", threads=1, resume_dir=resume, memory_budget_bytes=10**9)
+    assert again.plan.block_rows == 12 and again.tiles_computed == 0
+    np.testing.assert_array_equal(again.distances, reference.distances)
+
+
+def test_tiles_of_another_computation_are_discarded(cache, tmp_path):
+    path = _copy(cache, tmp_path)
+    resume = tile_dir(path, "fpr")
+    fpr_distances_from_cache(path, backend="numpy", block_rows=12, threads=1, resume_dir=resume)
+    other = fpr_distances_from_cache(path, backend="numpy", block_rows=12, threads=1, resume_dir=resume, beta=0.5)
+    assert other.tiles_resumed == 0 and other.tiles_computed == other.plan.num_tiles
+    q, g = read_split(path, "query").spatial, read_split(path, "gallery").spatial
+    np.testing.assert_allclose(other.distances, fpr_distances(q, g, beta=0.5, backend="numpy"), atol=1e-5, rtol=0)
