@@ -185,7 +185,7 @@ def select_cache(cache_dir: str | os.PathLike, dataset: str, checkpoint_sha256: 
             attrs = read_attrs(path)
             complete = all(split_complete(path, s) for s in MATCH_SPLITS)
         except (ReidEvalError, OSError, KeyError) as exc:
-            damaged.append(f"{path} ({exc})" if str(path) not in str(exc) else str(exc))
+            damaged.append(str(exc) if str(path) in str(exc) else f"cannot read feature cache {path} ({exc})")
             continue
         stored = str(attrs.get("dataset", ""))
         if stored != dataset:
@@ -195,9 +195,8 @@ def select_cache(cache_dir: str | os.PathLike, dataset: str, checkpoint_sha256: 
         item = (str(attrs.get("created", "")), path.stat().st_mtime, path)
         (usable if complete else unfinished).append(item)
     if damaged and not (checkpoint_sha256 and usable):
-        more = "" if len(damaged) == 1 else f" (and {len(damaged) - 1} more)"
-        hint = "; delete it and run `reid-eval extract` again, or choose another cache with --checkpoint"
-        raise ReidEvalError(f"damaged feature cache {damaged[0]}{more}{hint}")
+        more = "" if len(damaged) == 1 else f" ({len(damaged) - 1} more damaged cache(s) in {Path(cache_dir) / dataset})"
+        raise ReidEvalError(f"{damaged[0]}{more}; or choose another cache of {dataset} with --checkpoint")
     newest_unfinished = max(unfinished, default=None)
     if newest_unfinished and not checkpoint_sha256 and (not usable or newest_unfinished[:2] > max(usable)[:2]):
         path = newest_unfinished[2]
