@@ -83,23 +83,28 @@ class _Rows:
 
     def __init__(self, qg: np.ndarray, qq: Any, gg: Any) -> None:
         self.qg = qg
+        # Gallery rows need qg's columns: one contiguous transposed copy instead of strided reads per block.
+        self.gq = np.ascontiguousarray(qg.T)
         self.qq, self.gg = qq, gg
         self.Q, self.G = qg.shape
         self.N = self.Q + self.G
 
     def squared(self, a: int, b: int) -> np.ndarray:
-        parts = []
-        if a < self.Q:
-            hi = min(b, self.Q)
-            parts.append(np.concatenate([np.asarray(self.qq[a:hi], np.float64), np.asarray(self.qg[a:hi], np.float64)], axis=1))
-        if b > self.Q:
-            lo, hi = max(a, self.Q) - self.Q, b - self.Q
-            parts.append(np.concatenate([np.asarray(self.qg[:, lo:hi], np.float64).T, np.asarray(self.gg[lo:hi], np.float64)], axis=1))
-        rows = parts[0] if len(parts) == 1 else np.concatenate(parts)
-        if not np.isfinite(rows).all():
-            bad = a + int(np.flatnonzero(~np.isfinite(rows).all(axis=1))[0])
+        Q = self.Q
+        out = np.empty((b - a, self.N), dtype=np.float64)
+        if a < Q:
+            hi = min(b, Q)
+            out[: hi - a, :Q] = self.qq[a:hi]
+            out[: hi - a, Q:] = self.qg[a:hi]
+        if b > Q:
+            lo, hi = max(a, Q) - Q, b - Q
+            out[lo + Q - a :, :Q] = self.gq[lo:hi]
+            out[lo + Q - a :, Q:] = self.gg[lo:hi]
+        if not np.isfinite(out).all():
+            bad = a + int(np.flatnonzero(~np.isfinite(out).all(axis=1))[0])
             raise ValueError(f"re-ranking: image {bad}'s distances contain NaN or infinity")
-        return rows * rows
+        np.multiply(out, out, out=out)
+        return out
 
 
 def _nearest(rows: np.ndarray, kk: int) -> np.ndarray:
