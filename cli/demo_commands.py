@@ -18,17 +18,37 @@ from .progress import Bars, echo_err, set_threads, threads_option
               help="tiny: a seconds-long smoke run; default: a few minutes on a laptop CPU.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--no-report", is_flag=True, help="Skip the report (tables and figures).")
+@click.option("--pets-root", type=click.Path(file_okay=False, path_type=Path), envvar="REID_EVAL_PETS_ROOT",
+              show_envvar=True, default=None,
+              help="Data root holding pets09_s2l1 (real PETS09-S2L1 crops), on which the demo's model is also "
+                   "tested, cross-domain [default: ../shared/data if it holds it, else skipped].")
+@click.option("--no-pets", is_flag=True, help="Skip the cross-domain test on pets09_s2l1.")
 @threads_option
-def demo_command(workdir, seed, size, device, no_report, threads) -> None:
-    """Synthetic occluded persons -> short FPR training -> extract -> match (Baseline, DSR, FPR) -> report."""
-    from reid_eval.demo import demo_settings, run_demo
+def demo_command(workdir, seed, size, device, no_report, pets_root, no_pets, threads) -> None:
+    """Synthetic occluded persons -> short FPR training -> extract -> match (Baseline, DSR, FPR) -> report.
 
+    The trained model is also tested on the real PETS09-S2L1 crops (pets09_s2l1) when they are found.
+    """
+    from reid_eval.datasets import locate_dataset
+    from reid_eval.demo import CROSS_DOMAIN_DATASET, default_cross_domain_root, demo_settings, run_demo
+
+    if no_pets:
+        pets_root = None
+    elif pets_root is not None:
+        if not pets_root.is_dir() or locate_dataset(CROSS_DOMAIN_DATASET, pets_root) is None:
+            raise click.BadParameter(f"{pets_root} holds no {CROSS_DOMAIN_DATASET} folder", param_hint="--pets-root")
+    else:
+        pets_root = default_cross_domain_root()
+        if pets_root is None:
+            echo_err(f"{CROSS_DOMAIN_DATASET} not found in ../shared/data: skipping the cross-domain test "
+                     "on real crops (--pets-root DIR to give its data root)")
     set_threads(threads)
     bars = Bars({"generate": "generate images", "train": "train", "extract-query": "extract query",
-                  "extract-gallery": "extract gallery", "match": "match"})
+                  "extract-gallery": "extract gallery", "match": "match", "pets09-query": "pets09 query",
+                  "pets09-gallery": "pets09 gallery", "pets09-match": "pets09 match"})
     try:
         result = run_demo(workdir, seed=seed, size=size, device=device, progress=bars, say=echo_err,
-                          report=not no_report)
+                          report=not no_report, cross_domain_root=pets_root)
     finally:
         bars.close()
     settings = demo_settings(size, seed)

@@ -9,7 +9,13 @@
 4. match with the Baseline (``euclidean`` on the global features), DSR and
    FPR and evaluate (:func:`reid_eval.experiments.match_cache`), results JSON
    (:class:`reid_eval.experiments.MatchResult`) under ``<workdir>/results``;
-5. build the report (:func:`reid_eval.report.build_report`) into
+5. cross-domain, as the paper's Table 3 is (trained on one set, tested on
+   another): when a data root holding ``pets09_s2l1`` (real PETS09-S2L1
+   surveillance crops, see ``data_manifests/pets09_s2l1.toml``) is given,
+   extract it with the same synthetic-trained model into the same cache dir
+   and match it with the same three methods; its results files sit beside the
+   synthetic ones, so the report gives it a table of its own;
+6. build the report (:func:`reid_eval.report.build_report`) into
    ``<workdir>/results/tables`` and ``figures``.
 
 Every step reuses what an earlier run left in the same workdir with the same
@@ -37,6 +43,7 @@ from typing import Callable
 
 import numpy as np
 
+from reid_eval.datasets import find_dataset_root, locate_dataset
 from reid_eval.datasets.synthetic import SyntheticConfig, generate_synthetic_dataset
 from reid_eval.errors import ReidEvalError
 from reid_eval.evaluation import evaluate_ranking
@@ -48,11 +55,14 @@ from reid_eval.training import FINAL_NAME, TrainConfig, train
 from reid_eval.training.trainer import CHECKPOINT_NAME
 
 DATASET = "synthetic_occluded"
+#: The real set the demo's model is also tested on, never trained on.
+CROSS_DOMAIN_DATASET = "pets09_s2l1"
 #: Metrics of the demo table, in its row order (labels: experiments.METRIC_NAMES).
 DEMO_METRICS: tuple[str, ...] = ("euclidean", "dsr", "fpr")
 
 #: progress(stage, done, total, note): stage is one of "generate", "train", "extract-query",
-#: "extract-gallery", "match"; note is a short status text (e.g. the current loss).
+#: "extract-gallery", "match", "pets09-query", "pets09-gallery", "pets09-match"; note is a short
+#: status text (e.g. the current loss).
 Progress = Callable[[str, int, int, str], None]
 
 
@@ -102,6 +112,7 @@ class DemoResult:
     notes: list[str] = field(default_factory=list)
     rank1_by_kind: dict[str, dict[str, float]] = field(default_factory=dict)
     training: dict = field(default_factory=dict)  # epochs_completed, stopped_early
+    cross_domain: dict[str, dict[str, float]] = field(default_factory=dict)  # pets09_s2l1 rows, as ``rows``
 
 
 def _train(settings: DemoSettings, data_root: Path, train_dir: Path, device: str,
@@ -142,8 +153,11 @@ def _train(settings: DemoSettings, data_root: Path, train_dir: Path, device: str
 
 def run_demo(workdir: Path = Path("demo-work"), *, seed: int = 0, size: str = "default", device: str = "auto",
              progress: Progress | None = None, say: Callable[[str], None] | None = None,
-             report: bool = True) -> DemoResult:
-    """Run the demo (see the module docstring) under ``workdir``; returns its table."""
+             report: bool = True, cross_domain_root: Path | None = None) -> DemoResult:
+    """Run the demo (see the module docstring) under ``workdir``; returns its table.
+
+    cross_domain_root: a data root holding ``pets09_s2l1`` (step 5); None skips step 5.
+    """
     say = say or (lambda _m: None)
     settings = demo_settings(size, seed)
     workdir = Path(workdir)
@@ -193,6 +207,13 @@ def run_demo(workdir: Path = Path("demo-work"), *, seed: int = 0, size: str = "d
             progress("match", i + 1, len(DEMO_METRICS), metric)
     timings["match"] = time.perf_counter() - t
 
+    cross: dict[str, dict[str, float]] = {}
+    if cross_domain_root is not None:
+        t = time.perf_counter()
+        cross = _cross_domain(Path(cross_domain_root), model_path, cache_dir, results_dir, settings, device,
+                              progress, say)
+        timings[CROSS_DOMAIN_DATASET] = time.perf_counter() - t
+
     report_dir = None
     notes: list[str] = []
     if report:
@@ -202,13 +223,52 @@ def run_demo(workdir: Path = Path("demo-work"), *, seed: int = 0, size: str = "d
         timings["report"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t_all
     table = format_table(rows) + "\n\n" + format_kind_table(by_kind, kinds)
+    if cross:
+        table += f"\n\n{CROSS_DOMAIN_DATASET} (real crops, cross-domain: the same synthetic-trained model):\n\n" \
+            + format_table(cross)
     (workdir / "demo_summary.json").write_text(json.dumps(
         {"settings": {"size": size, "seed": seed, "synthetic": asdict(settings.synthetic),
                       "model": settings.model.to_dict(), "epochs": settings.epochs,
                       "batch": [settings.batch_p, settings.batch_k], "resize": settings.resize},
-         "training": training, "rows": rows, "rank1_by_query_kind": by_kind, "timings_s": timings},
+         "training": training, "rows": rows, "rank1_by_query_kind": by_kind,
+         "cross_domain": {CROSS_DOMAIN_DATASET: cross} if cross else {}, "timings_s": timings},
         indent=2) + "\n")
-    return DemoResult(rows, table, workdir, results_dir, report_dir, timings, notes, by_kind, training)
+    return DemoResult(rows, table, workdir, results_dir, report_dir, timings, notes, by_kind, training, cross)
+
+
+def default_cross_domain_root() -> Path | None:
+    """The shared data root ``../shared/data`` if it holds ``pets09_s2l1``, else None.
+
+    Looked for relative to the working directory (a run from the repository
+    root) and then beside the checkout the package was installed from.
+    """
+    checkout = Path(__file__).resolve().parents[1]
+    for candidate in (Path.cwd().parent / "shared" / "data", checkout.parent / "shared" / "data"):
+        if candidate.is_dir() and locate_dataset(CROSS_DOMAIN_DATASET, candidate) is not None:
+            return candidate
+    return None
+
+
+def _cross_domain(data_root: Path, model_path: Path, cache_dir: Path, results_dir: Path, settings: DemoSettings,
+                  device: str, progress: Progress | None, say: Callable[[str], None]) -> dict[str, dict[str, float]]:
+    """Step 5: extract and match ``pets09_s2l1`` under ``data_root`` with the demo's model; its table rows."""
+    root = find_dataset_root(CROSS_DOMAIN_DATASET, data_root)
+
+    def on_extract(split: str, done: int, total: int, rate: float) -> None:
+        if progress is not None:
+            progress(f"pets09-{split}", done, total, f"{rate:.0f} img/s" if rate else "")
+
+    cache = extract_dataset(CROSS_DOMAIN_DATASET, root, model_path, cache_dir, device=device, batch_size=64,
+                            resize=settings.resize, progress=on_extract)
+    rows: dict[str, dict[str, float]] = {}
+    for i, metric in enumerate(DEMO_METRICS):
+        result = match_cache(cache, MatchParams(metric=metric), results_dir, dataset=CROSS_DOMAIN_DATASET).result
+        rows[metric] = {"rank1": result.cmc[0], "rank5": result.cmc[min(4, len(result.cmc) - 1)], "mAP": result.mAP}
+        if progress is not None:
+            progress("pets09-match", i + 1, len(DEMO_METRICS), metric)
+    say(f"{CROSS_DOMAIN_DATASET}: {result.num_query} real occluded queries against {result.num_gallery} "
+        f"gallery crops from {root}")
+    return rows
 
 
 def _query_kinds(data_root: Path, paths: list[str]) -> list[str]:

@@ -38,6 +38,7 @@ _DATASET_LABELS = {
     "partial_ilids": "Partial-iLIDS",
     "occluded_reid": "Occluded-REID",
     "synthetic_occluded": "Synthetic occluded",
+    "pets09_s2l1": "PETS09-S2L1",
 }
 
 
