@@ -51,7 +51,11 @@ from pathlib import Path
 from typing import Any
 
 from reid_eval.errors import ReidEvalError
-from reid_eval.evaluation import AP_FLAVOURS
+from reid_eval.evaluation import AP_FLAVOURS, check_rerank_params
+from reid_eval.evaluation.bootstrap import DEFAULT_RESAMPLES
+from reid_eval.evaluation.rerank import DEFAULT_K1 as RERANK_K1
+from reid_eval.evaluation.rerank import DEFAULT_K2 as RERANK_K2
+from reid_eval.evaluation.rerank import DEFAULT_LAMBDA as RERANK_LAMBDA
 from reid_eval.matching import DEFAULT_BETA
 from reid_eval.matching.backend import BACKENDS
 
@@ -65,6 +69,10 @@ MATCH_METRICS: tuple[str, ...] = ("euclidean", "cosine", "dsr", "fpr")
 GLOBAL_METRICS: tuple[str, ...] = ("euclidean", "cosine")
 #: Display names of the metrics (tables, figures, demo).
 METRIC_NAMES: dict[str, str] = {"euclidean": "Baseline", "cosine": "Cosine baseline", "dsr": "DSR", "fpr": "FPR"}
+#: Where k-reciprocal re-ranking takes its query–query and gallery–gallery distances:
+#: "same" = the run's own metric (for FPR: the gallery–gallery FPR matrix, cached), "global" = the
+#: global-feature euclidean distance (cheap; see reid_eval.experiments.scoring for the trade-off).
+RERANK_AUX: tuple[str, ...] = ("same", "global")
 #: Hex digits of the checkpoint's SHA-256 in a results file name.
 CHECKPOINT_PREFIX = 8
 #: The top-level keys of a results file (docs/DESIGN.md, "Results files").
@@ -82,6 +90,9 @@ RESULT_KEYS: tuple[str, ...] = (
     "checkpoint_sha256",
     "created",
 )
+
+#: Optional top-level keys of the intervals (reid_eval.evaluation.bootstrap.interval_record).
+INTERVAL_KEYS: tuple[str, ...] = ("cmc_ci", "mAP_ci", "mINP_ci", "bootstrap")
 
 
 def _field(default: Any, role: str, option: str | None = None, tag: str | None = None, omit: Any = None) -> Any:
@@ -118,10 +129,21 @@ class MatchParams:
     shortlist_metric: str | None = _field("euclidean", "distance", "--shortlist-metric", tag="shortlist-by-", omit="euclidean")
     fuse: float | None = _field(None, "distance", "--fuse", tag="fuse")
     fuse_global: str | None = _field("euclidean", "distance", "--fuse-global")  # in the label: fpr+<fuse_global>
+    # Outside a shortlist: None = global-rank order behind the shortlist; a number = that constant distance
+    # (fast-reid's PartialReID code: 100), which makes shortlist + fuse a weighted sum of distances.
+    shortlist_fill: float | None = _field(None, "distance", "--shortlist-fill", tag="fill")
+    # k-reciprocal re-ranking (issue 15, reid_eval.evaluation.rerank): aux "same" or "global", None = off.
+    rerank: str | None = _field(None, "distance", "--rerank-aux", tag="rerank-")
+    rerank_k1: int | None = _field(RERANK_K1, "distance", "--rerank-k1", tag="k1-", omit=RERANK_K1)
+    rerank_k2: int | None = _field(RERANK_K2, "distance", "--rerank-k2", tag="k2-", omit=RERANK_K2)
+    rerank_lambda: float | None = _field(RERANK_LAMBDA, "distance", "--rerank-lambda", tag="rr-lambda", omit=RERANK_LAMBDA)
     ap: str = _field("standard", "results", "--ap", tag="ap-", omit="standard")
     checkpoint_sha256: str = _field("", "results", "--checkpoint", tag="ckpt-", omit="")
     backend: str = _field("auto", "provenance", "--backend")
     max_rank: int = _field(50, "provenance", "--max-rank")
+    # bootstrap intervals (reid_eval.evaluation.bootstrap): recorded with the intervals, 0 resamples = none
+    resamples: int = _field(DEFAULT_RESAMPLES, "provenance", "--resamples")
+    ci_seed: int = _field(0, "provenance", "--ci-seed")
 
     def __post_init__(self) -> None:
         reconstructs = self.metric not in GLOBAL_METRICS
@@ -137,6 +159,13 @@ class MatchParams:
             object.__setattr__(self, "fuse_global", None)
         elif self.fuse_global is None:
             object.__setattr__(self, "fuse_global", "euclidean")
+        if self.shortlist is None:
+            object.__setattr__(self, "shortlist_fill", None)
+        for name, default in (("rerank_k1", RERANK_K1), ("rerank_k2", RERANK_K2), ("rerank_lambda", RERANK_LAMBDA)):
+            if self.rerank is None:
+                object.__setattr__(self, name, None)
+            elif getattr(self, name) is None:
+                object.__setattr__(self, name, default)
 
     # ------------------------------------------------------------ checks
 
@@ -163,9 +192,23 @@ class MatchParams:
                 raise ValueError(f"--fuse must be in [0, 1], got {self.fuse}")
             if self.fuse_global not in GLOBAL_METRICS:
                 raise ValueError(f"--fuse-global must be one of {', '.join(GLOBAL_METRICS)}, got {self.fuse_global!r}")
-            if self.shortlist is not None:
+            if self.shortlist is not None and self.shortlist_fill is None:
                 # outside the shortlist the engine returns ranks, not distances: a weighted sum would mix units
-                raise ValueError("--shortlist and --fuse cannot be combined")
+                raise ValueError("--shortlist and --fuse cannot be combined without --shortlist-fill")
+        if self.shortlist_fill is not None:
+            fill = _finite_number(self.shortlist_fill, "--shortlist-fill")
+            if not fill > 0:
+                raise ValueError(f"--shortlist-fill must be positive, got {self.shortlist_fill}")
+        if self.rerank is not None:
+            if self.rerank not in RERANK_AUX:
+                raise ValueError(f"--rerank-aux must be one of {', '.join(RERANK_AUX)}, got {self.rerank!r}")
+            if isinstance(self.rerank_lambda, bool) or not isinstance(self.rerank_lambda, (int, float)):
+                raise ValueError(f"--rerank-lambda must be a number, got {self.rerank_lambda!r}")
+            check_rerank_params(self.rerank_k1, self.rerank_k2, self.rerank_lambda)
+        if isinstance(self.resamples, bool) or not isinstance(self.resamples, int) or self.resamples < 0:
+            raise ValueError(f"--resamples must be a non-negative integer, got {self.resamples!r}")
+        if isinstance(self.ci_seed, bool) or not isinstance(self.ci_seed, int) or self.ci_seed < 0:
+            raise ValueError(f"--ci-seed must be a non-negative integer, got {self.ci_seed!r}")
         if self.ap not in AP_FLAVOURS:
             raise ValueError(f"--ap must be one of {', '.join(AP_FLAVOURS)}, got {self.ap!r}")
         if self.backend not in BACKENDS:
@@ -222,11 +265,12 @@ class MatchParams:
         """From a results file's ``params`` (or a stored matrix's attributes); unknown keys are ignored, missing ones take defaults."""
         known = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in data.items() if k in known}
-        for key in ("beta", "fuse"):
+        for key in ("beta", "fuse", "shortlist_fill", "rerank_lambda"):
             if values.get(key) is not None:
                 values[key] = float(values[key])
-        if values.get("shortlist") is not None:
-            values["shortlist"] = int(values["shortlist"])
+        for key in ("shortlist", "rerank_k1", "rerank_k2", "resamples", "ci_seed"):
+            if values.get(key) is not None:
+                values[key] = int(values[key])
         values["checkpoint_sha256"] = str(values.get("checkpoint_sha256") or "")
         return cls(**values)
 
@@ -254,6 +298,14 @@ class MatchResult:
     num_gallery: int
     provenance: Mapping[str, Any] = field(default_factory=dict)
     created: str = ""
+    # Issue 15 result fields (absent from older files): bootstrap intervals
+    # (reid_eval.evaluation.bootstrap.interval_record), verification
+    # (VerificationResult.as_record), the per-query CSV's file name (beside
+    # this file), and the fast-reid preset's λ tuning record.
+    intervals: Mapping[str, Any] | None = None
+    verification: Mapping[str, Any] | None = None
+    query_records: str | None = None
+    fuse_tuning: Mapping[str, Any] | None = None
 
     @property
     def metric(self) -> str:
@@ -286,6 +338,10 @@ class MatchResult:
             "params": params,
             "checkpoint_sha256": self.checkpoint_sha256,
             "created": self.created,
+            **({} if self.intervals is None else dict(self.intervals)),
+            **({} if self.verification is None else {"verification": dict(self.verification)}),
+            **({} if self.query_records is None else {"query_records": self.query_records}),
+            **({} if self.fuse_tuning is None else {"fuse_tuning": dict(self.fuse_tuning)}),
         }
 
     @classmethod
@@ -320,6 +376,10 @@ class MatchResult:
                 num_gallery=int(data["num_gallery"]),
                 provenance=provenance,
                 created=str(data["created"]),
+                intervals={k: data[k] for k in INTERVAL_KEYS if k in data} or None,
+                verification=data.get("verification"),
+                query_records=data.get("query_records"),
+                fuse_tuning=data.get("fuse_tuning"),
             )
         except (TypeError, ValueError) as exc:
             raise ReidEvalError(f"{source}: malformed results file ({exc})") from exc
