@@ -97,7 +97,7 @@ def test_convert_fast_reid_maps_the_mask_layer_onto_the_foreground_softmax(tmp_p
         "heads.occ_unit.mask_layer.bias": b,
         "heads.bnneck.weight": torch.ones(512),
         "heads.classifier.weight": torch.zeros(10, 512),
-        "pixel_mean": torch.zeros(1, 3, 1, 1),
+        "pixel_mean": torch.tensor([123.675, 116.28, 103.53]).view(1, 3, 1, 1),
     })
     torch.save({"model": state, "iteration": 7}, tmp_path / "dsr.pth")
     model, config, extra = convert_checkpoint("fast-reid", tmp_path / "dsr.pth", input_size=(128, 64))

@@ -1,8 +1,13 @@
 """Image loading and preprocessing for extraction.
 
-Every image becomes an RGB uint8 array resized with PIL's bilinear filter (the
-authors resize with torchvision's bilinear ``Resize``), then a float tensor
-normalised with the ImageNet mean and std.
+Every image becomes an RGB uint8 array resized with the PIL filter the model
+was trained with (``ModelConfig.interpolation``, recorded in the checkpoint and
+in the cache key), then a float tensor normalised with the ImageNet mean and
+std. The authors' code (both fast-reid repositories) resizes with torchvision's
+``T.Resize(..., interpolation=3)``, i.e. PIL bicubic, so a model converted
+from fast-reid uses "bicubic"; reid-eval's own checkpoints default to
+"bilinear" (torchvision's and torchreid's default), and a checkpoint can say
+otherwise (``reid-eval checkpoint init|convert --interpolation``).
 
 Resize modes:
   ``fixed``       – every image to the model's (height, width), 384×128 by default.
@@ -29,6 +34,7 @@ from reid_eval.errors import ReidEvalError
 from reid_eval.model import IMAGENET_MEAN, IMAGENET_STD, ModelConfig
 
 RESIZE_MODES: tuple[str, ...] = ("fixed", "keep-aspect")
+_PIL_FILTERS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
 #: keep-aspect never makes an image taller than this many model heights (a guard against slivers).
 MAX_ASPECT_FACTOR = 4
 
@@ -38,7 +44,8 @@ class Preprocessing:
     """Preprocessing settings stored in the cache key.
 
     resize: "fixed" | "keep-aspect"; size: model (height, width) in pixels;
-    stride: rounding of keep-aspect heights; min_height: smallest keep-aspect height.
+    stride: rounding of keep-aspect heights; min_height: smallest keep-aspect height;
+    interpolation: PIL resize filter, "bilinear" or "bicubic" (from the model config).
     """
 
     resize: str
@@ -53,7 +60,13 @@ class Preprocessing:
     def for_model(cls, config: ModelConfig, resize: str = "fixed") -> "Preprocessing":
         if resize not in RESIZE_MODES:
             raise ValueError(f"--resize must be one of {', '.join(RESIZE_MODES)}, got {resize!r}")
-        return cls(resize=resize, size=tuple(config.input_size), stride=config.output_stride, min_height=config.min_input_height)
+        return cls(
+            resize=resize,
+            size=tuple(config.input_size),
+            stride=config.output_stride,
+            min_height=config.min_input_height,
+            interpolation=config.interpolation,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -114,7 +127,7 @@ def load_image_array(path: str | os.PathLike, prep: Preprocessing) -> np.ndarray
     img = load_rgb(path)
     h, w = prep.target_size(img.height, img.width)
     if (img.height, img.width) != (h, w):
-        img = img.resize((w, h), Image.BILINEAR)
+        img = img.resize((w, h), _PIL_FILTERS[prep.interpolation])
     return np.asarray(img, dtype=np.uint8)
 
 

@@ -1,18 +1,31 @@
-"""model stage: the FPR network (fully convolutional ResNet, pyramid pooling,
-foreground probability generator) and reid-eval checkpoints."""
+"""model stage: the FPR network (fully convolutional ResNet or IBN-a ResNet,
+pyramid pooling, foreground probability generator), reid-eval checkpoints,
+converters from other code's weight files and torchvision's ImageNet start."""
 
 from reid_eval.model.checkpoint import (
-    CONVERT_SOURCES,
-    convert_checkpoint,
+    MAKE_CHECKPOINT_HINT,
     file_sha256,
-    infer_backbone,
     load_checkpoint,
+    read_torch_file,
     save_checkpoint,
 )
+from reid_eval.model.convert import (
+    CONVERT_SOURCES,
+    CONVERTERS,
+    ForeignWeights,
+    convert_checkpoint,
+    convert_state,
+    infer_backbone,
+)
 from reid_eval.model.network import (
+    BACKBONE_NAMES,
+    GLOBAL_FEATURES,
+    IBN_NAMES,
     IMAGENET_MEAN,
     IMAGENET_STD,
+    INTERPOLATIONS,
     RESNET_NAMES,
+    STEMS,
     FPRNet,
     ModelConfig,
     PyramidOutput,
@@ -20,21 +33,33 @@ from reid_eval.model.network import (
     pyramid_grid,
     pyramid_pool,
 )
+from reid_eval.model.pretrained import imagenet_model
 
 __all__ = [
+    "BACKBONE_NAMES",
+    "CONVERTERS",
     "CONVERT_SOURCES",
     "FPRNet",
+    "ForeignWeights",
+    "GLOBAL_FEATURES",
+    "IBN_NAMES",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "INTERPOLATIONS",
+    "MAKE_CHECKPOINT_HINT",
     "ModelConfig",
     "PyramidOutput",
     "RESNET_NAMES",
+    "STEMS",
     "build_model",
     "convert_checkpoint",
+    "convert_state",
     "file_sha256",
+    "imagenet_model",
     "infer_backbone",
     "load_checkpoint",
     "pyramid_grid",
     "pyramid_pool",
+    "read_torch_file",
     "save_checkpoint",
 ]

@@ -1,28 +1,41 @@
 """reid-eval checkpoints: one ``torch.save`` file holding the state dict, the
-:class:`ModelConfig` and a format version; plus converters from torchvision,
-fast-reid (PartialReID / DSR) and torchreid weight files.
+:class:`ModelConfig` and a format version; and the safe reader every
+checkpoint-like input goes through (ours and the foreign files of
+:mod:`reid_eval.model.convert`).
 
 File layout (a plain dict, loadable with ``torch.load(weights_only=True)``)::
 
     {"format": "reid-eval-checkpoint", "format_version": 1,
      "config": ModelConfig.to_dict(), "state_dict": {...}, "extra": {...}}
+
+Configs written before a :class:`ModelConfig` field existed load with that
+field's default (the behaviour they were written with).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import pickle
+import re
+import zipfile
 from pathlib import Path
 from typing import Any, Mapping
 
+import numpy as np
 import torch
 
 from reid_eval.errors import ReidEvalError
-from reid_eval.model.network import RESNET_NAMES, FPRNet, ModelConfig, build_model
+from reid_eval.model.network import FPRNet, ModelConfig, build_model
 
 CHECKPOINT_FORMAT = "reid-eval-checkpoint"
 CHECKPOINT_FORMAT_VERSION = 1
-CONVERT_SOURCES: tuple[str, ...] = ("torchvision", "fast-reid", "torchreid")
+
+#: What the user is told makes a checkpoint, at the end of every refusal.
+MAKE_CHECKPOINT_HINT = "a checkpoint is made with `reid-eval checkpoint init` or `reid-eval checkpoint convert --from SOURCE FILE`"
+
+# The first bytes of torch.save's legacy (pre-1.6) format: pickle protocol 2, then its magic number as a long.
+_LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -51,14 +64,86 @@ def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, config: Mod
     return path
 
 
-def _torch_load(path: Path, map_location: str | torch.device = "cpu") -> Any:
-    if not path.is_file():
-        raise ReidEvalError(f"checkpoint {path} does not exist")
+def _numpy_scalar_globals() -> list:
+    """What unpickling a NumPy number needs (torchreid stores ``rank1`` as one).
+
+    Only numeric dtypes are listed: an object-dtype scalar (arbitrary Python
+    objects) still fails to load. The ``numpy.core`` spelling is the one files
+    written with NumPy 1.x use.
+    """
+    core = getattr(np, "_core", None) or np.core  # NumPy 2 / NumPy 1
+    scalar = core.multiarray.scalar
+    dtypes = [type(np.dtype(code)) for code in ("b1", "i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8", "f2", "f4", "f8")]
+    spellings = [(scalar, f"numpy.{c}.multiarray.scalar") for c in ("core", "_core")]
+    return [*spellings, np.dtype, *dtypes]
+
+
+def _plain(obj: Any) -> Any:
+    """NumPy scalars -> Python numbers, recursively through dicts and lists."""
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_plain(v) for v in obj)
+    return obj
+
+
+def _torch_file_kind(path: Path) -> str | None:
+    """"zip" / "legacy" for the two torch.save formats, a reason string for anything else."""
+    with open(path, "rb") as f:
+        head = f.read(len(_LEGACY_TORCH_MAGIC))
+    if head.startswith(_LEGACY_TORCH_MAGIC):
+        return "legacy"
+    if zipfile.is_zipfile(path):
+        try:
+            with zipfile.ZipFile(path) as z:
+                names = z.namelist()
+        except (zipfile.BadZipFile, OSError):
+            return "a damaged zip archive"
+        if any(n.endswith("/data.pkl") or n == "data.pkl" for n in names):
+            return "zip"
+        return "a zip archive without torch's data.pkl"
+    if not head:
+        return "an empty file"
+    if head.startswith(b"PK"):
+        return "a truncated or damaged zip archive"
+    return "neither torch's zip format nor its legacy pickle"
+
+
+def read_torch_file(path: str | os.PathLike, what: str = "checkpoint", map_location: str | torch.device = "cpu") -> Any:
+    """``torch.load`` of ``path`` with weights only, NumPy scalars allowed and returned as Python numbers.
+
+    ``what`` names the file's role in messages ("checkpoint", "fast-reid
+    checkpoint"...). Every failure is a one-line ReidEvalError naming the file:
+    missing, a folder, not a PyTorch file at all, a PyTorch file holding
+    pickled Python objects beyond weights, or a damaged one.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ReidEvalError(f"{what} {path} does not exist; {MAKE_CHECKPOINT_HINT}")
+    if path.is_dir():
+        raise ReidEvalError(f"{what} {path} is a folder, not a checkpoint file; {MAKE_CHECKPOINT_HINT}")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure is the file's fault
-        reason = " ".join(str(exc).split())[:200]
-        raise ReidEvalError(f"cannot read checkpoint {path}: {type(exc).__name__}: {reason}") from exc
+        kind = _torch_file_kind(path)
+    except OSError as exc:
+        raise ReidEvalError(f"cannot read {what} {path}: {exc.strerror or exc}") from exc
+    if kind not in ("zip", "legacy"):
+        raise ReidEvalError(f"{what} {path} is not a PyTorch checkpoint ({kind}); {MAKE_CHECKPOINT_HINT}")
+    try:
+        with torch.serialization.safe_globals(_numpy_scalar_globals()):
+            payload = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc)) or re.search(r"got <class '([\w.]+)'>", str(exc))
+        culprit = f" ({found.group(1)})" if found else ""
+        raise ReidEvalError(
+            f"{what} {path} is a PyTorch file holding pickled Python objects{culprit}, not only weights; "
+            f"reid-eval reads weights only: save the model's state_dict(), or {MAKE_CHECKPOINT_HINT.replace('a checkpoint is made', 'make a checkpoint')}"
+        ) from exc
+    except Exception as exc:  # noqa: BLE001 - torch raises RuntimeError/EOFError/... for damaged files
+        reason = " ".join(str(exc).split())[:160] or type(exc).__name__
+        raise ReidEvalError(f"{what} {path} is a damaged or truncated PyTorch file ({reason}); {MAKE_CHECKPOINT_HINT}") from exc
+    return _plain(payload)
 
 
 def architecture_differences(model: torch.nn.Module | Mapping[str, torch.Tensor], state_dict: Mapping[str, torch.Tensor]) -> list[str]:
@@ -73,7 +158,7 @@ def architecture_differences(model: torch.nn.Module | Mapping[str, torch.Tensor]
     ]
 
     def _few(items: list[str]) -> str:
-        return ", ".join(items[:4]) + (f" (+{len(items) - 4} more)" if len(items) > 4 else "")
+        return ", ".join(items[:3]) + (f" (+{len(items) - 3} more)" if len(items) > 3 else "")
 
     out = []
     if missing:
@@ -89,14 +174,17 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     """Load a reid-eval checkpoint; returns (model in eval mode, config, meta).
 
     meta holds ``format_version``, ``sha256`` (of the file) and ``extra``.
-    Raises ReidEvalError naming the file when it is not our format or its
+    Raises ReidEvalError naming the file when it is not a PyTorch file, not
+    our format (a foreign one is told which ``convert`` to run), or its
     weights do not fit the architecture its config describes.
     """
     path = Path(path)
-    payload = _torch_load(path, map_location)
+    payload = read_torch_file(path, "checkpoint", map_location)
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise ReidEvalError(
-            f"{path} is not a reid-eval checkpoint; write one with `reid-eval checkpoint init` or `reid-eval checkpoint convert`"
+            f"{path} is a PyTorch file but not a reid-eval checkpoint; if it holds torchvision, IBN-Net, fast-reid or torchreid "
+            f"weights, convert it with `reid-eval checkpoint convert --from SOURCE {path} --out FILE`, "
+            "else make one with `reid-eval checkpoint init`"
         )
     version = int(payload.get("format_version", -1))
     if version > CHECKPOINT_FORMAT_VERSION:
@@ -104,146 +192,20 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         config = ModelConfig.from_dict(dict(payload["config"]))
     except (KeyError, TypeError, ValueError) as exc:
-        raise ReidEvalError(f"checkpoint {path} has an invalid model config: {exc}") from exc
-    model = build_model(config)
-    state = payload["state_dict"]
+        raise ReidEvalError(f"checkpoint {path} has an invalid model config: {exc}; {MAKE_CHECKPOINT_HINT}") from exc
+    with torch.device("meta"):  # no random init: every tensor comes from the file
+        model = build_model(config)
+    state = payload.get("state_dict")
+    if not isinstance(state, dict):
+        raise ReidEvalError(f"checkpoint {path} holds no state dict; {MAKE_CHECKPOINT_HINT}")
     diffs = architecture_differences(model, state)
     if diffs:
-        raise ReidEvalError(f"checkpoint {path} does not fit a {config.backbone} FPR model: " + "; ".join(diffs))
-    model.load_state_dict(state)
+        raise ReidEvalError(
+            f"checkpoint {path}: its weights do not fit the {config.backbone} model its config describes ("
+            + "; ".join(diffs)
+            + f"); {MAKE_CHECKPOINT_HINT}"
+        )
+    model.load_state_dict(state, assign=True)
     model.eval()
     meta = {"format_version": version, "sha256": file_sha256(path), "extra": dict(payload.get("extra", {}))}
     return model, config, meta
-
-
-# --------------------------------------------------------------------------- conversion
-
-
-def _unwrap(payload: Any, path: Path, wrapper_keys: tuple[str, ...]) -> dict[str, torch.Tensor]:
-    state = payload
-    for key in wrapper_keys:
-        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
-            state = state[key]
-            break
-    if not isinstance(state, dict) or not any(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ReidEvalError(f"{path} holds no state dict (looked under {', '.join(wrapper_keys) or 'the top level'})")
-    return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
-
-
-def _strip_prefix(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    if state and all(k.startswith(prefix) for k in state):
-        return {k[len(prefix):]: v for k, v in state.items()}
-    return state
-
-
-def infer_backbone(backbone_state: Mapping[str, torch.Tensor]) -> str:
-    """The torchvision ResNet whose trunk has exactly these keys and shapes.
-
-    ``backbone_state`` uses torchvision's trunk names (``conv1.weight``,
-    ``layer1.0.conv1.weight``...). Candidates are built on the meta device, so
-    nothing is allocated or downloaded.
-    """
-    closest: tuple[int, str, list[str]] | None = None
-    for name in RESNET_NAMES:
-        with torch.device("meta"):
-            trunk = FPRNet(ModelConfig(backbone=name, foreground_head=False)).backbone
-        own = trunk.state_dict()
-        diffs = architecture_differences(own, backbone_state)
-        if not diffs:
-            return name
-        wrong = len(set(own) ^ set(backbone_state)) + sum(
-            tuple(own[k].shape) != tuple(backbone_state[k].shape) for k in own if k in backbone_state
-        )
-        if closest is None or wrong < closest[0]:
-            closest = (wrong, name, diffs)
-    assert closest is not None
-    raise ReidEvalError(f"the weights match no torchvision ResNet trunk; closest is {closest[1]}: " + "; ".join(closest[2]))
-
-
-def _foreign_trunk(state: dict[str, torch.Tensor], path: Path, drop_prefixes: tuple[str, ...]) -> dict[str, torch.Tensor]:
-    """Keep torchvision trunk keys; drop classifier/neck keys; refuse anything else."""
-    trunk_prefixes = ("conv1.", "bn1.", "layer1.", "layer2.", "layer3.", "layer4.")
-    trunk = {k: v for k, v in state.items() if k.startswith(trunk_prefixes)}
-    other = [k for k in state if k not in trunk and not k.startswith(drop_prefixes)]
-    if other:
-        shown = ", ".join(other[:4]) + (f" (+{len(other) - 4} more)" if len(other) > 4 else "")
-        raise ReidEvalError(f"{path} has keys outside a plain ResNet trunk (IBN / non-local variants are not supported): {shown}")
-    if not trunk:
-        raise ReidEvalError(f"{path} has no ResNet trunk keys (conv1, bn1, layer1-4)")
-    return trunk
-
-
-def convert_checkpoint(
-    source: str,
-    in_path: str | os.PathLike,
-    seed: int = 0,
-    **config_fields: Any,
-) -> tuple[FPRNet, ModelConfig, dict]:
-    """Import foreign weights into an :class:`FPRNet`; returns (model, config, extra).
-
-    source:
-      ``torchvision`` – an ImageNet ResNet state dict (``conv1.weight``,
-        ``layer1.0...``); ``fc.*`` is dropped.
-      ``fast-reid`` – a PartialReID/DSR checkpoint ``{"model": {...}}``:
-        ``backbone.*`` is the trunk, and the occlusion unit's mask layer
-        ``heads.occ_unit.mask_layer.weight`` [1, d] (+ ``bias`` [1]) — or the
-        older ``heads.mask_layer.weight`` [1, d, 1, 1] — becomes the foreground
-        generator: a sigmoid of one logit z equals channel 1 of a softmax over
-        (0, z), so channel 0 gets zero weights and the softmax reproduces the
-        mask exactly. Other heads are dropped.
-      ``torchreid`` – ``{"state_dict": {...}}`` (``module.`` prefixes
-        removed); ``classifier.*`` / ``fc.*`` are dropped.
-    The backbone is inferred from the weights; ``config_fields`` set the other
-    :class:`ModelConfig` fields (input size, kernels...) and, when they name a
-    ``backbone``, it must be the inferred one. Parts the source lacks (the foreground generator for
-    torchvision / torchreid) keep a seeded random init, recorded in ``extra``.
-    """
-    if source not in CONVERT_SOURCES:
-        raise ValueError(f"--from must be one of {', '.join(CONVERT_SOURCES)}, got {source!r}")
-    path = Path(in_path)
-    payload = _torch_load(path)
-    mask_weight = mask_bias = None
-    if source == "torchvision":
-        state = _strip_prefix(_unwrap(payload, path, ("state_dict", "model")), "module.")
-        trunk = _foreign_trunk(state, path, ("fc.",))
-    elif source == "torchreid":
-        state = _strip_prefix(_unwrap(payload, path, ("state_dict", "model")), "module.")
-        trunk = _foreign_trunk(state, path, ("classifier.", "fc.", "global_avgpool."))
-    else:
-        state = _strip_prefix(_unwrap(payload, path, ("model", "state_dict")), "module.")
-        if "heads.occ_unit.mask_layer.weight" in state:
-            mask_weight = state["heads.occ_unit.mask_layer.weight"].reshape(1, -1)
-            mask_bias = state.get("heads.occ_unit.mask_layer.bias")
-        elif "heads.mask_layer.weight" in state:
-            mask_weight = state["heads.mask_layer.weight"].reshape(1, -1)
-            mask_bias = state.get("heads.mask_layer.bias")
-        backbone = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
-        trunk = _foreign_trunk(backbone, path, ())
-    try:
-        inferred = infer_backbone(trunk)
-    except ReidEvalError as exc:
-        raise ReidEvalError(f"{path}: {exc}") from exc
-    wanted = config_fields.pop("backbone", None) or inferred
-    if wanted != inferred:
-        raise ReidEvalError(f"{path} holds {inferred} weights, not the requested --backbone {wanted}")
-    config = ModelConfig(backbone=inferred, **config_fields)
-    torch.manual_seed(seed)
-    model = build_model(config)
-    model.backbone.load_state_dict(trunk)
-    extra: dict[str, Any] = {"converted_from": source, "source_file": str(path.resolve()), "source_sha256": file_sha256(path)}
-    if model.foreground is not None:
-        if mask_weight is not None:
-            d = config.feature_dim
-            if mask_weight.shape[1] != d:
-                raise ReidEvalError(f"{path}: mask layer has {mask_weight.shape[1]} input channels, the trunk gives {d}")
-            with torch.no_grad():
-                model.foreground.weight.zero_()
-                model.foreground.bias.zero_()
-                model.foreground.weight[1] = mask_weight.reshape(d, 1, 1).to(model.foreground.weight.dtype)
-                if mask_bias is not None:
-                    model.foreground.bias[1] = mask_bias.reshape(()).to(model.foreground.bias.dtype)
-            extra["foreground"] = "converted from the fast-reid occlusion unit's mask layer"
-        else:
-            extra["foreground"] = f"random (seed {seed}): the source has no foreground generator"
-    model.eval()
-    return model, config, extra

@@ -5,6 +5,12 @@ Shapes use B images, C = d channels, an h×w feature map and N pyramid
 locations. The pyramid follows the authors' released code (fast-reid
 ``projects/PartialReID``): max pooling with kernels 2, 4, 6, 8 and stride 2, the
 levels concatenated in kernel order, each level's locations in row-major order.
+
+Trunks: torchvision's ResNet family, and IBN-a ResNets (Pan et al., ECCV 2018)
+as fast-reid and the IBN-Net authors build them: in layer1–layer3 every
+bottleneck's first norm ``bn1`` is an InstanceNorm2d(affine) over the first
+half of its channels beside a BatchNorm2d over the rest (state keys
+``bn1.IN.*`` / ``bn1.BN.*``); the stem and layer4 are plain.
 """
 
 from __future__ import annotations
@@ -36,6 +42,25 @@ RESNET_NAMES: tuple[str, ...] = (
     "wide_resnet101_2",
 )
 
+#: IBN-a ResNets: torchvision's ResNet-50/101 with layer1–3's ``bn1`` split into IN + BN.
+IBN_NAMES: tuple[str, ...] = ("resnet50_ibn_a", "resnet101_ibn_a")
+
+#: Every trunk accepted as ``ModelConfig.backbone``.
+BACKBONE_NAMES: tuple[str, ...] = RESNET_NAMES + IBN_NAMES
+
+#: Stem max pooling: torchvision's ``MaxPool2d(3, 2, padding=1)``, or fast-reid's
+#: ``MaxPool2d(3, 2, padding=0, ceil_mode=True)`` (fast-reid since 2020). The map
+#: size is the same for even inputs but every window is shifted by one pixel.
+STEMS: tuple[str, ...] = ("torchvision", "fast-reid")
+
+#: Global feature: the feature map's average, or fast-reid PartialReID's
+#: test-time feature (finest pyramid level averaged with L1-normalised
+#: foreground probabilities, then its BN neck ``bnneck_occ`` in eval mode).
+GLOBAL_FEATURES: tuple[str, ...] = ("average", "occlusion-weighted")
+
+#: Resampling filter of the resize to the model's input (PIL filters).
+INTERPOLATIONS: tuple[str, ...] = ("bilinear", "bicubic")
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -45,6 +70,10 @@ class ModelConfig:
     ``--resize keep-aspect`` the width is kept and the height follows the image.
     ``last_stride`` 1 makes layer4 keep layer3's resolution (output stride 16),
     so a 384×128 input gives a 24×8 map and 110 pyramid locations.
+    ``stem`` is one of :data:`STEMS`, ``global_feature`` one of
+    :data:`GLOBAL_FEATURES` ("occlusion-weighted" needs the foreground head),
+    ``interpolation`` (one of :data:`INTERPOLATIONS`) the resize filter the
+    model was trained with, which extraction and training use.
     """
 
     backbone: str = "resnet50"
@@ -53,19 +82,31 @@ class ModelConfig:
     pyramid_kernels: tuple[int, ...] = (2, 4, 6, 8)
     pyramid_stride: int = 2
     foreground_head: bool = True
+    stem: str = "torchvision"
+    global_feature: str = "average"
+    interpolation: str = "bilinear"
 
     def __post_init__(self) -> None:
         # Accept lists (from JSON / checkpoints) and store tuples so configs compare equal.
         object.__setattr__(self, "input_size", tuple(int(v) for v in self.input_size))
         object.__setattr__(self, "pyramid_kernels", tuple(int(v) for v in self.pyramid_kernels))
-        if self.backbone not in RESNET_NAMES:
-            raise ValueError(f"backbone {self.backbone!r} is not a torchvision ResNet; choose one of {', '.join(RESNET_NAMES)}")
+        if self.backbone not in BACKBONE_NAMES:
+            raise ValueError(f"backbone {self.backbone!r} is not a known ResNet trunk; choose one of {', '.join(BACKBONE_NAMES)}")
         if len(self.input_size) != 2 or min(self.input_size) < 1:
             raise ValueError(f"input_size must be (height, width) in pixels, got {self.input_size}")
         if self.last_stride not in (1, 2):
             raise ValueError(f"last_stride must be 1 or 2, got {self.last_stride}")
         if not self.pyramid_kernels or min(self.pyramid_kernels) < 1 or self.pyramid_stride < 1:
             raise ValueError(f"pyramid kernels and stride must be positive, got {self.pyramid_kernels} / {self.pyramid_stride}")
+        for name, value, allowed in (
+            ("stem", self.stem, STEMS),
+            ("global_feature", self.global_feature, GLOBAL_FEATURES),
+            ("interpolation", self.interpolation, INTERPOLATIONS),
+        ):
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+        if self.global_feature == "occlusion-weighted" and not self.foreground_head:
+            raise ValueError("the occlusion-weighted global feature needs the foreground head")
 
     @property
     def output_stride(self) -> int:
@@ -84,9 +125,13 @@ class ModelConfig:
 
     def map_size(self, height: int, width: int) -> tuple[int, int]:
         """Feature-map (h, w) for an input of ``height``×``width`` pixels (ceil rounding of the strided convs)."""
-        h, w = height, width
-        # conv1 (s2), maxpool (s2), layer2 (s2), layer3 (s2), layer4 (s = last_stride)
-        for s in (2, 2, 2, 2, self.last_stride):
+        h, w = (height - 1) // 2 + 1, (width - 1) // 2 + 1  # conv1 (7×7, s2, p3)
+        if self.stem == "torchvision":  # maxpool 3, s2, p1
+            h, w = (h - 1) // 2 + 1, (w - 1) // 2 + 1
+        else:  # maxpool 3, s2, p0, ceil: ceil((n - 3) / 2) + 1
+            h, w = max(h - 2, -1) // 2 + 1, max(w - 2, -1) // 2 + 1
+        # layer2 (s2), layer3 (s2), layer4 (s = last_stride)
+        for s in (2, 2, self.last_stride):
             h, w = (h - 1) // s + 1, (w - 1) // s + 1
         return h, w
 
@@ -121,7 +166,10 @@ class PyramidOutput:
     foreground: [B, N] float32, probability that a location is foreground
         (softmax channel 1); all ones when the config has no foreground head.
     foreground_logits: [B, N, 2] float32, or None without a foreground head.
-    global_features: [B, d] float32, average of the feature map.
+    global_features: [B, d] float32: the feature map's average, or (config
+        ``global_feature="occlusion-weighted"``) the first pyramid level's
+        locations weighted by their L1-normalised foreground probabilities,
+        through the stored BN neck.
     grid: one (h, w) per configured pyramid kernel, (0, 0) for a level that does
         not fit the map; N = Σ h·w.
     map_size: (h, w) of the backbone's feature map.
@@ -175,6 +223,32 @@ def pyramid_pool(
     return torch.cat(levels, dim=2).transpose(1, 2), grid
 
 
+class InstanceBatchNorm2d(nn.Module):
+    """IBN-a's split norm over ``channels``: InstanceNorm2d(affine) on the first
+    ``channels // 2``, BatchNorm2d on the rest; [B, C, h, w] -> [B, C, h, w]."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.half = channels // 2
+        # Attribute names are the state-dict names fast-reid and IBN-Net use.
+        self.IN = nn.InstanceNorm2d(self.half, affine=True)
+        self.BN = nn.BatchNorm2d(channels - self.half)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        first, rest = torch.split(x, [self.half, x.shape[1] - self.half], dim=1)
+        return torch.cat([self.IN(first.contiguous()), self.BN(rest.contiguous())], dim=1)
+
+
+def _resnet_trunk(backbone: str) -> nn.Module:
+    if backbone in IBN_NAMES:
+        resnet = getattr(torchvision.models, backbone.removesuffix("_ibn_a"))(weights=None)
+        for layer in (resnet.layer1, resnet.layer2, resnet.layer3):
+            for block in layer:
+                block.bn1 = InstanceBatchNorm2d(block.bn1.num_features)
+        return resnet
+    return getattr(torchvision.models, backbone)(weights=None)
+
+
 def _set_last_stride(resnet: nn.Module, stride: int) -> None:
     # layer4's first block is the only strided one: the 3×3 (Bottleneck conv2 /
     # BasicBlock conv1) and the 1×1 downsample carry the stride.
@@ -184,18 +258,27 @@ def _set_last_stride(resnet: nn.Module, stride: int) -> None:
 
 
 class FPRNet(nn.Module):
-    """ResNet trunk (``backbone.*``), pyramid pooling and foreground generator (``foreground.*``)."""
+    """ResNet trunk (``backbone.*``), pyramid pooling, foreground generator
+    (``foreground.*``) and, for the occlusion-weighted global feature, its BN
+    neck (``global_neck.*``)."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
-        resnet = getattr(torchvision.models, config.backbone)(weights=None)
+        resnet = _resnet_trunk(config.backbone)
         _set_last_stride(resnet, config.last_stride)
+        if config.stem == "fast-reid":
+            resnet.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=0, ceil_mode=True)
         # The trunk only: pooling and classifier are not part of the model.
         del resnet.avgpool, resnet.fc
         self.backbone = resnet
         # paper §3.1: a 1×1 convolution to two channels (background, foreground) and a softmax
         self.foreground = nn.Conv2d(config.feature_dim, 2, kernel_size=1) if config.foreground_head else None
+        self.global_neck: nn.BatchNorm1d | None = None
+        if config.global_feature == "occlusion-weighted":
+            # Always applied with its stored statistics (fast-reid's test-time
+            # use); frozen, so training and DDP leave it alone.
+            self.global_neck = nn.BatchNorm1d(config.feature_dim).requires_grad_(False)
 
     def feature_map(self, images: torch.Tensor) -> torch.Tensor:
         """[B, 3, H, W] normalised images -> [B, d, h, w] feature map."""
@@ -213,14 +296,28 @@ class FPRNet(nn.Module):
         else:
             logits = None
             foreground = local.new_ones(local.shape[:2])
+        if self.global_neck is not None:
+            global_features = self._occlusion_weighted(local, foreground, grid)
+        else:
+            global_features = fmap.mean(dim=(2, 3))
         return PyramidOutput(
             local=local,
             foreground=foreground,
             foreground_logits=logits,
-            global_features=fmap.mean(dim=(2, 3)),
+            global_features=global_features,
             grid=grid,
             map_size=(int(fmap.shape[2]), int(fmap.shape[3])),
         )
+
+
+    def _occlusion_weighted(self, local: torch.Tensor, foreground: torch.Tensor, grid: list[tuple[int, int]]) -> torch.Tensor:
+        """fast-reid's OcclusionUnit global feature: [B, N, d] locations, [B, N] probabilities -> [B, d]."""
+        first = next(h * w for h, w in grid if h * w > 0)  # the first level that fits the map
+        weights = F.normalize(foreground[:, :first], p=1, dim=1)
+        pooled = torch.bmm(weights.unsqueeze(1), local[:, :first]).squeeze(1)
+        neck = self.global_neck
+        assert neck is not None
+        return F.batch_norm(pooled, neck.running_mean, neck.running_var, neck.weight, neck.bias, False, 0.0, neck.eps)
 
 
 def build_model(config: ModelConfig | None = None) -> FPRNet:
