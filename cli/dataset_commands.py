@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .options import data_root_option
+from .options import Folder, data_root_option
 from reid_eval.datasets import (
     ScannedDataset,
     check_data_root,
@@ -101,7 +101,7 @@ def _summary_lines(scan: ScannedDataset, mismatched: set[str]) -> list[str]:
 @click.option("--dataset", "name", required=True, metavar="NAME", help="Dataset name (see `reid-eval datasets`).")
 @click.option(
     "--root",
-    type=click.Path(path_type=Path),
+    type=Folder(),
     default=None,
     help="The dataset's own folder. Default: the first accepted folder name found under the data root.",
 )

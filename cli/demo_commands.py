@@ -6,19 +6,19 @@ from pathlib import Path
 
 import click
 
-from .options import parse_ints
+from .options import Folder, parse_ints
 from .progress import Bars, echo_err, set_threads, threads_option
 
 
 @click.command("demo")
-@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=Path("demo-work"),
+@click.option("--workdir", type=Folder(output=True), default=Path("demo-work"),
               show_default=True, help="Everything the demo writes goes here; a rerun reuses it.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the synthetic set and the training.")
 @click.option("--size", type=click.Choice(["tiny", "default"]), default="default", show_default=True,
               help="tiny: a seconds-long smoke run; default: a few minutes on a laptop CPU.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--no-report", is_flag=True, help="Skip the report (tables and figures).")
-@click.option("--pets-root", type=click.Path(file_okay=False, path_type=Path), envvar="REID_EVAL_PETS_ROOT",
+@click.option("--pets-root", type=Folder(), envvar="REID_EVAL_PETS_ROOT",
               show_envvar=True, default=None,
               help="Data root holding pets09_s2l1 (real PETS09-S2L1 crops), on which the demo's model is also "
                    "tested, cross-domain [default: ../shared/data if it holds it, else skipped].")
@@ -64,7 +64,7 @@ def demo_command(workdir, seed, size, device, no_report, pets_root, no_pets, thr
 
 
 @click.command("synthesize")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("synthetic_occluded"),
+@click.option("--out", "out_dir", type=Folder(output=True), default=Path("synthetic_occluded"),
               show_default=True, help="Dataset folder to write (Market-style layout, masks/, manifest.csv).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--train-ids", type=click.IntRange(min=2), default=150, show_default=True)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from .options import cache_dir_option, checkpoint_option, data_root_option
+from .options import Folder, cache_dir_option, checkpoint_option, data_root_option
 from reid_eval.features import RESIZE_MODES, SPLITS, extract_dataset
 
 
@@ -56,7 +56,7 @@ def _dataset_root(name: str, root: Path | None, data_root: Path) -> Path:
 
 @click.command("extract")
 @click.option("--dataset", required=True, help="Dataset name (see `reid-eval datasets`).")
-@click.option("--root", type=click.Path(file_okay=False, path_type=Path), default=None, help="The dataset's own folder [default: found under --data-root].")
+@click.option("--root", type=Folder(), default=None, help="The dataset's own folder [default: found under --data-root].")
 @data_root_option
 @cache_dir_option
 @checkpoint_option

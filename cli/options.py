@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +36,47 @@ class FiniteFloat(click.FloatRange):
     def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
         return "FLOAT"
 
+class Folder(click.Path):
+    """A folder option: refuses a path that is a file or lies under one, naming the option and the file.
+
+    ``output=True`` (a folder the command writes into, created when missing)
+    also refuses one whose nearest existing parent cannot be written to, so
+    the error comes at the option rather than as "[Errno 20] Not a directory"
+    after work has been done.
+    """
+
+    name = "folder"
+
+    def __init__(self, output: bool = False) -> None:
+        super().__init__(file_okay=False, dir_okay=True, path_type=Path)
+        self.output = output
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        path = Path(super().convert(value, param, ctx))
+        if path.exists():
+            if not path.is_dir():
+                self.fail(f"{path} is a file, not a folder.", param, ctx)
+            if self.output and not os.access(path, os.W_OK | os.X_OK):
+                self.fail(f"{path} is not writable.", param, ctx)
+            return path
+        for parent in path.absolute().parents:
+            if parent.exists():
+                if not parent.is_dir():
+                    self.fail(f"{path} lies under {parent}, which is a file, not a folder.", param, ctx)
+                if self.output and not os.access(parent, os.W_OK | os.X_OK):
+                    self.fail(f"cannot create {path}: {parent} is not writable.", param, ctx)
+                break
+        return path
+
+
+#: Defaults of the output folders: beside each other and outside any tracked folder of a checkout
+#: (both are in the repository's .gitignore; the repository's own results/ holds no generated files).
+DEFAULT_CACHE_DIR = Path("./reid-cache")
+DEFAULT_RESULTS_DIR = Path("./reid-results")
+
 data_root_option = click.option(
     "--data-root",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=Folder(),
     envvar="REID_EVAL_DATA_ROOT",
     default=Path("."),
     show_default=True,
@@ -46,18 +85,18 @@ data_root_option = click.option(
 )
 cache_dir_option = click.option(
     "--cache-dir",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=Folder(),
     envvar="REID_EVAL_CACHE_DIR",
-    default=Path("./reid-cache"),
+    default=DEFAULT_CACHE_DIR,
     show_default=True,
     show_envvar=True,
     help="Folder of the HDF5 feature caches.",
 )
 results_dir_option = click.option(
     "--results-dir",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=Folder(output=True),
     envvar="REID_EVAL_RESULTS_DIR",
-    default=Path("./results"),
+    default=DEFAULT_RESULTS_DIR,
     show_default=True,
     show_envvar=True,
     help="Folder of the results JSON files, tables and figures.",

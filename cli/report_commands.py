@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .options import cache_dir_option, results_dir_option
+from .options import Folder, cache_dir_option, results_dir_option
 
 
 def _probe_list(ctx: click.Context, param: click.Parameter, value: str | None) -> list[int] | None:
@@ -21,7 +21,7 @@ def _probe_list(ctx: click.Context, param: click.Parameter, value: str | None) -
 @click.command("report")
 @results_dir_option
 @cache_dir_option
-@click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+@click.option("--out-dir", type=Folder(output=True), default=None,
               help="Where tables/ and figures/ go (default: the results dir).")
 @click.option("--probes", callback=_probe_list, default=None, metavar="IDX,...",
               help="Query indices for the retrieval figures (default: the best and worst probes).")

@@ -114,3 +114,36 @@ def test_finite_float_option_refuses_nan_and_infinity_naming_the_option():
     result = CliRunner().invoke(command, ["--weight", "0"])
     assert result.exit_code == 2 and "x>0" in result.output
     assert CliRunner().invoke(command, ["--weight", "2.5e-3"]).output.strip() == "0.0025"
+
+
+@pytest.mark.parametrize(
+    ("argv", "option"),
+    [
+        (["match", "--metric", "fpr", "--results-dir", "{file}/x"], "--results-dir"),
+        (["match", "--metric", "fpr", "--cache-dir", "{file}/x/y"], "--cache-dir"),
+        (["report", "--results-dir", "{file}"], "--results-dir"),
+        (["report", "--results-dir", "{tmp}", "--out-dir", "{file}/out"], "--out-dir"),
+        (["datasets", "--data-root", "{file}/data"], "--data-root"),
+        (["synthesize", "--out", "{file}/set"], "--out"),
+    ],
+)
+def test_folder_options_under_a_file_are_one_line_errors(argv, option, tmp_path, capsys):
+    file = tmp_path / "plain.txt"
+    file.write_text("not a folder")
+    args = [a.replace("{file}", str(file)).replace("{tmp}", str(tmp_path)) for a in argv]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert option in err and str(file) in err and ("lies under" in err or "is a file" in err), err
+    assert "Traceback" not in err and "Errno" not in err
+    assert file.read_text() == "not a folder"
+
+
+def test_default_output_folders_stay_out_of_the_tracked_tree():
+    from cli.options import DEFAULT_CACHE_DIR, DEFAULT_RESULTS_DIR
+
+    if not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    generated = [DEFAULT_CACHE_DIR / "x" / "k.h5", DEFAULT_RESULTS_DIR / "a__fpr.json", Path("results") / "a__fpr.json",
+                 Path("demo-work") / "results" / "r.json", Path("synthetic_occluded") / "manifest.csv"]
+    run = subprocess.run(["git", "check-ignore", *map(str, generated)], cwd=ROOT, capture_output=True, text=True)
+    assert run.stdout.split() == [str(p) for p in generated]
