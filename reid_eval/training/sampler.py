@@ -1,10 +1,15 @@
-"""The PK sampler of batch-hard triplet training (paper §3.3)."""
+"""The PK sampler of batch-hard triplet training (paper §3.3) and its
+DataLoader batch sampler, shared out over distributed ranks."""
 
 from __future__ import annotations
 
 from typing import Iterator, Sequence
 
 import numpy as np
+from torch.utils.data import Sampler
+
+#: One item of a batch: (dataset index, seed of that image's random augmentation).
+Item = tuple[int, int]
 
 
 class PKSampler:
@@ -52,3 +57,42 @@ class PKSampler:
                 pick = rng.choice(members, size=self.k, replace=len(members) < self.k)
                 batch.extend(int(i) for i in pick)
             yield batch
+
+
+class EpochBatchSampler(Sampler[list[Item]]):
+    """``DataLoader`` batch sampler: this rank's share of a :class:`PKSampler` epoch.
+
+    The epoch plan (every PK batch of the epoch, in order) is the same on
+    every rank; rank ``r`` of ``world_size`` takes batches ``r, r + W, r + 2W, …``
+    of the first ``W·⌊len/W⌋`` (so all ranks take the same number of steps, as
+    DDP needs). Each item carries a seed for that image's random augmentation,
+    a pure function of (seed, epoch, batch number in the plan, position), so
+    batches and their augmentations are reproducible from the seed whatever
+    the number of loader workers or ranks. Call :meth:`set_epoch` before
+    iterating an epoch.
+    """
+
+    def __init__(self, pk: PKSampler, rank: int = 0, world_size: int = 1):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside a world of {world_size}")
+        if len(pk) < world_size:
+            raise ValueError(f"an epoch has {len(pk)} PK batches, fewer than the {world_size} processes "
+                             "(lower --batch-p or use fewer processes)")
+        self.pk, self.rank, self.world_size = pk, int(rank), int(world_size)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        """Steps per epoch on each rank."""
+        return len(self.pk) // self.world_size
+
+    def __iter__(self) -> Iterator[list[Item]]:
+        steps = len(self)
+        for b, batch in enumerate(self.pk.epoch(self.epoch)):
+            if b >= steps * self.world_size:
+                break
+            if b % self.world_size == self.rank:
+                seeds = np.random.SeedSequence([self.pk.seed, self.epoch, b]).generate_state(len(batch), np.uint32)
+                yield [(i, int(s)) for i, s in zip(batch, seeds)]
