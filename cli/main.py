@@ -26,6 +26,10 @@ from reid_eval.errors import ReidEvalError
 # truncation); tests/test_cli_basics.py checks both columns against the modules.
 COMMANDS: dict[str, tuple[str, str]] = {
     "checkpoint": ("cli.model_commands", "Write model checkpoints in reid-eval's format."),
+    "compare": (
+        "cli.compare_commands",
+        "Paired difference A-B of rank-1 and mAP on the same queries, with its bootstrap interval.",
+    ),
     "datasets": ("cli.dataset_commands", "List the known datasets and whether each is found under the data root."),
     "demo": (
         "cli.demo_commands",
