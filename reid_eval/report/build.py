@@ -205,17 +205,19 @@ def _cache_figures(
     top_k = min(top_k, len(gallery.paths))
     chosen = list(probes) if probes is not None else []
     if matrices:
+        # The evaluation stage's per-query ranks and top-k (one rank rule: junk left out, ties by gallery
+        # index), so the probes picked and the images shown agree with the CMC reported beside them.
+        stats = {
+            label: query_stats(d, query.pids, gallery.pids, query.camids, gallery.camids, top_k=top_k)
+            for label, (_, d) in matrices.items()
+        }
         if probes is None:
-            ranks = {
-                label: query_stats(d, query.pids, gallery.pids, query.camids, gallery.camids).first_rank
-                for label, (_, d) in matrices.items()
-            }
             primary = next((label for label, (r, _) in matrices.items() if r.metric == "fpr"), next(iter(matrices)))
-            chosen = fig.choose_probes(ranks, primary, N_BEST, N_WORST)
+            chosen = fig.choose_probes({label: s.first_rank for label, s in stats.items()}, primary, N_BEST, N_WORST)
         for q in chosen:
             rows = []
             for label, (_, d) in matrices.items():
-                shown = fig.ranked_gallery(d[q], int(query.pids[q]), int(query.camids[q]), gallery.pids, gallery.camids, top_k)
+                shown = [int(g) for g in stats[label].top_gallery[q] if g >= 0]
                 rows.append(
                     fig.RetrievalRow(
                         label=label,

@@ -144,22 +144,6 @@ def choose_probes(ranks: dict[str, np.ndarray], primary: str, n_best: int = 2, n
     return [int(i) for i in best + worst]
 
 
-def ranked_gallery(
-    dist_row: np.ndarray, q_pid: int, q_camid: int, g_pids: np.ndarray, g_camids: np.ndarray, top_k: int
-) -> np.ndarray:
-    """int64 [≤top_k]: the probe's closest gallery images that the protocol keeps, closest first.
-
-    Junk (the protocol's rule) is left out and ties go by
-    gallery index, as in :func:`reid_eval.evaluation.query_stats`, so the
-    first correct image shown sits at the rank the CMC counts.
-    """
-    # TODO(#13/#15): take QueryStats.top_gallery from reid_eval.evaluation.query_stats(top_k=...) once it lands
-    junk = ((g_pids == q_pid) & (g_camids == q_camid)) | (g_pids == -1)
-    keep = np.flatnonzero(~junk)
-    order = keep[np.argsort(dist_row[keep], kind="stable")]
-    return order[:top_k]
-
-
 # ---------------------------------------------------------------- figures
 
 
