@@ -13,7 +13,7 @@ from reid_eval.datasets import SCHEMES, get_scheme, get_spec, known_datasets, lo
 from reid_eval.datasets import spec as spec_module
 from reid_eval.errors import ReidEvalError
 
-# DESIGN.md's dataset table: split -> (images, identities).
+# docs/DESIGN.md's dataset table: split -> (images, identities).
 PUBLISHED = {
     "market1501": {"train": (12936, 751), "query": (3368, 750), "gallery": (15913, 750)},
     "dukemtmc_reid": {"train": (16522, 702), "query": (2228, 702), "gallery": (17661, 1110)},

@@ -25,7 +25,7 @@ Three equivalent forms are used:
   residual gives e² = ‖x‖² − (Y x)ᵀ f(G) (Y x) with G = Y Yᵀ and
   f(G) = (G+βI)⁻¹ (G+2βI) (G+βI)⁻¹; any factor F with F Fᵀ = f(G) gives the
   rows ``Bt = Fᵀ Y`` with e² = ‖x‖² − ‖Bt x‖² for every x, so all pairs of a
-  tile are one GEMM. DESIGN.md writes F = Q diag(√(λ+2β)/(λ+β)) from the
+  tile are one GEMM. One such F is Q diag(√(λ+2β)/(λ+β)) from the
   eigendecomposition G = Q Λ Qᵀ; :func:`basis_factor` uses the Cholesky
   factor L of G+2βI instead, F = (G+βI)⁻¹ L, the same F up to a rotation
   (so the same Bt x norms) at a third of the cost of an eigendecomposition.
