@@ -16,7 +16,14 @@ from reid_eval.report import figures as fig
 from reid_eval.report.cache import ReportCache
 from reid_eval.report.paper import load_paper_tables
 from reid_eval.report.results import ResultRecord, load_results
-from reid_eval.report.tables import build_dataset_table, build_paper_table, dataset_label, to_markdown, write_table
+from reid_eval.report.tables import (
+    build_dataset_table,
+    build_paper_table,
+    build_verification_table,
+    dataset_label,
+    to_markdown,
+    write_table,
+)
 
 log = logging.getLogger("reid_eval.report")
 FOREGROUND_IMAGES = 6  # images in a foreground figure when no probes are chosen
@@ -86,6 +93,8 @@ def build_report(
     covered = {ds for p in paper_tables.values() for ds in p.datasets}
     for dataset in sorted({r.dataset for r in records if r.base_dataset not in covered}):
         tables.append(build_dataset_table(dataset, records))
+    if any(r.result.verification for r in records):
+        tables.append(build_verification_table(records))
     markdown = "\n".join(to_markdown(t) for t in tables)
     table_dir = out_dir / "tables"
     table_files = [p for t in tables for p in write_table(t, table_dir)]

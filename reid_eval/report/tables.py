@@ -27,6 +27,7 @@ from pathlib import Path
 from reid_eval.experiments.record import PAPER_AP
 from reid_eval.report.paper import PaperTable
 from reid_eval.report.results import ResultRecord
+from reid_eval.report.uncertainty import PAPER_MARK, interval, marks_note, next_marks, value_cell, verification_cells, within
 
 EMPTY = "—"
 MEASURED = "measured"
@@ -39,6 +40,8 @@ _DATASET_LABELS = {
     "occluded_reid": "Occluded-REID",
     "synthetic_occluded": "Synthetic occluded",
     "pets09_s2l1": "PETS09-S2L1",
+    "occluded_dukemtmc": "Occluded-DukeMTMC",
+    "p_dukemtmc_reid": "P-DukeMTMC-reID",
 }
 
 
@@ -181,6 +184,7 @@ def build_paper_table(paper: PaperTable, records: list[ResultRecord]) -> Table:
 
     footnotes: list[tuple[str, str]] = []
     several = _several_checkpoints(mine)
+    measured: list[dict[str, ResultRecord]] = []
     for group in _group_rows(mine, paper.cuhk03_variant):
         # Split a row when one dataset appears twice (different checkpoints or caches).
         pending = list(group)
@@ -193,17 +197,29 @@ def build_paper_table(paper: PaperTable, records: list[ResultRecord]) -> Table:
                 else:
                     taken[r.base_dataset] = r
             pending = rest
-            members = [taken[ds] for ds in datasets if ds in taken]
-            letter = _letter(len(footnotes))
-            text = _footnote_text(members)
-            footnotes.append((letter, text))
-            cells = []
-            for ds in datasets:
-                r = taken.get(ds)
-                cells += [percent(r.rank(1)) if r else EMPTY, percent(r.mAP) if r else EMPTY]
-            rows.append(
-                Row(members[0].label(_other_variant(members[0], paper.cuhk03_variant), checkpoint=several), MEASURED, cells, group=MEASURED if paper.rows[0].group else "", footnote=letter, full_source=MEASURED, note=text)
-            )
+            measured.append(taken)
+    # marks (reid_eval.report.uncertainty): paper value within the interval, next row not told apart
+    paper_of = {p.measured_metric: p for p in paper.rows if p.measured_metric}
+    nxt = {(ds, col): next_marks([t.get(ds) for t in measured], col) for ds in datasets for col in ("R1", "mAP")}
+    for index, taken in enumerate(measured):
+        members = [taken[ds] for ds in datasets if ds in taken]
+        letter = _letter(len(footnotes))
+        text = _footnote_text(members)
+        footnotes.append((letter, text))
+        cells = []
+        for ds in datasets:
+            r = taken.get(ds)
+            if r is None:
+                cells += [EMPTY, EMPTY]
+                continue
+            prow = paper_of.get(r.metric) if not r.variant_label else None
+            for j, (col, value) in enumerate((("R1", r.rank(1)), ("mAP", r.mAP))):
+                bounds = interval(r, col)
+                mark = PAPER_MARK if prow is not None and within(prow.values[ds][j], bounds) else ""
+                cells.append(value_cell(value, bounds, mark + nxt[(ds, col)][index]))
+        rows.append(
+            Row(members[0].label(_other_variant(members[0], paper.cuhk03_variant), checkpoint=several), MEASURED, cells, group=MEASURED if paper.rows[0].group else "", footnote=letter, full_source=MEASURED, note=text)
+        )
 
     notes = [f"Paper rows quoted from {paper.source}; measured rows from this run's results files (percent)."]
     have = {r.base_dataset for r in mine}
@@ -217,6 +233,8 @@ def build_paper_table(paper: PaperTable, records: list[ResultRecord]) -> Table:
             f"results on the {other} boxes have rows marked '{other}' (see the quotation notes)."
         )
     notes.extend(_ap_note(mine, paper_table=True))
+    if any(r.result.intervals for r in mine):
+        notes.append(marks_note())
     notes.extend(f"Quotation note: {n}" for n in paper.notes)
     return Table(
         key=paper.key,
@@ -234,20 +252,59 @@ def build_dataset_table(dataset: str, records: list[ResultRecord]) -> Table:
     rows, footnotes = [], []
     mine = [r for r in records if r.dataset == dataset]
     several = _several_checkpoints(mine)
-    for group in _group_rows(mine):
-        for r in group:
-            letter = _letter(len(footnotes))
-            text = _footnote_text([r])
-            footnotes.append((letter, text))
-            cells = [percent(r.rank(1)), percent(r.rank(5)), percent(r.rank(10)), percent(r.mAP), percent(r.mINP)]
-            rows.append(Row(r.label(checkpoint=several), MEASURED, cells, footnote=letter, full_source=MEASURED, note=text))
+    ordered = [r for group in _group_rows(mine) for r in group]
+    nxt = {col: next_marks(ordered, col) for col in ("R1", "mAP")}
+    verified = any(r.result.verification for r in mine)  # files from before verification get no TPR columns
+    for index, r in enumerate(ordered):
+        letter = _letter(len(footnotes))
+        text = _footnote_text([r])
+        footnotes.append((letter, text))
+        cells = [
+            value_cell(value, interval(r, col), nxt.get(col, [""] * len(ordered))[index])
+            for col, value in (("R1", r.rank(1)), ("R5", r.rank(5)), ("R10", r.rank(10)), ("mAP", r.mAP), ("mINP", r.mINP))
+        ]
+        cells += verification_cells(r) if verified else []
+        rows.append(Row(r.label(checkpoint=several), MEASURED, cells, footnote=letter, full_source=MEASURED, note=text))
+    beyond = " — an occluded benchmark beyond the paper" if dataset in OCCLUDED_BEYOND_PAPER else ""
+    notes = ["No published numbers for this dataset; all rows measured.", *_ap_note(mine, paper_table=False)]
+    if any(r.result.intervals for r in mine):
+        notes.append(marks_note())
+    if verified:
+        notes.append("TPR@FPR: verification over all valid query–gallery pairs (reid_eval.evaluation.verification).")
     return Table(
         key=dataset,
-        title=f"Measured results on {dataset_label(dataset)} ({dataset}; percent)",
-        column_groups=[(dataset_label(dataset), ["R1", "R5", "R10", "mAP", "mINP"])],
+        title=f"Measured results on {dataset_label(dataset)} ({dataset}; percent){beyond}",
+        column_groups=[(dataset_label(dataset), ["R1", "R5", "R10", "mAP", "mINP", *(TPR_COLUMNS if verified else ())])],
         rows=rows,
         footnotes=footnotes,
-        notes=["No published numbers for this dataset; all rows measured.", *_ap_note(mine, paper_table=False)],
+        notes=notes,
+    )
+
+
+#: Occluded benchmarks published after the paper: each gets a table of its own.
+OCCLUDED_BEYOND_PAPER: tuple[str, ...] = ("occluded_dukemtmc", "p_dukemtmc_reid")
+TPR_COLUMNS: tuple[str, ...] = ("TPR@FPR1e-4", "TPR@FPR1e-3", "TPR@FPR1e-2")
+
+
+def build_verification_table(records: list[ResultRecord]) -> Table:
+    """TPR at FPR 1e-4, 1e-3, 1e-2 (percent) of every result that recorded it, one row per result."""
+    rows, footnotes = [], []
+    for r in sorted(records, key=lambda r: (r.dataset, r.sort_key)):
+        if not r.result.verification:
+            continue
+        letter = _letter(len(footnotes))
+        text = _footnote_text([r])
+        footnotes.append((letter, text))
+        rows.append(Row(f"{dataset_label(r.dataset)}: {r.label()}", MEASURED, verification_cells(r), footnote=letter,
+                        full_source=MEASURED, note=text))
+    return Table(
+        key="verification",
+        title="Verification: TPR at fixed FPR over all valid query–gallery pairs (percent)",
+        column_groups=[("TPR at FPR", ["1e-4", "1e-3", "1e-2"])],
+        rows=rows,
+        footnotes=footnotes,
+        notes=["Pairs kept by the retrieval protocol's junk rules; a pair is accepted when its distance is below the "
+               "largest threshold whose FPR does not exceed the target (reid_eval.evaluation.verification)."],
     )
 
 
