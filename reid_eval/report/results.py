@@ -151,6 +151,10 @@ class ResultRecord:
             extras.append(f"shortlist K={p.shortlist} by {p.shortlist_metric}")
         if p.fuse is not None:
             extras.append(f"λ={p.fuse:g}")
+        if p.shortlist_fill is not None:
+            extras.append(f"{p.shortlist_fill:g} outside the shortlist")
+        if p.rerank is not None:
+            extras.append(f"re-ranked k1={p.rerank_k1}, k2={p.rerank_k2}, λ={p.rerank_lambda:g}, {p.rerank} aux")
         return ", ".join(extras)
 
     @property
