@@ -101,7 +101,9 @@ def _field(default: Any, role: str, option: str | None = None, tag: str | None =
 
 
 def _num(value: float) -> str:
-    return format(float(value), "g")
+    """Short form of a number in a name ('0.1', '1e-05'), exact enough that two values never share it."""
+    short = format(float(value), "g")
+    return short if float(short) == float(value) else repr(float(value))
 
 
 def _finite_number(value: Any, option: str) -> float:
