@@ -14,20 +14,37 @@ gallery block are stacked ``[ΣM, d]``, the probe locations of a probe block
 4. a sum over each probe's N columns weighted by h̃ ``-> [p, g]``.
 
 Float32 accuracy. ‖x‖² − S cancels when the residual is small, and the square
-root amplifies the error: the float32 S carries an error up to about
-``δs = κ·u·(0.7·√d + √M + 5)·‖x‖²`` (u = 2⁻²⁴; GEMM accumulation, rounding
-of the operands, the squared sum). The model was fitted to the worst error
-measured over d = 4..2048, M = 1..110 (self matches, probes in the span of
-the gallery image, random and non-negative features) and κ =
-:data:`ERROR_KAPPA` = 1.5 puts it at least 1.7 times above every measured
-error.
-For an entry with float32 ``e² ≥ (δs/atol)²`` the error of e is at most
-``δs/e ≤ atol``; every other (probe location, gallery image) entry is
-recomputed in float64 from the float64 rows. At d = 2048, M = 110 and the
-default ``float32_atol`` = 9e-6 (distances within 1e-5 of the float64
-definition) that is every entry with e below about 0.47: none on random data,
-the close locations of same-identity pairs on real data, each costing a small
-float64 product. A larger ``float32_atol`` shrinks that set quadratically.
+root amplifies the error, so the float32 path is built to keep the error of S
+small and to know a bound on it for every entry:
+
+* Centring. CNN features (non-negative, post-ReLU) share a dominant
+  direction: the locations of random-init ResNets lie within ~15° of their
+  mean. Each probe block is split along μ, the direction of the sum of its
+  normalised rows: x = a·μ + x' (a = x·μ in float64). The GEMM runs on x'
+  (float32), and S = ‖Bt x'‖² + 2a·(w·x') + a²‖β‖² with β = Bt μ and
+  w = Btᵀ β formed per gallery image in float64 from the factor (one extra
+  float32 GEMM row per gallery image for w·x'). Every float32 rounding then
+  multiplies ‖x'‖ instead of ‖x‖: on ResNet features the error of S drops
+  5-20 fold. Bt itself is formed in float64 and rounded once.
+* Error bound of S. ``δs = κ·u·(0.7·√d + √M + 5)·‖x‖·‖x'‖`` (u = 2⁻²⁴;
+  GEMM accumulation, rounding of the operands, the float32 cross term and
+  squares; ‖x'‖ floored at 1e-4·‖x‖ for the float64 rounding that remains).
+  With κ = :data:`ERROR_KAPPA` = 1.5 the bound is at least 1.6 times the
+  worst error measured over d = 1..2048, M = 1..110 on Gaussian, ReLU and
+  strongly coherent non-negative features, self matches, exact and
+  near-duplicate locations and non-negative mixtures in the gallery's span
+  (``python benchmarks/bench_matching.py --calibrate`` reruns that sweep).
+* Error of a distance. From |ê² − e²| ≤ δs, the error of an entry's e is at
+  most δe = δs / (ê + √(ê² − δs)) (no bound when ê² ≤ δs), and a pair's
+  distance Σ h̃ e errs by at most Σ h̃ δe. A pair whose sum is within
+  ``float32_atol`` (default 9e-6, so every distance is within 1e-5 of the
+  float64 definition after its own float32 rounding) keeps its float32
+  entries; in the other pairs the entries with the largest h̃ δe are
+  recomputed in float64, as few as bring the sum of the rest within
+  ``float32_atol``: one float64 product per gallery image over its refined
+  locations, spread over threads. Which entries are refined depends only on
+  the tile's data, never on timing: the same blocks give the same bits.
+  :class:`RefinementStats` counts them (the refined share).
 
 Memory. Tiles are sized so that operands, the tile product and the epilogue
 stay within ``memory_budget_bytes`` (default 1.5 GB, whatever P and G are;
@@ -58,6 +75,7 @@ __all__ = [
     "ERROR_KAPPA",
     "ProbeBlock",
     "GalleryBasis",
+    "RefinementStats",
     "prepare_probes",
     "prepare_gallery",
     "fpr_tile",
@@ -73,6 +91,7 @@ ERROR_KAPPA = 1.5
 #: Default absolute accuracy of each e (and so of each distance) in float32.
 DEFAULT_FLOAT32_ATOL = 9e-6
 _U32 = 2.0**-24
+_ACROSS_FLOOR = 1e-4
 _PRECISIONS = ("float32", "float64")
 
 
@@ -80,13 +99,19 @@ _PRECISIONS = ("float32", "float64")
 class ProbeBlock:
     """Prepared probe images (arrays on the backend's module).
 
-    x: ``[R, d]`` GEMM operand (float32 or float64): the normalised rows.
+    x: ``[R, d]`` GEMM operand. float64: the normalised rows x. float32:
+        x − a·μ rounded once, the part of each row across the block's
+        ``center`` μ (module docstring, "Centring").
     local: ``[R, d]`` float32 input rows (float64 rows are rebuilt from them
         for refinement).
     inv_norm: ``[R]`` float64 scale of each row (1/‖row‖, or 1).
     sqnorm: ``[R]`` float64 ‖x‖² of the exact (float64) normalised rows.
     weights: ``[R]`` float64 h̃, summing to 1 over each image.
     offsets: host int64 ``[p+1]`` image boundaries in the rows.
+    center: ``[d]`` float64 unit vector μ (zeros if the rows sum to 0), or
+        None (float64 operands).
+    along: ``[R]`` float64 a = x·μ (float32 operands; else None).
+    across: ``[R]`` float64 ‖x − a·μ‖ (float32 operands; else None).
     """
 
     x: Any
@@ -95,6 +120,9 @@ class ProbeBlock:
     sqnorm: Any
     weights: Any
     offsets: np.ndarray
+    center: Any = None
+    along: Any = None
+    across: Any = None
 
     def __len__(self) -> int:
         return int(self.offsets.shape[0] - 1)
@@ -108,7 +136,9 @@ class ProbeBlock:
         a, b = int(self.offsets[i]), int(self.offsets[i + 1])
         return ProbeBlock(
             x=self.x[a:b], local=self.local[a:b], inv_norm=self.inv_norm[a:b], sqnorm=self.sqnorm[a:b],
-            weights=self.weights[a:b], offsets=np.array([0, b - a], dtype=np.int64),
+            weights=self.weights[a:b], offsets=np.array([0, b - a], dtype=np.int64), center=self.center,
+            along=None if self.along is None else self.along[a:b],
+            across=None if self.across is None else self.across[a:b],
         )
 
 
@@ -153,6 +183,46 @@ class GalleryBasis:
         y = self.local[a:b].astype(self.inv_norm.dtype) * self.inv_norm[a:b][:, None]
         factor = self.factor[int(self.factor_offsets[g]) : int(self.factor_offsets[g + 1])].reshape(m, m)
         return factor @ y
+
+
+@dataclass
+class RefinementStats:
+    """How many float32 entries the engine recomputed in float64 (mutable counters).
+
+    An entry is one (probe location, gallery image) residual e; a tile of p
+    probe images with ΣN locations and g gallery images has g·ΣN entries.
+    Pass an instance as ``stats=`` to :func:`fpr_distances` or :func:`fpr_tile`
+    and read it afterwards; instances from separate tiles or workers add up
+    with :meth:`merge`.
+
+    entries: entries computed; refined: of them recomputed in float64;
+    tiles: tiles computed.
+    """
+
+    entries: int = 0
+    refined: int = 0
+    tiles: int = 0
+
+    @property
+    def refined_share(self) -> float:
+        """refined / entries (0.0 before any entry)."""
+        return self.refined / self.entries if self.entries else 0.0
+
+    def record(self, entries: int, refined: int) -> None:
+        """Count one tile of ``entries`` entries, ``refined`` of them refined."""
+        self.entries += int(entries)
+        self.refined += int(refined)
+        self.tiles += 1
+
+    def merge(self, other: RefinementStats) -> None:
+        """Add the counts of ``other`` (another tile or worker) to this one."""
+        self.entries += other.entries
+        self.refined += other.refined
+        self.tiles += other.tiles
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready counts: ``{"entries", "refined", "tiles", "refined_share"}``."""
+        return {"entries": self.entries, "refined": self.refined, "tiles": self.tiles, "refined_share": self.refined_share}
 
 
 def _gather_segments(offsets: np.ndarray, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -266,15 +336,9 @@ def prepare_probes(
     sq = _row_sqnorms(xp, local)
     _check_rows(xp, sq, 0, features, "probe", index_base, normalize)
     inv_norm = 1.0 / xp.sqrt(sq) if normalize else xp.ones_like(sq)
+    center = along = across = None
     if precision == "float32":
-        # One float32 pass; its rounding (a relative u per element and per
-        # row scale) is inside the error model of S.
-        scale32 = inv_norm.astype(xp.float32)[:, None]
-        if xp is np:
-            x = np.empty_like(local)
-            _over_row_ranges(local.shape[0], lambda a, b: np.multiply(local[a:b], scale32[a:b], out=x[a:b]))
-        else:
-            x = local * scale32
+        x, center, along, across = _centred_rows(xp, local, inv_norm)
     else:
         x = local.astype(xp.float64) * inv_norm[:, None]
     sqnorm = sq * inv_norm * inv_norm  # ‖x‖² of the exact normalised rows
@@ -294,8 +358,72 @@ def prepare_probes(
     else:
         w = np.repeat(1.0 / counts, counts)
     return ProbeBlock(
-        x=x, local=local, inv_norm=inv_norm, sqnorm=sqnorm, weights=xp.asarray(w), offsets=features.offsets.copy()
+        x=x, local=local, inv_norm=inv_norm, sqnorm=sqnorm, weights=xp.asarray(w), offsets=features.offsets.copy(),
+        center=center, along=along, across=across,
     )
+
+
+_CHUNK_ROWS = 256
+
+
+def _row_chunks(n_rows: int) -> list[tuple[int, int]]:
+    return [(a, min(n_rows, a + _CHUNK_ROWS)) for a in range(0, n_rows, _CHUNK_ROWS)]
+
+
+def _centred_rows(xp: ModuleType, local: Any, inv_norm: Any) -> tuple[Any, Any, Any, Any]:
+    """Float32 operand x − a·μ, μ ``[d]``, a ``[R]`` and ‖x − a·μ‖ ``[R]`` of normalised rows x.
+
+    μ is the direction of the sum of the rows, a = x·μ, all in float64
+    (on a CPU in row chunks, so no ``[R, d]`` float64 array is formed).
+    """
+    n_rows, d = local.shape
+    if xp is not np:
+        x64 = local.astype(xp.float64) * inv_norm[:, None]
+        total = x64.sum(axis=0)
+        norm = float(xp.linalg.norm(total))
+        center = total / norm if norm > 0 else xp.zeros(d)
+        along = x64 @ center
+        x64 -= along[:, None] * center[None, :]
+        return x64.astype(xp.float32), center, along, xp.sqrt((x64 * x64).sum(axis=1))
+    chunks = _row_chunks(n_rows)
+    partial = np.zeros((len(chunks), d))
+
+    def add(i: int) -> None:
+        a, b = chunks[i]
+        partial[i] = inv_norm[a:b] @ local[a:b].astype(np.float64)
+
+    _over_chunks(len(chunks), add)
+    total = partial.sum(axis=0)
+    norm = float(np.linalg.norm(total))
+    center = total / norm if norm > 0 else np.zeros(d)
+    x = np.empty_like(local)
+    along = np.empty(n_rows)
+    across = np.empty(n_rows)
+
+    def centre(i: int) -> None:
+        a, b = chunks[i]
+        rows = local[a:b].astype(np.float64)
+        rows *= inv_norm[a:b][:, None]
+        along[a:b] = rows @ center
+        rows -= along[a:b][:, None] * center[None, :]
+        across[a:b] = np.sqrt(np.einsum("ij,ij->i", rows, rows))
+        x[a:b] = rows
+
+    _over_chunks(len(chunks), centre)
+    return x, center, along, across
+
+
+def _over_chunks(n: int, fn: Any) -> None:
+    """``fn(i)`` for i < n, spread over the CPU threads (each call one BLAS thread)."""
+    workers = min(n, os.cpu_count() or 1)
+    with blas_threads(1):
+        if workers <= 1:
+            for i in range(n):
+                fn(i)
+            return
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            for future in [pool.submit(fn, i) for i in range(n)]:
+                future.result()
 
 
 def prepare_gallery(
@@ -356,12 +484,13 @@ def prepare_gallery(
             _check_gathered(xp, sq, batch, m, features, index_base, normalize)
         inv = (1.0 / xp.sqrt(sq) if normalize else xp.ones_like(sq)).reshape(k, m)
         # Gram of the normalised rows, its factor Fᵀ, and
-        # Bt = Fᵀ diag(inv) Y_raw: float64 but the last product, which is
-        # done in the operand precision.
+        # Bt = Fᵀ diag(inv) Y_raw, all in float64; the float32 operand is
+        # Bt rounded once (a relative u/2 per element whatever M and the
+        # size of Fᵀ; a float32 product here would add an error growing
+        # with M that the error model of S does not cover).
         factor_t = basis_factor(xp, raw * inv[:, :, None] * inv[:, None, :], beta)  # [k, M, M]
         coef = factor_t * inv[:, None, :]
-        operand = y_in if dtype == xp.float32 else y64
-        bt[rows] = (coef.astype(dtype) @ operand).reshape(-1, d)
+        bt[rows] = (coef @ y64).reshape(-1, d)
         inv_norm[rows] = inv.reshape(-1)
         frows = (factor_offsets[batch][:, None] + np.arange(m * m)[None, :]).reshape(-1)
         factor[xp.asarray(frows)] = factor_t.reshape(-1)
@@ -384,37 +513,149 @@ def prepare_gallery(
     )
 
 
-def _refine_threshold(xp: ModuleType, d: int, gallery_counts: np.ndarray, sqnorm: Any, atol: float) -> Any:
-    """``[g, R]`` float64: float32 e² below this is recomputed in float64."""
-    per_gallery = ERROR_KAPPA * _U32 * (0.7 * math.sqrt(d) + np.sqrt(gallery_counts) + 5.0) / atol  # [g]
-    return (xp.asarray(per_gallery)[:, None] * sqnorm[None, :]) ** 2
+def _centre_terms(xp: ModuleType, gallery: GalleryBasis, center: Any) -> tuple[Any, Any]:
+    """``w`` ``[g, d]`` float32 and ‖β‖² ``[g]`` float64 of every gallery image for probe centre μ.
+
+    β = Bt μ ``[M]`` and w = Btᵀ β ``[d]``, from the float64 factor and rows
+    (Bt = Fᵀ Y): then ‖Bt x‖² = ‖Bt x'‖² + 2a·(w·x') + a²‖β‖² for x = aμ + x'.
+    """
+    g, d = len(gallery), gallery.local.shape[1]
+    counts = np.diff(gallery.offsets)
+    w = xp.empty((g, d), dtype=xp.float64)
+    beta_sq = xp.empty(g, dtype=xp.float64)
+    jobs: list[np.ndarray] = []
+    for m in np.unique(counts):
+        members = np.flatnonzero(counts == m)
+        per = max(1, _CHUNK_ROWS // int(m))
+        jobs += [members[i : i + per] for i in range(0, members.size, per)]
+
+    def run(i: int) -> None:
+        batch = jobs[i]
+        m = int(counts[batch[0]])
+        k = batch.size
+        rows = xp.asarray((gallery.offsets[batch][:, None] + np.arange(m)[None, :]).reshape(-1))
+        y = gallery.local[rows].astype(xp.float64) * gallery.inv_norm[rows][:, None]  # [kM, d]
+        frows = xp.asarray((gallery.factor_offsets[batch][:, None] + np.arange(m * m)[None, :]).reshape(-1))
+        factor_t = gallery.factor[frows].reshape(k, m, m)  # Fᵀ
+        beta = (factor_t @ (y @ center).reshape(k, m, 1))  # [k, M, 1]
+        v = factor_t.swapaxes(1, 2) @ beta  # F β
+        w[xp.asarray(batch)] = (v.reshape(k, 1, m) @ y.reshape(k, m, d)).reshape(k, d)
+        beta_sq[xp.asarray(batch)] = (beta * beta).sum(axis=(1, 2))
+
+    if xp is np:
+        _over_chunks(len(jobs), run)
+    else:
+        for i in range(len(jobs)):
+            run(i)
+    return w.astype(xp.float32), beta_sq
 
 
-def fpr_tile(probes: ProbeBlock, gallery: GalleryBasis, *, float32_atol: float = DEFAULT_FLOAT32_ATOL) -> Any:
+def _error_bound_s(xp: ModuleType, probes: ProbeBlock, gallery_counts: np.ndarray) -> Any:
+    """``[g, R]`` float64 δs: bound on |float32 S − exact S| of each entry (module docstring)."""
+    d = probes.x.shape[1]
+    per_gallery = ERROR_KAPPA * _U32 * (0.7 * math.sqrt(d) + np.sqrt(gallery_counts) + 5.0)  # [g]
+    if probes.across is None:
+        scale = probes.sqnorm
+    else:
+        # ‖x‖·‖x'‖, floored for rows along μ (x' = 0), where only float64 rounding remains.
+        norm = xp.sqrt(probes.sqnorm)
+        scale = norm * xp.maximum(probes.across, _ACROSS_FLOOR * norm)
+    return xp.asarray(per_gallery)[:, None] * scale[None, :]
+
+
+def _entries_to_refine(xp: ModuleType, e2: Any, probes: ProbeBlock, gallery: GalleryBasis, atol: float) -> Any:
+    """``[g, R]`` bool: the entries of float32 ``e2`` to recompute in float64, or None.
+
+    With δs the bound on the error of e² (:func:`_error_bound_s`) and ê the
+    float32 e, the error of e is at most δe = δs / (ê + √(ê² − δs)) (from
+    |ê − e| = |ê² − e²| / (ê + e) and e ≥ √(ê² − δs)); entries with
+    ê² ≤ δs have no such bound. A pair's distance Σ h̃ e then errs by at most
+    Σ h̃ δe over its entries. Pairs whose sum is within ``atol`` keep every
+    float32 entry; in the other pairs the entries with the largest h̃ δe are
+    refined, as few as leave the sum of the rest within ``atol``.
+    """
+    ds = _error_bound_s(xp, probes, np.diff(gallery.offsets))
+    e = xp.sqrt(xp.maximum(e2, 0.0))
+    bounded = e2 > ds
+    low = xp.sqrt(xp.maximum(e2 - ds, 0.0))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        contrib = xp.where(bounded, ds / (e + low), xp.inf) * probes.weights[None, :]
+    del e, low, ds
+    pair = segment_sum(xp, contrib, probes.offsets, axis=1)  # [g, p] bound on each distance's error
+    fg, fp = xp.nonzero(pair > atol)
+    if fg.shape[0] == 0:
+        return None
+    # Failing pairs: their entries' contributions padded with zeros to [F, n_max],
+    # sorted; the smallest are kept while their running sum stays within atol,
+    # and every entry at least as large as the first one not kept is refined.
+    counts = xp.asarray(np.diff(probes.offsets))
+    starts = xp.asarray(probes.offsets[:-1])
+    n_max = int(np.diff(probes.offsets).max())
+    cols = starts[fp][:, None] + xp.arange(n_max)[None, :]  # [F, n_max]
+    real = xp.arange(n_max)[None, :] < counts[fp][:, None]
+    # Padding points at the pair's own first column, so that every write
+    # below to a column comes from the pair owning it.
+    cols = xp.where(real, cols, starts[fp][:, None])
+    part = xp.where(real, contrib[fg[:, None], cols], 0.0)
+    ordered = xp.sort(part, axis=1)
+    kept = (xp.cumsum(ordered, axis=1) <= atol).sum(axis=1)  # < n_max: the pair's sum exceeds atol
+    first_refined = ordered[xp.arange(ordered.shape[0]), kept]  # [F]
+    threshold = xp.full(contrib.shape, xp.inf)
+    threshold[fg[:, None], cols] = first_refined[:, None]
+    return contrib >= threshold
+
+
+def fpr_tile(
+    probes: ProbeBlock,
+    gallery: GalleryBasis,
+    *,
+    float32_atol: float = DEFAULT_FLOAT32_ATOL,
+    stats: RefinementStats | None = None,
+) -> Any:
     """Distances of every probe of ``probes`` to every image of ``gallery``.
 
     A pure function of its two prepared blocks. Returns a ``[p, g]`` array on
     the backend's module: float32 when the operands are float32 (each value
-    within ``float32_atol`` of the float64 definition), float64 when they are
-    float64.
+    within ``float32_atol`` of the float64 definition, plus the float32
+    rounding of the value itself), float64 when they are float64.
+    ``stats``, when given, is updated in place with this tile's entry and
+    refinement counts (:class:`RefinementStats`).
     """
     xp = _module_of(probes.x)
     if probes.x.dtype != gallery.bt.dtype:
         raise ValueError("probe and gallery blocks were prepared with different precisions")
     if probes.x.shape[1] != gallery.bt.shape[1]:
         raise ValueError(f"probe dimension {probes.x.shape[1]} differs from gallery dimension {gallery.bt.shape[1]}")
-    c = gallery.bt @ probes.x.T  # [ΣM, ΣN], the one big GEMM
-    s = _squared_segment_sum(xp, c, gallery.offsets)  # [g, ΣN] float64
-    del c
-    e2 = probes.sqnorm[None, :] - s
+    e2 = _unrefined_e2(xp, probes, gallery)
+    refined = 0
     if probes.x.dtype == xp.float32:
-        counts = np.diff(gallery.offsets)
-        flagged = e2 < _refine_threshold(xp, probes.x.shape[1], counts, probes.sqnorm, float32_atol)
-        _refine(xp, e2, flagged, probes, gallery)
+        flagged = _entries_to_refine(xp, e2, probes, gallery, float32_atol)
+        if flagged is not None:
+            refined = _refine(xp, e2, flagged, probes, gallery)
+    if stats is not None:
+        stats.record(int(e2.shape[0]) * int(e2.shape[1]), refined)
     e = xp.sqrt(xp.maximum(e2, 0.0))
     e *= probes.weights[None, :]
     dist = segment_sum(xp, e, probes.offsets, axis=1)  # [g, p]
     return dist.T.astype(probes.x.dtype)
+
+
+def _unrefined_e2(xp: ModuleType, probes: ProbeBlock, gallery: GalleryBasis) -> Any:
+    """``[g, ΣN]`` float64 e² = ‖x‖² − ‖Bt x‖² of every entry, from the tile GEMM (before refinement)."""
+    c = gallery.bt @ probes.x.T  # [ΣM, ΣN], the one big GEMM
+    s = _squared_segment_sum(xp, c, gallery.offsets)  # [g, ΣN] float64
+    del c
+    if probes.center is not None:
+        # S = ‖Bt x'‖² + 2a·(w·x') + a²‖β‖² (probes centred across μ)
+        w32, beta_sq = _centre_terms(xp, gallery, probes.center)
+        cross = (w32 @ probes.x.T).astype(xp.float64)  # [g, ΣN]
+        cross *= 2.0 * probes.along[None, :]
+        s += cross
+        del cross
+        s += beta_sq[:, None] * (probes.along * probes.along)[None, :]
+    s *= -1.0
+    s += probes.sqnorm[None, :]
+    return s
 
 
 def _squared_segment_sum(xp: ModuleType, c: Any, offsets: np.ndarray) -> Any:
@@ -452,21 +693,41 @@ def _squared_segment_sum(xp: ModuleType, c: Any, offsets: np.ndarray) -> Any:
     return out
 
 
-def _refine(xp: ModuleType, e2: Any, flagged: Any, probes: ProbeBlock, gallery: GalleryBasis) -> None:
-    """Recompute the flagged entries of ``e2`` ``[g, R]`` in float64, in place."""
+def _refine(xp: ModuleType, e2: Any, flagged: Any, probes: ProbeBlock, gallery: GalleryBasis) -> int:
+    """Recompute the flagged entries of ``e2`` ``[g, R]`` in float64, in place; returns their number.
+
+    One float64 product per gallery image with flagged entries,
+    ``[k, d] @ [d, M]`` over its k flagged probe locations (plus the
+    rebuild of its float64 basis, ``[M, M] @ [M, d]``); on a CPU the images
+    are spread over threads, each with one BLAS thread. Every image's entries
+    are computed the same way whatever the thread count.
+    """
     gi, ni = xp.nonzero(flagged)
-    if gi.shape[0] == 0:
-        return
+    n = int(gi.shape[0])
+    if n == 0:
+        return 0
     gi_host = to_numpy(gi)
     cuts = np.flatnonzero(np.diff(gi_host)) + 1
-    bounds = np.concatenate([[0], cuts, [gi_host.shape[0]]])
+    bounds = np.concatenate([[0], cuts, [n]])
+
+    def run(a: int, b: int) -> None:
+        g = int(gi_host[a])
+        cols = ni[a:b]
+        x64 = probes.rows64(cols)  # [k, d]
+        z = x64 @ gallery.basis64(g).T  # [k, M]
+        e2[g, cols] = (x64 * x64).sum(axis=1) - (z * z).sum(axis=1)
+
+    pieces = list(zip(bounds[:-1].tolist(), bounds[1:].tolist()))
+    workers = min(len(pieces), os.cpu_count() or 1) if xp is np else 1
     with blas_threads(1):
-        for a, b in zip(bounds[:-1], bounds[1:]):
-            g = int(gi_host[a])
-            cols = ni[a:b]
-            x64 = probes.rows64(cols)  # [k, d]
-            z = x64 @ gallery.basis64(g).T  # [k, M]
-            e2[g, cols] = (x64 * x64).sum(axis=1) - (z * z).sum(axis=1)
+        if workers > 1:
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                for future in [pool.submit(run, a, b) for a, b in pieces]:
+                    future.result()
+        else:
+            for a, b in pieces:
+                run(a, b)
+    return n
 
 
 def _check_precision(precision: str) -> None:
@@ -521,6 +782,7 @@ def fpr_distances(
     gallery_global: np.ndarray | None = None,
     shortlist_metric: str = "euclidean",
     float32_atol: float = DEFAULT_FLOAT32_ATOL,
+    stats: RefinementStats | None = None,
 ) -> np.ndarray:
     """FPR (``weighted=True``) or DSR (``weighted=False``) distance of every probe to every gallery image.
 
@@ -550,6 +812,14 @@ def fpr_distances(
         by global distance, so every row ranks the shortlist by FPR first and
         the rest in global order behind it; those values are ranks, not
         distances.
+    float32_atol:
+        bound on the float32 error of each distance before its own float32
+        rounding (default 9e-6, so every distance is within 1e-5 of the
+        float64 definition); entries are refined in float64 as needed.
+    stats:
+        a :class:`RefinementStats` updated in place with the number of
+        (probe location, gallery image) entries computed and refined in
+        float64 (``stats.refined_share``), for the match log and results.
 
     Returns
     -------
@@ -588,7 +858,7 @@ def fpr_distances(
     if shortlist is not None and shortlist < n_gallery:
         return _shortlisted(
             probe_block, gallery_block, probe_blocks, gallery_blocks, n_probe, n_gallery, shortlist,
-            probe_global, gallery_global, shortlist_metric, float32_atol, out_dtype,
+            probe_global, gallery_global, shortlist_metric, float32_atol, out_dtype, stats,
         )
     out = np.empty((n_probe, n_gallery), dtype=out_dtype)
     single = probe_block(*probe_blocks[0]) if len(probe_blocks) == 1 else None
@@ -596,13 +866,13 @@ def fpr_distances(
         basis = gallery_block(ga, gb)
         for pa, pb in probe_blocks:
             block = single if single is not None else probe_block(pa, pb)
-            out[pa:pb, ga:gb] = to_numpy(fpr_tile(block, basis, float32_atol=float32_atol))
+            out[pa:pb, ga:gb] = to_numpy(fpr_tile(block, basis, float32_atol=float32_atol, stats=stats))
     return out
 
 
 def _shortlisted(
     probe_block, gallery_block, probe_blocks, gallery_blocks, n_probe, n_gallery, k,
-    probe_global, gallery_global, metric, atol, out_dtype,
+    probe_global, gallery_global, metric, atol, out_dtype, stats,
 ) -> np.ndarray:
     """Shortlist path of :func:`fpr_distances` (see its docstring)."""
     if k < 1:
@@ -634,7 +904,7 @@ def _shortlisted(
                 sel = cols[rows == p]
                 sub = basis.take(short[pa + p, sel] - ga)
                 single = block.take_image(int(p))
-                exact[pa + p, sel] = to_numpy(fpr_tile(single, sub, float32_atol=atol))[0]
+                exact[pa + p, sel] = to_numpy(fpr_tile(single, sub, float32_atol=atol, stats=stats))[0]
     out = np.empty((n_probe, n_gallery), dtype=np.float64)
     rest = order[:, k:]
     behind = exact.max(axis=1, keepdims=True) + 1.0 + np.arange(rest.shape[1])[None, :]
