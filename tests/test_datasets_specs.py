@@ -24,6 +24,7 @@ PUBLISHED = {
     "occluded_reid": {"query": (1000, 200), "gallery": (1000, 200)},
     "synthetic_occluded": {},
     "pets09_s2l1": {"query": (80, 7), "gallery": (125, 10)},  # our protocol, data_manifests/pets09_s2l1.toml
+    "pets09_s2l1_full": {"query": (242, 16), "gallery": (268, 19)},  # scripts/build_pets09_full.py's build
     "occluded_dukemtmc": {"train": (15618, 702), "query": (2210, 519), "gallery": (17661, 1110)},  # Miao et al., ICCV 2019
     "p_dukemtmc_reid": {},  # per-split counts unpublished (only 24,143 images / 1,299 ids in all)
 }
@@ -46,7 +47,7 @@ def test_kinds_split_holistic_from_occluded_sets():
     kinds = {name: get_spec(name).kind for name in known_datasets()}
     assert {n for n, k in kinds.items() if k == "holistic"} == {"market1501", "dukemtmc_reid", "cuhk03_np", "cuhk03_np_labeled"}
     assert {n for n, k in kinds.items() if k == "occluded"} == {
-        "partial_reid", "partial_ilids", "occluded_reid", "synthetic_occluded", "pets09_s2l1",
+        "partial_reid", "partial_ilids", "occluded_reid", "synthetic_occluded", "pets09_s2l1", "pets09_s2l1_full",
         "occluded_dukemtmc", "p_dukemtmc_reid",
     }
 
