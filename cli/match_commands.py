@@ -16,8 +16,30 @@ from reid_eval.experiments.record import GLOBAL_METRICS, MATCH_METRICS, PAPER_AP
 from reid_eval.matching.backend import BACKENDS
 
 from .options import FiniteFloat, cache_dir_option, checkpoint_option, results_dir_option
+from .progress import Bars
 
 _DEFAULT = MatchParams()
+_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30}
+
+
+class ByteSize(click.ParamType):
+    """A number of bytes: ``1500000000``, ``1.5e9``, ``1.5GB``, ``500MiB``."""
+
+    name = "BYTES"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int):
+            return value
+        text = str(value).strip().lower().replace(" ", "")
+        number = text.rstrip("kmgib")
+        try:
+            n = float(number) * _UNITS[text[len(number):]]
+        except (ValueError, KeyError):
+            self.fail(f"{value!r} is not a number of bytes (e.g. 1500000000, 1.5e9, 1.5GB, 500MiB)", param, ctx)
+        if not n >= 1 or n != n:
+            self.fail(f"{value!r} must be a positive number of bytes", param, ctx)
+        return int(n)
 
 
 @click.command("match")
@@ -38,19 +60,33 @@ _DEFAULT = MatchParams()
               help="Global distance used by --fuse.")
 @click.option("--ap", type=click.Choice(AP_FLAVOURS), default=_DEFAULT.ap, show_default=True,
               help=f"AP flavour ({PAPER_AP}: the official trapezoid rule the paper's tables used).")
+@click.option("--memory-budget", type=ByteSize(), envvar="REID_EVAL_MEMORY_BUDGET", default=1_500_000_000,
+              show_default=True, show_envvar=True,
+              help="Working memory of the matching tiles in flight (the [P, G] result is extra). Sets the tile "
+                   "plan of a new matrix; an interrupted one resumes with its own.")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Run the tiles on a Dask LocalCluster of N single-thread worker processes (reid-eval[dask]).")
+@click.option("--scheduler", default=None, metavar="tcp://HOST:PORT",
+              help="Run the tiles on an existing Dask cluster; its workers must see the cache at the same path.")
+@click.option("--recompute", is_flag=True, help="Compute the matrix again even when the cache holds it (or some of its tiles).")
 @cache_dir_option
 @results_dir_option
 @checkpoint_option
-def match_command(metric, dataset, beta, backend, shortlist, shortlist_metric, fuse, fuse_global, ap, cache_dir,
-                  results_dir, checkpoint) -> None:
+def match_command(metric, dataset, beta, backend, shortlist, shortlist_metric, fuse, fuse_global, ap, memory_budget,
+                  workers, scheduler, recompute, cache_dir, results_dir, checkpoint) -> None:
     """Distance matrix from the cache, Market-1501 evaluation, results JSON.
 
     With several caches for a dataset, the one made with --checkpoint is used,
     else the newest complete one; a damaged or unfinished newest cache is an
     error, never skipped. Every parameter, and the checkpoint, is part of the
     results file name: runs with other parameters never replace each other.
+
+    FPR/DSR read the features block by block within --memory-budget, show
+    progress on stderr and commit every finished tile: after Ctrl-C or a
+    crash the same command resumes. A matrix already in the cache for the
+    same parameters and features is reused (--recompute forces it).
     """
-    from reid_eval.experiments import match_cache, select_caches
+    from reid_eval.experiments import MatchExecution, match_cache, select_caches
 
     params = MatchParams(metric=metric, beta=beta, shortlist=shortlist, shortlist_metric=shortlist_metric, fuse=fuse,
                          fuse_global=fuse_global, ap=ap, backend=backend).validate()
@@ -61,8 +97,18 @@ def match_command(metric, dataset, beta, backend, shortlist, shortlist_metric, f
         from reid_eval.model import file_sha256  # the model stage loads torch: only when a checkpoint is named
 
         sha = file_sha256(checkpoint)
+    if workers is not None and scheduler is not None:
+        raise click.BadParameter("give --workers (a local cluster) or --scheduler (an existing one), not both",
+                                 param_hint="--workers/--scheduler")
     for name, path in select_caches(cache_dir, dataset, sha).items():
-        outcome = match_cache(path, params, results_dir, dataset=name)
+        bars = Bars({"tiles": f"match {name}"})
+        execution = MatchExecution(memory_budget_bytes=memory_budget, workers=workers, scheduler=scheduler,
+                                   recompute=recompute,
+                                   progress=lambda p: bars("tiles", p.tiles_done, p.tiles_total, p.line()))
+        try:
+            outcome = match_cache(path, params, results_dir, dataset=name, execution=execution)
+        finally:
+            bars.close()
         click.echo(outcome.summary)
 
 

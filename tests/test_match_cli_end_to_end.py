@@ -21,6 +21,7 @@ from reid_eval.evaluation import evaluate_ranking
 from reid_eval.experiments import RESULT_KEYS, MatchParams, select_caches
 from reid_eval.features import read_attrs, read_distances, read_split
 from reid_eval.matching import fpr_distances, global_distances
+from reid_eval.matching.tiles import single_blas_thread  # match's tiles run their GEMM on one BLAS thread (#10)
 from reid_eval.report import build_report
 from test_extract_cache import make_partial_reid
 
@@ -67,7 +68,8 @@ def test_match_writes_results_with_the_design_fields(run):
 def test_stored_matrix_equals_the_engine_and_results_equal_the_protocol(run):
     q, g = read_split(run["cache_file"], "query"), read_split(run["cache_file"], "gallery")
     D, params = read_distances(run["cache_file"], "fpr")
-    np.testing.assert_array_equal(D, fpr_distances(q.spatial, g.spatial, beta=0.01, weighted=True, backend="numpy"))
+    with single_blas_thread():
+        np.testing.assert_array_equal(D, fpr_distances(q.spatial, g.spatial, beta=0.01, weighted=True, backend="numpy"))
     assert params["weighted"] is True and params["beta"] == 0.01
     E, _ = read_distances(run["cache_file"], "euclidean")
     np.testing.assert_array_equal(E, global_distances(q.global_features, g.global_features, "euclidean"))
@@ -106,7 +108,8 @@ def test_dsr_and_cosine_and_shortlist(run):
     D, params = read_distances(run["cache_file"], "dsr__shortlist5")
     assert params["weighted"] is False and params["shortlist"] == 5 and params["shortlist_metric"] == "euclidean"
     q, g = read_split(run["cache_file"], "query"), read_split(run["cache_file"], "gallery")
-    full = fpr_distances(q.spatial, g.spatial, weighted=False, backend="numpy")
+    with single_blas_thread():
+        full = fpr_distances(q.spatial, g.spatial, weighted=False, backend="numpy")
     np.testing.assert_array_equal(read_distances(run["cache_file"], "dsr")[0], full)
     # each row's 5 shortlisted entries carry their DSR distances
     for i in range(len(q.paths)):

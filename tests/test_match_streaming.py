@@ -209,3 +209,16 @@ def test_tiles_of_another_computation_are_discarded(cache, tmp_path):
     assert other.tiles_resumed == 0 and other.tiles_computed == other.plan.num_tiles
     q, g = read_split(path, "query").spatial, read_split(path, "gallery").spatial
     np.testing.assert_allclose(other.distances, fpr_distances(q, g, beta=0.5, backend="numpy"), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("k", [1, 4, 13])
+def test_streamed_shortlist_equals_the_in_memory_shortlist(cache, k):
+    q, g = read_split(cache, "query"), read_split(cache, "gallery")
+    ref = fpr_distances(q.spatial, g.spatial, backend="numpy", shortlist=k, probe_global=q.global_features,
+                        gallery_global=g.global_features)
+    from reid_eval.matching.streaming import fpr_shortlist_from_cache
+
+    got = fpr_shortlist_from_cache(cache, k, backend="numpy", memory_budget_bytes=3_000_000, threads=2)
+    assert len(got.plan.gallery_blocks) > 1
+    np.testing.assert_array_equal(np.argsort(got.distances, axis=1, kind="stable"), np.argsort(ref, axis=1, kind="stable"))
+    np.testing.assert_allclose(got.distances, ref, rtol=1e-6, atol=1e-5)

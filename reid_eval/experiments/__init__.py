@@ -9,6 +9,7 @@ cache (:func:`select_cache`).
 
 from reid_eval.experiments.match import (
     MATCH_SPLITS,
+    MatchExecution,
     MatchOutcome,
     NoCacheError,
     compute_distances,
@@ -37,6 +38,7 @@ __all__ = [
     "PAPER_AP",
     "PAPER_BETA",
     "RESULT_KEYS",
+    "MatchExecution",
     "MatchOutcome",
     "MatchParams",
     "MatchResult",

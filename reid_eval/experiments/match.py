@@ -3,17 +3,23 @@
 For one cache file (one dataset, checkpoint and preprocessing) and one
 :class:`~reid_eval.experiments.record.MatchParams`:
 
-1. read the complete ``query`` and ``gallery`` splits;
+1. read the ids of the complete ``query`` and ``gallery`` splits (never
+   their pyramid features as a whole);
 2. compute the [P, G] float32 distance matrix — ``fpr`` / ``dsr`` with
-   :func:`reid_eval.matching.fpr_distances` on the pyramid features
-   (``weighted`` True / False), ``euclidean`` / ``cosine`` with
+   :func:`reid_eval.matching.streaming.fpr_distances_from_cache` (the
+   engine of :func:`reid_eval.matching.fpr_distances`, blocks read from the
+   cache within ``--memory-budget``, finished tiles committed so that an
+   interrupted run resumes, optionally on Dask; see :class:`MatchExecution`),
+   ``weighted`` True / False, ``euclidean`` / ``cosine`` with
    :func:`reid_eval.matching.global_distances` on the global features; with
    ``shortlist=K`` only the K nearest gallery images by the shortlist metric
    are reconstructed (the authors' later code; the paper's tables are exact
    all-pairs); with ``fuse=λ`` the matrix is (1−λ)·global + λ·FPR (or DSR),
    the global part by ``fuse_global``, λ given by the user and never tuned
    on the test set;
-3. store it in the cache as ``distances/<params.distance_name>`` with its parameters;
+3. store it in the cache as ``distances/<params.distance_name>`` with its
+   parameters; a stored matrix of the same distance identity, made from the
+   same features, is reused instead (``recompute=True`` forces step 2);
 4. evaluate it with :func:`reid_eval.evaluation.evaluate_ranking` under the
    dataset's protocol (Market-1501 junk rules; the occluded sets' manifests
    already give query and gallery different cameras; CUHK03 classic's single
@@ -30,6 +36,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,15 +48,19 @@ from reid_eval.errors import ReidEvalError
 from reid_eval.evaluation import evaluate_ranking
 from reid_eval.experiments.record import GLOBAL_METRICS, MatchParams, MatchResult
 from reid_eval.features import (
-    SplitData,
     iter_cache_files,
+    list_distances,
     read_attrs,
-    read_split,
+    read_distances,
+    read_split_index,
     split_complete,
     split_status,
     write_distances,
 )
-from reid_eval.matching import fpr_distances, global_distances
+from reid_eval.features.cache import read_global_block, split_fingerprint
+from reid_eval.matching import global_distances
+from reid_eval.matching.streaming import MatchProgress, fpr_distances_from_cache, fpr_shortlist_from_cache
+from reid_eval.matching.tile_store import TileStore, tile_dir
 
 class NoCacheError(ReidEvalError):
     """No cache fits the request (none, or none made with the checkpoint asked for)."""
@@ -69,20 +80,94 @@ class MatchOutcome:
     distances: np.ndarray
 
 
-def compute_distances(query: SplitData, gallery: SplitData, params: MatchParams) -> np.ndarray:
-    """[P, G] float32 distances (smaller = more similar) between a cache's query and gallery under ``params``."""
+@dataclass(frozen=True)
+class MatchExecution:
+    """How the matrix is computed — never what it is: recorded as provenance, not named.
+
+    memory_budget_bytes: working memory of the tiles in flight (None:
+    ``REID_EVAL_MEMORY_BUDGET`` or 1.5 GB); workers: a Dask LocalCluster of
+    that many single-thread workers; scheduler: address of an existing Dask
+    cluster; recompute: ignore a stored matrix and finished tiles; progress:
+    called with a :class:`~reid_eval.matching.streaming.MatchProgress` after
+    every tile.
+
+    The matrix depends on the tile plan only (the blocks, chosen from the
+    budget when a computation starts; see reid_eval.matching.tiles): for a
+    given plan it is bit-identical whatever the workers or scheduler, and an
+    interrupted run resumes with its recorded plan. Another budget gives
+    other blocks and can move a distance by GEMM rounding (within the
+    engine's 1e-5 of the float64 definition), so the budget is provenance:
+    a finished matrix is reused whatever budget is given now.
+    """
+
+    memory_budget_bytes: int | None = None
+    workers: int | None = None
+    scheduler: str | None = None
+    recompute: bool = False
+    progress: Callable[[MatchProgress], None] | None = None
+
+
+def _features_fingerprint(cache_file: Path) -> str:
+    return "-".join(split_fingerprint(cache_file, s) for s in MATCH_SPLITS)
+
+
+def _global(cache_file: Path, split: str, n: int):
+    return read_global_block(cache_file, split, 0, n)
+
+
+def compute_distances(
+    cache_file: str | os.PathLike, params: MatchParams, execution: MatchExecution | None = None
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """[P, G] float32 distances (smaller = more similar) between a cache's query and gallery under ``params``.
+
+    Returns the matrix and how it was computed (tile plan, resumed tiles,
+    runner). FPR/DSR read blocks of the pyramid features from the cache;
+    finished tiles of the exact matrix wait in ``<cache>.tiles/<name>/``
+    until the caller stores the matrix (:func:`match_cache` then removes them).
+    """
     params.validate()
+    execution = execution or MatchExecution()
+    cache_file = Path(cache_file).resolve()
+    n_q = len(read_split_index(cache_file, "query").pids)
+    n_g = len(read_split_index(cache_file, "gallery").pids)
     if params.metric in GLOBAL_METRICS:
-        return np.asarray(global_distances(query.global_features, gallery.global_features, metric=params.metric), np.float32)
-    kwargs: dict[str, Any] = {"beta": params.beta, "weighted": params.metric == "fpr", "backend": params.backend}
-    if params.shortlist is not None:
-        kwargs.update(shortlist=params.shortlist, shortlist_metric=params.shortlist_metric)
-        kwargs["probe_global"], kwargs["gallery_global"] = query.global_features, gallery.global_features
-    local = np.asarray(fpr_distances(query.spatial, gallery.spatial, **kwargs), np.float32)
-    if params.fuse is None:
-        return local
-    glob = np.asarray(global_distances(query.global_features, gallery.global_features, metric=params.fuse_global), np.float32)
-    return ((1.0 - params.fuse) * glob + params.fuse * local).astype(np.float32)
+        D = global_distances(_global(cache_file, "query", n_q), _global(cache_file, "gallery", n_g), metric=params.metric)
+        return np.asarray(D, np.float32), {}
+    engine = {"beta": params.beta, "weighted": params.metric == "fpr", "backend": params.backend,
+              "memory_budget_bytes": execution.memory_budget_bytes, "progress": execution.progress}
+    exact = dataclasses.replace(params, fuse=None)
+    reused = None
+    if params.fuse is not None and not execution.recompute:  # the FPR part may be stored already
+        reused = _stored_matrix(cache_file, exact, _features_fingerprint(cache_file), (n_q, n_g))
+    if reused is not None:
+        local, how = reused[0], {"reused_matrix": exact.distance_name}
+    else:
+        if params.shortlist is not None:
+            if execution.workers is not None or execution.scheduler is not None:
+                raise ReidEvalError("--shortlist runs in one process; leave out --workers and --scheduler")
+            streamed = fpr_shortlist_from_cache(cache_file, params.shortlist, params.shortlist_metric, **engine)
+        else:
+            store = tile_dir(cache_file, exact.distance_name)
+            if execution.recompute:
+                TileStore(store).remove()
+            streamed = fpr_distances_from_cache(cache_file, workers=execution.workers, scheduler=execution.scheduler,
+                                                resume_dir=store, **engine)
+        local, how = np.asarray(streamed.distances, np.float32), streamed.provenance()
+    if params.fuse is not None:
+        glob = global_distances(_global(cache_file, "query", n_q), _global(cache_file, "gallery", n_g), metric=params.fuse_global)
+        local = ((1.0 - params.fuse) * np.asarray(glob, np.float32) + params.fuse * local).astype(np.float32)
+    return local, how
+
+
+def _stored_matrix(cache_file: Path, params: MatchParams, fingerprint: str, shape: tuple[int, int]) -> tuple[np.ndarray, dict] | None:
+    """The stored ``distances/<name>`` when it has the same distance identity, features and shape; else None."""
+    stored = list_distances(cache_file).get(params.distance_name)
+    if stored is None or stored.get("features_fingerprint") != fingerprint:
+        return None
+    if MatchParams.from_json(stored).identity("distance") != params.identity("distance"):
+        return None
+    D, attrs = read_distances(cache_file, params.distance_name)
+    return (D, attrs) if D.shape == shape else None
 
 
 def match_cache(
@@ -91,12 +176,15 @@ def match_cache(
     results_dir: str | os.PathLike,
     *,
     dataset: str | None = None,
+    execution: MatchExecution | None = None,
 ) -> MatchOutcome:
     """Run steps 1-5 of the module docstring on one cache file.
 
     ``params.checkpoint_sha256`` is taken from the cache (a different one
     given is an error, as is a cache of another ``dataset`` than asked).
+    ``execution``: memory budget, Dask, recompute and progress (:class:`MatchExecution`).
     """
+    execution = execution or MatchExecution()
     params.validate()
     cache_file = Path(cache_file).resolve()
     attrs = read_attrs(cache_file)
@@ -107,9 +195,15 @@ def match_cache(
     if params.checkpoint_sha256 and params.checkpoint_sha256 != sha:
         raise ReidEvalError(f"cache {cache_file} was made with checkpoint {sha[:12]}, not {params.checkpoint_sha256[:12]} (--checkpoint)")
     params = dataclasses.replace(params, checkpoint_sha256=sha)
-    query, gallery = read_split(cache_file, "query"), read_split(cache_file, "gallery")
+    query, gallery = read_split_index(cache_file, "query"), read_split_index(cache_file, "gallery")
+    fingerprint = _features_fingerprint(cache_file)
+    name = params.distance_name
+    kept = None if execution.recompute else _stored_matrix(cache_file, params, fingerprint, (len(query.pids), len(gallery.pids)))
     t0 = time.perf_counter()
-    D = compute_distances(query, gallery, params)
+    if kept is not None:
+        D, engine = kept[0], {"reused_matrix": name}
+    else:
+        D, engine = compute_distances(cache_file, params, execution)
     seconds = time.perf_counter() - t0
     single_gallery_shot = bool(getattr(get_spec(stored), "single_gallery_shot", False))
     reconstructs = params.metric not in GLOBAL_METRICS
@@ -124,9 +218,13 @@ def match_cache(
         "skipped_query": len(query.skipped),
         "skipped_gallery": len(gallery.skipped),
         "matching_seconds": round(seconds, 3),
+        **engine,
     }
-    name = params.distance_name
-    write_distances(cache_file, name, D, {**provenance, **params.to_json(), "distance_name": name})
+    if kept is None:
+        write_distances(cache_file, name, D, {**provenance, **params.to_json(), "distance_name": name,
+                                              "features_fingerprint": fingerprint})
+        if params.shortlist is None and params.metric not in GLOBAL_METRICS:
+            TileStore(tile_dir(cache_file, dataclasses.replace(params, fuse=None).distance_name)).remove()
     r = evaluate_ranking(
         D, query.pids, gallery.pids, query.camids, gallery.camids,
         ap=params.ap, max_rank=params.max_rank, single_gallery_shot=single_gallery_shot,

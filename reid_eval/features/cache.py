@@ -482,6 +482,22 @@ def read_global_block(cache_file: CacheSource, split: str, start: int, stop: int
             raise _damaged(f, split, f"global features {start}:{stop} unreadable: {' '.join(str(exc).split())}") from None
 
 
+def split_fingerprint(cache_file: CacheSource, split: str) -> str:
+    """16 hex digits that change whenever a complete split's features may have: a stored matrix is reused only while they match.
+
+    Hashes the cache key, the split's commit counts, its offsets and (when
+    present) the per-image file digests, which change when extraction
+    replaces an image's features.
+    """
+    with _opened(cache_file) as f:
+        g, n, L = _block_group(f, split)
+        h = hashlib.sha256(f"{f.attrs.get('cache_key', '')}|{split}|{n}|{L}|{int(g.attrs['num_skipped'])}".encode())
+        h.update(g["offsets"][: n + 1].astype(np.int64).tobytes())
+        if "file_digest" in g:
+            h.update(np.asarray(g["file_digest"][:n]).tobytes())
+        return h.hexdigest()[:16]
+
+
 def read_attrs(cache_file: CacheSource) -> dict[str, Any]:
     """Root attributes of a cache (``settings`` decoded from JSON)."""
     with _opened(cache_file) as f:
