@@ -43,6 +43,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "cli.dataset_commands",
         "Scan a dataset, validate it against its published counts, write the manifest CSV.",
     ),
+    "masks": (
+        "cli.mask_commands",
+        "Write person masks for `reid-eval train --masks` with a torchvision segmentation model (resumable).",
+    ),
     "match": ("cli.match_commands", "Distance matrix from the cache, Market-1501 evaluation, results JSON."),
     "report": (
         "cli.report_commands",
