@@ -70,11 +70,6 @@ class SplitSpec:
     frame_stride: int | None = None
     min_frame_gap: int | None = None
 
-    @property
-    def selects(self) -> bool:
-        """Whether this split is a selection from the annotations table."""
-        return bool(self.where) or self.frame_stride is not None or self.min_frame_gap is not None
-
 
 @dataclass(frozen=True)
 class DatasetSpec:
