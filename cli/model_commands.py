@@ -123,7 +123,8 @@ def convert_command(source: str, in_file: Path, out: Path, backbone: str | None,
     if from_source:
         click.echo(f"  as {source} trains: {', '.join(from_source)} (override with the options of the same name)")
     if config.stem == "fast-reid":
-        click.echo("  stem: MaxPool2d(3, 2, padding=0, ceil_mode=True), as fast-reid builds it (torchvision pads by 1)")
+        click.echo("  stem: MaxPool2d(3, 2, padding=0, ceil_mode=True), as fast-reid builds it since 2020 "
+                   "(torchvision pads by 1; --stem torchvision for older fast-reid checkpoints)")
     click.echo(f"  foreground: {extra.get('foreground', 'none')}")
 
 

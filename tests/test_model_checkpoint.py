@@ -3,6 +3,8 @@ torchvision, fast-reid (PartialReID/DSR) and torchreid layouts built from local 
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 import torchvision
@@ -149,3 +151,116 @@ def test_checkpoint_cli_init_and_convert(tmp_path, tv_resnet18, capsys):
     assert main(["checkpoint", "convert", "--from", "torchvision", str(tmp_path / "missing.pth"), "--out", str(tmp_path / "x.pt")]) == 1
     err = capsys.readouterr().err
     assert err.startswith("Error: ") and "missing.pth" in err and "Traceback" not in err
+
+
+# --------------------------------------------------------------------------- files that are not checkpoints
+
+
+@pytest.fixture(scope="module")
+def tiny_tree(tmp_path_factory):
+    from test_extract_cache import make_partial_reid
+
+    return make_partial_reid(tmp_path_factory.mktemp("tree") / "Partial-REID", ids=2, per_side=1)
+
+
+def _bad_checkpoints(tmp_path, tv_resnet18) -> list[tuple[str, object, str]]:
+    """(label, path, what the message must say) for every kind of non-checkpoint tried."""
+    import random
+    import zipfile
+
+    cases = [("system text file", "/etc/hostname", "is not a PyTorch checkpoint")] if os.path.isfile("/etc/hostname") else []
+    text = tmp_path / "notes.txt"
+    text.write_text("hello\n")
+    rnd = tmp_path / "random.bin"
+    rnd.write_bytes(random.Random(0).randbytes(4096))
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    plain_zip = tmp_path / "archive.zip"
+    with zipfile.ZipFile(plain_zip, "w") as z:
+        z.writestr("readme.txt", "not torch")
+    good = save_checkpoint(tmp_path / "good.pt", build_model(SMALL), SMALL)
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    pickled = tmp_path / "pickled_module.pt"
+    torch.save(torch.nn.Linear(2, 2), pickled)
+    foreign = tmp_path / "torchvision.pth"
+    torch.save(tv_resnet18.state_dict(), foreign)
+    wrong_arch = tmp_path / "wrong_arch.pt"
+    save_checkpoint(wrong_arch, build_model(SMALL), ModelConfig(backbone="resnet34", input_size=(64, 32)))
+    return cases + [
+        ("text file", text, "is not a PyTorch checkpoint"),
+        ("random bytes", rnd, "is not a PyTorch checkpoint"),
+        ("empty file", empty, "is not a PyTorch checkpoint (an empty file)"),
+        ("zip that is not torch", plain_zip, "is not a PyTorch checkpoint (a zip archive without torch's data.pkl)"),
+        ("truncated checkpoint", truncated, "is not a PyTorch checkpoint (a truncated or damaged zip archive)"),
+        ("pickled module", pickled, "holding pickled Python objects (torch.nn.modules.linear.Linear)"),
+        ("foreign weights", foreign, "not a reid-eval checkpoint; if it holds torchvision"),
+        ("different architecture", wrong_arch, "do not fit the resnet34 model its config describes"),
+        ("missing file", tmp_path / "missing.pt", "does not exist"),
+    ]
+
+
+def test_extract_names_a_bad_checkpoint_in_one_line(tmp_path, tiny_tree, tv_resnet18, capsys):
+    for label, path, says in _bad_checkpoints(tmp_path, tv_resnet18):
+        capsys.readouterr()
+        status = main(["extract", "--dataset", "partial_reid", "--root", str(tiny_tree), "--checkpoint", str(path),
+                       "--cache-dir", str(tmp_path / "cache"), "--allow-mismatch", "--device", "cpu"])
+        err = capsys.readouterr().err
+        assert status == 1 and err.startswith("Error: ") and err.count("\n") == 1, (label, err)
+        assert str(path) in err and says in err and "Traceback" not in err and "weights_only" not in err, (label, err)
+        assert "reid-eval checkpoint init" in err and "reid-eval checkpoint convert" in err, (label, err)
+    assert not list((tmp_path / "cache").rglob("*.h5"))
+    (tmp_path / "a_folder.pt").mkdir()  # the CLI's option parsing refuses folders before the library sees them
+    with pytest.raises(ReidEvalError, match="a_folder.pt is a folder"):
+        load_checkpoint(tmp_path / "a_folder.pt")
+
+
+def test_convert_refuses_a_file_that_is_not_torch_and_says_which_source_fits(tmp_path, tv_resnet18, capsys):
+    (tmp_path / "junk.pth").write_bytes(b"\x00junk" * 50)
+    assert main(["checkpoint", "convert", "--from", "fast-reid", str(tmp_path / "junk.pth"), "--out", str(tmp_path / "o.pt")]) == 1
+    err = capsys.readouterr().err
+    assert "fast-reid checkpoint" in err and "junk.pth is not a PyTorch checkpoint" in err and err.count("\n") == 1
+    torch.save(tv_resnet18.state_dict(), tmp_path / "tv.pth")
+    assert main(["checkpoint", "convert", "--from", "fast-reid", str(tmp_path / "tv.pth"), "--out", str(tmp_path / "o.pt")]) == 1
+    assert "reads as --from torchvision or torchreid\n" in capsys.readouterr().err  # not ibn-net: resnet18 is no IBN-a trunk
+    assert not (tmp_path / "o.pt").exists()
+
+
+def test_torchreid_file_written_with_numpy_1_reads(tmp_path, tv_resnet18):
+    """NumPy 1.x pickles its scalars as numpy.core.multiarray.scalar; legacy torch format, as torchreid's era wrote."""
+    import io
+
+    import numpy as np
+
+    payload = {"state_dict": tv_resnet18.state_dict(), "epoch": 3, "rank1": np.float64(0.75), "mAP": np.float32(0.5)}
+    buf = io.BytesIO()
+    torch.save(payload, buf, _use_new_zipfile_serialization=False)
+    raw = buf.getvalue()
+    assert raw.count(b"numpy._core.multiarray\nscalar") == 1  # pickle memoises the global
+    (tmp_path / "np1.pth.tar").write_bytes(raw.replace(b"numpy._core.multiarray\nscalar", b"numpy.core.multiarray\nscalar"))
+    model, config, _ = convert_checkpoint("torchreid", tmp_path / "np1.pth.tar")
+    assert config.backbone == "resnet18" and _trunk_equal(model, tv_resnet18)
+    from reid_eval.model import read_torch_file
+
+    loaded = read_torch_file(tmp_path / "np1.pth.tar")
+    assert type(loaded["rank1"]) is float and loaded["rank1"] == 0.75 and type(loaded["mAP"]) is float
+
+
+def test_fast_reid_files_with_foreign_normalisation_or_half_a_neck_are_refused(tmp_path, tv_resnet18):
+    trunk = {f"backbone.{k}": v for k, v in tv_resnet18.state_dict().items() if not k.startswith("fc.")}
+    w = torch.randn(1, 512)
+    torch.save({"model": {**trunk, "heads.occ_unit.mask_layer.weight": w, "pixel_mean": torch.tensor([0.5, 0.5, 0.5])}}, tmp_path / "a.pth")
+    with pytest.raises(ReidEvalError, match="pixel_mean is .*not ImageNet's"):
+        convert_checkpoint("fast-reid", tmp_path / "a.pth")
+    torch.save({"model": {**trunk, "heads.occ_unit.mask_layer.weight": w, "heads.bnneck_occ.0.weight": torch.ones(512)}}, tmp_path / "b.pth")
+    with pytest.raises(ReidEvalError, match="lacks heads.bnneck_occ.0.bias"):
+        convert_checkpoint("fast-reid", tmp_path / "b.pth")
+    # no neck: the plain average, and asking for the occlusion-weighted feature is refused
+    torch.save({"model": {**trunk, "heads.occ_unit.mask_layer.weight": w}}, tmp_path / "c.pth")
+    _, config, _ = convert_checkpoint("fast-reid", tmp_path / "c.pth")
+    assert config.global_feature == "average" and config.stem == "fast-reid"
+    with pytest.raises(ReidEvalError, match="no occlusion unit with a BN neck"):
+        convert_checkpoint("fast-reid", tmp_path / "c.pth", global_feature="occlusion-weighted")
+    torch.save({"model": {**trunk, "backbone.NL_1.0.g.weight": torch.zeros(1)}}, tmp_path / "d.pth")
+    with pytest.raises(ReidEvalError, match="NL_1.0.g.weight"):
+        convert_checkpoint("fast-reid", tmp_path / "d.pth")

@@ -162,42 +162,91 @@ def _fast_reid_checkpoint(ibn: bool, mask_bias: bool, neck_prefix: str, seed: in
     return {"model": state, "iteration": 1234}, trunk, occ, neck
 
 
-@pytest.mark.parametrize(
-    "ibn, mask_bias, neck_prefix",
-    [(True, True, "bnneck_occ.0."), (False, False, "bnneck_occ.")],
-    ids=["ibn-current-layout", "plain-2020-layout"],
-)
-def test_fast_reid_checkpoint_converts_to_equal_outputs(tmp_path, ibn, mask_bias, neck_prefix):
-    payload, trunk, occ, neck = _fast_reid_checkpoint(ibn, mask_bias, neck_prefix, seed=3 if ibn else 7)
-    model, config = _convert(tmp_path, "fast-reid", payload, "--input-size", "128", "64")
-    assert config.backbone == ("resnet50_ibn_a" if ibn else "resnet50")
-    assert (config.stem, config.interpolation, config.last_stride, config.global_feature) == (
-        "fast-reid", "bicubic", 1, "occlusion-weighted")
-    # an odd height: the stems differ in map size too (ours would be 9 rows with torchvision's padding)
-    x = torch.randn(2, 3, 130, 64, generator=torch.Generator().manual_seed(1))
+def _check_fast_reid(model, trunk, occ, neck, x):
     with torch.no_grad():
         fmap = trunk(x)
         spatial, mask, glob = occ(fmap)
         ref_global = neck(glob)
         out = model(x)
-    assert out.map_size == tuple(fmap.shape[-2:]) == (8, 4)
+    assert out.map_size == tuple(fmap.shape[-2:])
     _close(out.local, spatial)
     _close(out.foreground, mask)
     _close(out.global_features, ref_global)
     assert float((out.global_features - glob).abs().max()) > 0.01  # the neck is applied, not skipped
 
 
-def test_fast_reid_stem_matters(tmp_path):
+@pytest.fixture(scope="module")
+def fast_reid_ibn(tmp_path_factory):
+    """A fast-reid IBN-a PartialReID checkpoint (current layout: mask bias, bnneck_occ.0.*), converted at 128×64."""
+    tmp = tmp_path_factory.mktemp("fast_reid_ibn")
+    payload, trunk, occ, neck = _fast_reid_checkpoint(True, True, "bnneck_occ.0.", seed=3)
+    model, config = _convert(tmp, "fast-reid", payload, "--input-size", "128", "64")
+    return {"source": tmp / "fast-reid.pth", "converted": tmp / "fast-reid-converted.pt", "model": model,
+            "config": config, "trunk": trunk, "occ": occ, "neck": neck}
+
+
+def test_fast_reid_ibn_checkpoint_converts_to_equal_outputs(fast_reid_ibn):
+    config = fast_reid_ibn["config"]
+    assert config.backbone == "resnet50_ibn_a"
+    assert (config.stem, config.interpolation, config.last_stride, config.global_feature) == (
+        "fast-reid", "bicubic", 1, "occlusion-weighted")
+    # an odd height: the stems differ in map size too (torchvision's padding would give 9 rows)
+    x = torch.randn(2, 3, 130, 64, generator=torch.Generator().manual_seed(1))
+    f = fast_reid_ibn
+    _check_fast_reid(f["model"], f["trunk"], f["occ"], f["neck"], x)
+    assert f["model"](x[:1]).map_size == (8, 4)
+
+
+def test_plain_fast_reid_2020_layout_converts_to_equal_outputs(tmp_path):
+    """No IBN, mask layer without bias, neck keys without the ``.0``."""
+    payload, trunk, occ, neck = _fast_reid_checkpoint(False, False, "bnneck_occ.", seed=7)
+    model, config = _convert(tmp_path, "fast-reid", payload, "--input-size", "128", "64")
+    assert config.backbone == "resnet50" and config.global_feature == "occlusion-weighted"
+    _check_fast_reid(model, trunk, occ, neck, torch.randn(2, 3, 128, 64, generator=torch.Generator().manual_seed(5)))
+
+
+def test_fast_reid_stem_matters(fast_reid_ibn, tmp_path, capsys):
     """The same weights with torchvision's stem are a different network (the defect this guards)."""
-    payload, trunk, occ, _ = _fast_reid_checkpoint(True, True, "bnneck_occ.0.", seed=3)
-    model, config = _convert(tmp_path, "fast-reid", payload, "--input-size", "128", "64", "--stem", "torchvision")
+    out = tmp_path / "tv-stem.pt"
+    capsys.readouterr()
+    assert main(["checkpoint", "convert", "--from", "fast-reid", str(fast_reid_ibn["source"]), "--out", str(out),
+                 "--input-size", "128", "64", "--stem", "torchvision"]) == 0
+    said = capsys.readouterr().out
+    assert "global_feature, interpolation, last_stride (override" in said and "ceil_mode" not in said
+    model, config, _ = load_checkpoint(out)
     assert config.stem == "torchvision"
     x = torch.randn(2, 3, 128, 64, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
-        spatial, _, _ = occ(trunk(x))
-        out = model(x)
-    assert out.local.shape == spatial.shape
-    assert float((out.local - spatial).abs().max()) > 1e-3 * float(spatial.abs().max())
+        spatial, _, _ = fast_reid_ibn["occ"](fast_reid_ibn["trunk"](x))
+        local = model(x).local
+    assert local.shape == spatial.shape
+    assert float((local - spatial).abs().max()) > 1e-3 * float(spatial.abs().max())
+
+
+def test_fast_reid_ibn_checkpoint_extracts_with_bicubic_resizing(fast_reid_ibn, tmp_path):
+    """convert -> extract on a generated Partial-REID tree; the cache holds fast-reid's features of bicubic-resized images."""
+    from PIL import Image
+
+    from reid_eval.features import read_attrs, read_split
+    from test_extract_cache import make_partial_reid
+
+    tree = make_partial_reid(tmp_path / "Partial-REID", ids=2, per_side=1)
+    cache = tmp_path / "cache"
+    assert main(["extract", "--dataset", "partial_reid", "--root", str(tree), "--checkpoint", str(fast_reid_ibn["converted"]),
+                 "--resize", "fixed", "--device", "cpu", "--batch-size", "4", "--allow-mismatch", "--cache-dir", str(cache)]) == 0
+    (cache_file,) = cache.rglob("*.h5")
+    settings = read_attrs(cache_file)["settings"]
+    assert settings["preprocessing"]["interpolation"] == "bicubic" and settings["model"]["stem"] == "fast-reid"
+    gallery = read_split(cache_file, "gallery")
+    img = Image.open(tree / gallery.paths[0]).convert("RGB").resize((64, 128), Image.Resampling.BICUBIC)
+    x = torch.from_numpy(np.asarray(img, np.float32) / 255.0).permute(2, 0, 1)[None]
+    x = (x - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        spatial, mask, glob = fast_reid_ibn["occ"](fast_reid_ibn["trunk"](x))
+        ref_global = fast_reid_ibn["neck"](glob)
+    _close(torch.from_numpy(gallery.global_features[0])[None], ref_global)
+    _close(torch.from_numpy(gallery.spatial.image(0))[None], spatial)
+    _close(torch.from_numpy(gallery.spatial.image_foreground(0))[None], mask)
 
 
 # --------------------------------------------------------------------------- torchreid
@@ -250,3 +299,24 @@ def test_torchreid_trainer_checkpoint_converts_to_equal_trunk(tmp_path, fc512):
     levels = [nn.MaxPool2d(k, 2)(fmap).flatten(2) for k in (2, 4, 6, 8) if min(fmap.shape[-2:]) >= k]
     _close(out.local, torch.cat(levels, 2).transpose(1, 2))
     _close(out.global_features, fmap.mean(dim=(2, 3)))  # torchreid's global_avgpool before the embedding
+
+
+# --------------------------------------------------------------------------- IBN-Net ImageNet files
+
+
+def test_ibn_net_imagenet_file_converts_to_equal_trunk(tmp_path, capsys):
+    """The IBN-Net authors' release: {"state_dict": {"module.*"}} with an fc layer, torchvision's stem."""
+    ref = RefResNet50(ibn=True, fast_reid_stem=False, last_stride=2)
+    _randomise(ref, 21)
+    ref.eval()
+    state = {f"module.{k}": v for k, v in ref.state_dict().items()}
+    state["module.fc.weight"], state["module.fc.bias"] = torch.zeros(1000, 2048), torch.zeros(1000)
+    model, config = _convert(tmp_path, "ibn-net", {"state_dict": state}, "--input-size", "128", "64", "--last-stride", "2")
+    assert (config.backbone, config.stem, config.interpolation, config.global_feature) == (
+        "resnet50_ibn_a", "torchvision", "bilinear", "average")
+    x = torch.randn(2, 3, 128, 64, generator=torch.Generator().manual_seed(8))
+    with torch.no_grad():
+        _close(model.feature_map(x), ref(x))
+    capsys.readouterr()
+    assert main(["checkpoint", "convert", "--from", "torchvision", str(tmp_path / "ibn-net.pth"), "--out", str(tmp_path / "x.pt")]) == 1
+    assert "holds a resnet50_ibn_a trunk, which --from torchvision does not hold; use --from ibn-net" in capsys.readouterr().err

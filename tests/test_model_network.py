@@ -120,3 +120,91 @@ def test_config_round_trip_and_validation():
     with pytest.raises(ValueError, match="colour"):
         ModelConfig.from_dict({**config.to_dict(), "colour": 1})
     assert np.prod(ModelConfig().input_size) == 384 * 128
+
+
+def test_ibn_a_trunk_splits_bn1_in_layers_1_to_3_only():
+    with torch.device("meta"):
+        model = build_model(ModelConfig(backbone="resnet50_ibn_a"))
+    state = model.backbone.state_dict()
+    # planes 64 in layer1: 32 instance-normalised channels, 32 batch-normalised
+    assert state["layer1.0.bn1.IN.weight"].shape == (32,) and state["layer1.0.bn1.BN.running_var"].shape == (32,)
+    assert "layer1.0.bn1.IN.running_mean" not in state  # InstanceNorm2d(affine=True) keeps no statistics
+    assert "layer3.5.bn1.IN.bias" in state and "layer1.0.bn1.weight" not in state
+    assert "layer4.0.bn1.weight" in state and not any(k.startswith("layer4") and ".IN." in k for k in state)
+    assert "bn1.weight" in state and not any(".bn2.IN" in k or ".bn3.IN" in k for k in state)
+    with torch.device("meta"):
+        deep = build_model(ModelConfig(backbone="resnet101_ibn_a", foreground_head=False)).backbone.state_dict()
+    assert "layer3.22.bn1.IN.weight" in deep and "layer3.23.conv1.weight" not in deep
+
+
+def test_ibn_norm_is_instance_norm_then_batch_norm_on_the_halves():
+    model = build_model(ModelConfig(backbone="resnet50_ibn_a", input_size=(64, 32))).eval()
+    ibn = model.backbone.layer2[0].bn1  # 128 channels
+    with torch.no_grad():
+        ibn.IN.weight.uniform_(0.5, 1.5), ibn.IN.bias.uniform_(-1, 1)
+        ibn.BN.running_mean.uniform_(-1, 1), ibn.BN.running_var.uniform_(0.5, 2)
+    x = torch.randn(2, 128, 5, 3, dtype=torch.float64)
+    ibn = ibn.double()
+    a, b = x[:, :64], x[:, 64:]
+    mean, var = a.mean(dim=(2, 3), keepdim=True), a.var(dim=(2, 3), unbiased=False, keepdim=True)
+    ref_a = (a - mean) / torch.sqrt(var + 1e-5) * ibn.IN.weight.view(1, -1, 1, 1) + ibn.IN.bias.view(1, -1, 1, 1)
+    ref_b = (b - ibn.BN.running_mean.view(1, -1, 1, 1)) / torch.sqrt(ibn.BN.running_var.view(1, -1, 1, 1) + 1e-5)
+    ref_b = ref_b * ibn.BN.weight.view(1, -1, 1, 1) + ibn.BN.bias.view(1, -1, 1, 1)
+    torch.testing.assert_close(ibn(x), torch.cat([ref_a, ref_b], 1))
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.integers(3, 500), st.integers(3, 200), st.sampled_from([1, 2]))
+def test_fast_reid_stem_map_size(height, width, last_stride):
+    config = ModelConfig(backbone="resnet18", last_stride=last_stride, stem="fast-reid")
+    with torch.device("meta"):
+        fmap = _meta_model_stem("fast-reid", last_stride).feature_map(torch.empty(1, 3, height, width))
+    assert tuple(fmap.shape[2:]) == config.map_size(height, width)
+
+
+@functools.lru_cache(maxsize=None)
+def _meta_model_stem(stem: str, last_stride: int):
+    with torch.device("meta"):
+        return build_model(ModelConfig(backbone="resnet18", last_stride=last_stride, stem=stem)).eval()
+
+
+def test_fast_reid_stem_shifts_the_windows():
+    """padding 0 + ceil mode: window i covers input rows 2i..2i+2 (torchvision's: 2i-1..2i+1)."""
+    x = torch.arange(8, dtype=torch.float32).view(1, 1, 8, 1).expand(1, 1, 8, 3)
+    assert _meta_model_stem("fast-reid", 1).backbone.maxpool(x)[0, 0, :, 0].tolist() == [2.0, 4.0, 6.0, 7.0]
+    assert _meta_model_stem("torchvision", 1).backbone.maxpool(x)[0, 0, :, 0].tolist() == [1.0, 3.0, 5.0, 7.0]
+
+
+def test_occlusion_weighted_global_feature_by_hand():
+    """fast-reid's test-time global feature: first level weighted by L1-normalised foreground, then the BN neck."""
+    config = ModelConfig(backbone="resnet18", input_size=(128, 64), global_feature="occlusion-weighted")
+    torch.manual_seed(3)
+    model = build_model(config).eval()
+    neck = model.global_neck
+    with torch.no_grad():
+        neck.weight.uniform_(0.5, 1.5), neck.bias.uniform_(-1, 1)
+        neck.running_mean.uniform_(-1, 1), neck.running_var.uniform_(0.5, 2)
+        out = model(torch.randn(2, 3, 128, 64))
+    local, fg = out.local.double(), out.foreground.double()
+    n0 = out.grid[0][0] * out.grid[0][1]  # 4×2 = 8 locations of kernel 2
+    pooled = (fg[:, :n0, None] * local[:, :n0]).sum(1) / fg[:, :n0].sum(1, keepdim=True)
+    ref = (pooled - neck.running_mean.double()) / torch.sqrt(neck.running_var.double() + neck.eps) * neck.weight.double() + neck.bias.double()
+    torch.testing.assert_close(out.global_features.double(), ref, rtol=1e-5, atol=1e-5)
+    # the neck is frozen: training leaves it (and DDP's gradient reduction) alone
+    assert not any(p.requires_grad for p in neck.parameters())
+    model.train()
+    before = neck.running_mean.clone()
+    model(torch.randn(2, 3, 128, 64))
+    assert torch.equal(before, neck.running_mean)
+    assert sorted(k for k in model.state_dict() if k.startswith("global_neck")) == [
+        "global_neck.bias", "global_neck.num_batches_tracked", "global_neck.running_mean", "global_neck.running_var", "global_neck.weight"]
+
+
+def test_new_config_fields_validate_and_default_for_old_checkpoints():
+    for bad in ({"stem": "caffe"}, {"global_feature": "max"}, {"interpolation": "nearest"},
+                {"global_feature": "occlusion-weighted", "foreground_head": False}, {"backbone": "resnet18_ibn_a"}):
+        with pytest.raises(ValueError):
+            ModelConfig(**bad)
+    old = {k: v for k, v in ModelConfig().to_dict().items() if k not in ("stem", "global_feature", "interpolation")}
+    assert ModelConfig.from_dict(old) == ModelConfig()
+    assert (ModelConfig().stem, ModelConfig().global_feature, ModelConfig().interpolation) == ("torchvision", "average", "bilinear")

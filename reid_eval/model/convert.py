@@ -163,7 +163,7 @@ def map_fast_reid(payload: Any, where: str) -> ForeignWeights:
     state = _state_dict(payload, where, ("model", "state_dict"))
     backbone = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
     if not backbone:
-        raise ReidEvalError(f"{where} has no backbone.* keys; is it a fast-reid checkpoint?")
+        raise ReidEvalError(f"{where} has no backbone.* keys, so it is no fast-reid checkpoint")
     trunk, _ = _split_trunk(backbone, where + " (backbone.*)", ())
     other = [k for k in state if not k.startswith(("backbone.", "heads.", "pixel_mean", "pixel_std"))]
     if other:
@@ -286,7 +286,13 @@ def convert_state(
     """
     if source not in CONVERTERS:
         raise ValueError(f"--from must be one of {', '.join(CONVERT_SOURCES)}, got {source!r}")
-    foreign = CONVERTERS[source](payload, where)
+    try:
+        foreign = CONVERTERS[source](payload, where)
+    except ReidEvalError as exc:
+        others = [s for s in CONVERTERS if s != source and _reads_as(s, payload, where)]
+        if others:
+            raise ReidEvalError(f"{exc}; the file reads as --from {' or '.join(others)}") from exc
+        raise
     try:
         inferred = infer_backbone(foreign.trunk)
     except ReidEvalError as exc:
@@ -337,6 +343,16 @@ def convert_state(
         _load_neck(model, foreign.occlusion_neck, where)
     model.eval()
     return model, config, extra
+
+
+def _reads_as(source: str, payload: Any, where: str) -> bool:
+    """Whether ``source``'s mapping reads ``payload`` and its trunk kind (plain / IBN-a) is one that source holds."""
+    try:
+        trunk = CONVERTERS[source](payload, where).trunk
+    except ReidEvalError:
+        return False
+    ibn = any(".bn1.IN." in k for k in trunk)
+    return any((name in IBN_NAMES) == ibn for name in SOURCE_BACKBONES[source])
 
 
 def _load_mask_layer(model: FPRNet, weight: torch.Tensor, bias: torch.Tensor | None, where: str) -> None:
