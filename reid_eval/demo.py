@@ -225,7 +225,7 @@ def run_demo(workdir: Path = Path("demo-work"), *, seed: int = 0, size: str = "d
     table = format_table(rows) + "\n\n" + format_kind_table(by_kind, kinds)
     if cross:
         table += f"\n\n{CROSS_DOMAIN_DATASET} (real crops, cross-domain: the same synthetic-trained model):\n\n" \
-            + format_table(cross)
+            + format_interval_table(cross)
     (workdir / "demo_summary.json").write_text(json.dumps(
         {"settings": {"size": size, "seed": seed, "synthetic": asdict(settings.synthetic),
                       "model": settings.model.to_dict(), "epochs": settings.epochs,
@@ -260,10 +260,13 @@ def _cross_domain(data_root: Path, model_path: Path, cache_dir: Path, results_di
 
     cache = extract_dataset(CROSS_DOMAIN_DATASET, root, model_path, cache_dir, device=device, batch_size=64,
                             resize=settings.resize, progress=on_extract)
-    rows: dict[str, dict[str, float]] = {}
+    rows: dict[str, dict] = {}
     for i, metric in enumerate(DEMO_METRICS):
         result = match_cache(cache, MatchParams(metric=metric), results_dir, dataset=CROSS_DOMAIN_DATASET).result
         rows[metric] = {"rank1": result.cmc[0], "rank5": result.cmc[min(4, len(result.cmc) - 1)], "mAP": result.mAP}
+        if result.intervals:  # identity-bootstrap intervals: with 7 query people they are wide
+            rows[metric].update(rank1_ci=result.intervals["cmc_ci"][0], mAP_ci=result.intervals["mAP_ci"],
+                                bootstrap=result.intervals.get("bootstrap", {}))
         if progress is not None:
             progress("pets09-match", i + 1, len(DEMO_METRICS), metric)
     say(f"{CROSS_DOMAIN_DATASET}: {result.num_query} real occluded queries against {result.num_gallery} "
@@ -290,6 +293,25 @@ def format_table(rows: dict[str, dict[str, float]]) -> str:
         if metric in rows:
             r = rows[metric]
             lines.append(f"| {_label(metric)} | {100 * r['rank1']:.1f} | {100 * r['rank5']:.1f} | {100 * r['mAP']:.1f} |")
+    return "\n".join(lines)
+
+
+def format_interval_table(rows: dict[str, dict]) -> str:
+    """The demo table with the rank-1 and mAP bootstrap intervals when the rows have them, as Markdown."""
+    if not all("rank1_ci" in r for r in rows.values()):
+        return format_table(rows)
+    cell = lambda v, ci: f"{100 * v:.1f} [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"  # noqa: E731
+    lines = ["| method | rank-1 [CI] | rank-5 | mAP [CI] |", "| --- | ---: | ---: | ---: |"]
+    for metric in DEMO_METRICS:
+        if metric in rows:
+            r = rows[metric]
+            lines.append(f"| {_label(metric)} | {cell(r['rank1'], r['rank1_ci'])} | {100 * r['rank5']:.1f} "
+                         f"| {cell(r['mAP'], r['mAP_ci'])} |")
+    boot = next(iter(rows.values())).get("bootstrap", {})
+    if boot:
+        lines.append(f"\nIntervals: {boot.get('method', 'percentile')} bootstrap over the "
+                     f"{boot.get('num_identities', '?')} query identities, {boot.get('resamples', '?')} resamples "
+                     f"(level {boot.get('level', 0.95)}).")
     return "\n".join(lines)
 
 
