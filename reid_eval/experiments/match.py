@@ -20,7 +20,10 @@ For one cache file (one dataset, checkpoint and preprocessing) and one
 3. store it in the cache as ``distances/<params.distance_name>`` with its
    parameters; a stored matrix of the same distance identity, made from the
    same features, is reused instead (``recompute=True`` forces step 2);
-4. evaluate it with :func:`reid_eval.evaluation.evaluate_ranking` under the
+4. evaluate it (:func:`reid_eval.experiments.scoring.score_matrix`: one
+   :func:`reid_eval.evaluation.query_stats` pass gives CMC/mAP/mINP, the
+   identity-bootstrap intervals, TPR at FPR and the per-query records
+   written beside the results file as ``<results stem>.queries.csv``) under the
    dataset's protocol (Market-1501 junk rules; the occluded sets' manifests
    already give query and gallery different cameras; CUHK03 classic's single
    gallery shot from the dataset spec);
@@ -45,8 +48,9 @@ import numpy as np
 
 from reid_eval.datasets import get_spec
 from reid_eval.errors import ReidEvalError
-from reid_eval.evaluation import evaluate_ranking
+from reid_eval.evaluation import records_path, write_query_records
 from reid_eval.experiments.record import GLOBAL_METRICS, MatchParams, MatchResult
+from reid_eval.experiments.scoring import format_interval, score_matrix
 from reid_eval.features import (
     iter_cache_files,
     list_distances,
@@ -116,7 +120,10 @@ def _global(cache_file: Path, split: str, n: int):
 
 
 def compute_distances(
-    cache_file: str | os.PathLike, params: MatchParams, execution: MatchExecution | None = None
+    cache_file: str | os.PathLike,
+    params: MatchParams,
+    execution: MatchExecution | None = None,
+    splits: tuple[str, str] = ("query", "gallery"),
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """[P, G] float32 distances (smaller = more similar) between a cache's query and gallery under ``params``.
 
@@ -124,20 +131,28 @@ def compute_distances(
     runner). FPR/DSR read blocks of the pyramid features from the cache;
     finished tiles of the exact matrix wait in ``<cache>.tiles/<name>/``
     until the caller stores the matrix (:func:`match_cache` then removes them).
+    ``splits``: (probe, gallery) splits; re-ranking's query–query and
+    gallery–gallery matrices come from here too (:mod:`reid_eval.experiments.scoring`).
+    With ``params.rerank`` the matrix is the re-ranked one.
     """
     params.validate()
     execution = execution or MatchExecution()
     cache_file = Path(cache_file).resolve()
-    n_q = len(read_split_index(cache_file, "query").pids)
-    n_g = len(read_split_index(cache_file, "gallery").pids)
+    if params.rerank is not None:
+        from reid_eval.experiments.scoring import rerank_from_cache
+
+        return rerank_from_cache(cache_file, params, execution, compute_distances)
+    probe_split, gallery_split = splits
+    n_q = len(read_split_index(cache_file, probe_split).pids)
+    n_g = len(read_split_index(cache_file, gallery_split).pids)
     if params.metric in GLOBAL_METRICS:
-        D = global_distances(_global(cache_file, "query", n_q), _global(cache_file, "gallery", n_g), metric=params.metric)
+        D = global_distances(_global(cache_file, probe_split, n_q), _global(cache_file, gallery_split, n_g), metric=params.metric)
         return np.asarray(D, np.float32), {}
     engine = {"beta": params.beta, "weighted": params.metric == "fpr", "backend": params.backend,
               "memory_budget_bytes": execution.memory_budget_bytes, "progress": execution.progress}
     exact = dataclasses.replace(params, fuse=None)
     reused = None
-    if params.fuse is not None and not execution.recompute:  # the FPR part may be stored already
+    if params.fuse is not None and not execution.recompute and splits == ("query", "gallery"):  # the FPR part may be stored already
         reused = _stored_matrix(cache_file, exact, _features_fingerprint(cache_file), (n_q, n_g))
     if reused is not None:
         local, how = reused[0], {"reused_matrix": exact.distance_name}
@@ -145,16 +160,22 @@ def compute_distances(
         if params.shortlist is not None:
             if execution.workers is not None or execution.scheduler is not None:
                 raise ReidEvalError("--shortlist runs in one process; leave out --workers and --scheduler")
-            streamed = fpr_shortlist_from_cache(cache_file, params.shortlist, params.shortlist_metric, **engine)
+            streamed = fpr_shortlist_from_cache(cache_file, params.shortlist, params.shortlist_metric, probe_split,
+                                                gallery_split, **engine)
         else:
-            store = tile_dir(cache_file, exact.distance_name)
+            suffix = "" if splits == ("query", "gallery") else f"__aux-{probe_split}-{gallery_split}"
+            store = tile_dir(cache_file, exact.distance_name + suffix)
             if execution.recompute:
                 TileStore(store).remove()
-            streamed = fpr_distances_from_cache(cache_file, workers=execution.workers, scheduler=execution.scheduler,
-                                                resume_dir=store, **engine)
+            streamed = fpr_distances_from_cache(cache_file, probe_split, gallery_split, workers=execution.workers,
+                                                scheduler=execution.scheduler, resume_dir=store, **engine)
         local, how = np.asarray(streamed.distances, np.float32), streamed.provenance()
+        if params.shortlist is not None and params.shortlist_fill is not None:
+            from reid_eval.experiments.scoring import fill_outside_shortlist
+
+            local = fill_outside_shortlist(local, params.shortlist, params.shortlist_fill)
     if params.fuse is not None:
-        glob = global_distances(_global(cache_file, "query", n_q), _global(cache_file, "gallery", n_g), metric=params.fuse_global)
+        glob = global_distances(_global(cache_file, probe_split, n_q), _global(cache_file, gallery_split, n_g), metric=params.fuse_global)
         local = ((1.0 - params.fuse) * np.asarray(glob, np.float32) + params.fuse * local).astype(np.float32)
     return local, how
 
@@ -225,10 +246,11 @@ def match_cache(
                                               "features_fingerprint": fingerprint})
         if params.shortlist is None and params.metric not in GLOBAL_METRICS:
             TileStore(tile_dir(cache_file, dataclasses.replace(params, fuse=None).distance_name)).remove()
-    r = evaluate_ranking(
-        D, query.pids, gallery.pids, query.camids, gallery.camids,
-        ap=params.ap, max_rank=params.max_rank, single_gallery_shot=single_gallery_shot,
-    )
+    scores = score_matrix(D, query.pids, gallery.pids, query.camids, gallery.camids, list(query.paths), params,
+                          single_gallery_shot=single_gallery_shot)
+    r = scores.ranking
+    records_file = records_path(Path(results_dir) / params.results_file_name(stored))
+    write_query_records(scores.records, records_file)
     result = MatchResult(
         dataset=stored,
         params=params,
@@ -240,14 +262,20 @@ def match_cache(
         num_gallery=int(len(gallery.paths)),
         provenance=provenance,
         created=MatchResult.now(),
+        intervals=scores.intervals,
+        verification=scores.verification,
+        query_records=records_file.name,
     )
     out = result.write(results_dir)
     cmc = result.cmc
     r5 = cmc[min(4, len(cmc) - 1)]
     flavour = "" if params.ap == "standard" else f" (AP {params.ap})"
+    ci = scores.intervals or {}
+    cmc_ci = ci.get("cmc_ci") or [None] * len(cmc)
     summary = (
-        f"{stored} {name}{flavour}: R1 {100 * cmc[0]:.2f}% R5 {100 * r5:.2f}% mAP {100 * result.mAP:.2f}% "
-        f"mINP {100 * result.mINP:.2f}% ({result.num_valid_query}/{result.num_query} queries, "
+        f"{stored} {name}{flavour}: R1 {format_interval(cmc[0], cmc_ci[0])} R5 {format_interval(r5, cmc_ci[min(4, len(cmc) - 1)])} "
+        f"mAP {format_interval(result.mAP, ci.get('mAP_ci'))} mINP {100 * result.mINP:.2f}% "
+        f"({result.num_valid_query}/{result.num_query} queries, "
         f"{result.num_gallery} gallery, checkpoint {sha[:8]}) -> {out}"
     )
     return MatchOutcome(out, result, summary, D)

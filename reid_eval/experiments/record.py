@@ -93,6 +93,8 @@ RESULT_KEYS: tuple[str, ...] = (
 
 #: Optional top-level keys of the intervals (reid_eval.evaluation.bootstrap.interval_record).
 INTERVAL_KEYS: tuple[str, ...] = ("cmc_ci", "mAP_ci", "mINP_ci", "bootstrap")
+#: Every optional top-level key a results file may have beside RESULT_KEYS (issue 15).
+OPTIONAL_RESULT_KEYS: tuple[str, ...] = (*INTERVAL_KEYS, "verification", "query_records", "fuse_tuning")
 
 
 def _field(default: Any, role: str, option: str | None = None, tag: str | None = None, omit: Any = None) -> Any:

@@ -28,8 +28,11 @@ query–query and gallery–gallery distances (the "aux" matrices):
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -138,3 +141,96 @@ def stored_rows(cache_file: Any, name: str) -> Iterator[Any]:
         yield f["distances"][name]
     finally:
         f.close()
+
+
+def fill_outside_shortlist(distances: np.ndarray, shortlist: int, fill: float) -> np.ndarray:
+    """Replace every entry outside each row's shortlist by ``fill`` (fast-reid: 100); [P, G] float32.
+
+    The shortlist engine puts ``max(shortlisted) + 1 + rank`` outside the
+    shortlist, so each row's ``shortlist`` smallest entries are exactly the
+    reconstructed ones.
+    """
+    d = np.asarray(distances, np.float32)
+    if shortlist >= d.shape[1]:
+        return d
+    keep = np.argpartition(d, shortlist - 1, axis=1)[:, :shortlist]
+    out = np.full_like(d, np.float32(fill))
+    np.put_along_axis(out, keep, np.take_along_axis(d, keep, axis=1), axis=1)
+    return out
+
+
+def aux_name(base: MatchParams, probe_split: str, gallery_split: str) -> str:
+    """Cache name of a re-ranking aux matrix: ``<base distance name>__aux-<probe>-<gallery>``."""
+    return f"{base.distance_name}__aux-{probe_split}-{gallery_split}"
+
+
+def _fingerprint(cache_file: Path, splits: tuple[str, str]) -> str:
+    from reid_eval.features.cache import split_fingerprint
+
+    return "-".join(split_fingerprint(cache_file, s) for s in splits)
+
+
+def cached_matrix(
+    cache_file: Path,
+    base: MatchParams,
+    execution: Any,
+    compute: Callable[..., tuple[np.ndarray, dict[str, Any]]],
+    splits: tuple[str, str],
+) -> tuple[str, dict[str, Any]]:
+    """Name of ``distances/<aux name>`` in the cache, computed with ``compute`` and stored unless already there.
+
+    A stored matrix counts when it has the same distance identity and was made
+    from the same features (fingerprints of both splits).
+    """
+    from reid_eval.features import list_distances, write_distances
+
+    name = aux_name(base, *splits)
+    fingerprint = _fingerprint(cache_file, splits)
+    stored = list_distances(cache_file).get(name)
+    if (stored is not None and not getattr(execution, "recompute", False)
+            and stored.get("features_fingerprint") == fingerprint
+            and MatchParams.from_json(stored).identity("distance") == base.identity("distance")):
+        return name, {"reused": True}
+    t0 = time.perf_counter()
+    matrix, how = compute(cache_file, base, execution, splits=splits)
+    write_distances(cache_file, name, matrix, {**base.to_json(), "distance_name": name, "features_fingerprint": fingerprint,
+                                               "splits": ",".join(splits), "seconds": round(time.perf_counter() - t0, 3)})
+    del matrix
+    return name, {"reused": False, **how}
+
+
+def rerank_from_cache(
+    cache_file: Path,
+    params: MatchParams,
+    execution: Any,
+    compute: Callable[..., tuple[np.ndarray, dict[str, Any]]],
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """The re-ranked query–gallery matrix of ``params`` and how it was made (module docstring).
+
+    ``compute`` is :func:`reid_eval.experiments.match.compute_distances`
+    (passed in, as it calls back here): the query–gallery matrix without
+    re-ranking and, for ``rerank="same"``, the query–query and gallery–gallery
+    matrices of the same metric, which are stored in the cache and read back
+    a block of rows at a time.
+    """
+    from reid_eval.features import read_split_index
+    from reid_eval.features.cache import read_global_block
+
+    base = dataclasses.replace(params, rerank=None)
+    qg, how = compute(cache_file, base, execution)
+    t0 = time.perf_counter()
+    info: dict[str, Any] = {**how}
+    kwargs = dict(k1=params.rerank_k1, k2=params.rerank_k2, lambda_value=params.rerank_lambda)
+    if params.rerank == "same":
+        qq_name, qq_how = cached_matrix(cache_file, base, execution, compute, ("query", "query"))
+        gg_name, gg_how = cached_matrix(cache_file, base, execution, compute, ("gallery", "gallery"))
+        info["rerank_aux"] = {qq_name: qq_how.get("reused"), gg_name: gg_how.get("reused")}
+        with stored_rows(cache_file, qq_name) as qq, stored_rows(cache_file, gg_name) as gg:
+            D = k_reciprocal_rerank(qg, qq[...], gg, **kwargs)
+    else:
+        n_q = len(read_split_index(cache_file, "query").pids)
+        n_g = len(read_split_index(cache_file, "gallery").pids)
+        D = rerank_matrix(qg, params, lambda *_: None, read_global_block(cache_file, "query", 0, n_q),
+                          read_global_block(cache_file, "gallery", 0, n_g))
+    info["rerank_seconds"] = round(time.perf_counter() - t0, 3)
+    return D, info

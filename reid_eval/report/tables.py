@@ -289,13 +289,14 @@ TPR_COLUMNS: tuple[str, ...] = ("TPR@FPR1e-4", "TPR@FPR1e-3", "TPR@FPR1e-2")
 def build_verification_table(records: list[ResultRecord]) -> Table:
     """TPR at FPR 1e-4, 1e-3, 1e-2 (percent) of every result that recorded it, one row per result."""
     rows, footnotes = [], []
+    several = _several_checkpoints(records)
     for r in sorted(records, key=lambda r: (r.dataset, r.sort_key)):
         if not r.result.verification:
             continue
         letter = _letter(len(footnotes))
         text = _footnote_text([r])
         footnotes.append((letter, text))
-        rows.append(Row(f"{dataset_label(r.dataset)}: {r.label()}", MEASURED, verification_cells(r), footnote=letter,
+        rows.append(Row(f"{dataset_label(r.dataset)}: {r.label(checkpoint=several)}", MEASURED, verification_cells(r), footnote=letter,
                         full_source=MEASURED, note=text))
     return Table(
         key="verification",
