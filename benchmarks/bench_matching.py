@@ -1,7 +1,7 @@
 """Benchmark of the all-pairs FPR engine against a bare matmul and the per-pair algorithm.
 
-d = 2048, 110 locations per image, 60 probes x 60 gallery images (the paper's
-384x128 input). Prints, from one run, the time of:
+Part 1, generated features: d = 2048, 110 locations per image, 60 probes x
+60 gallery images (the paper's 384x128 input). Prints, from one run, the time of:
 
 * ``fpr_distances`` (this package),
 * the bare matrix product of the same stacked shape (6600x2048 @ 2048x6600,
@@ -10,19 +10,48 @@ d = 2048, 110 locations per image, 60 probes x 60 gallery images (the paper's
   pair W = P X, E = X − Y W, column norms, weighted sum,
 
 and the ratios. Targets: (a) fpr <= 1.3x matmul, (b) fpr >= 4x faster than
-per-pair. Exit status 1 when a target is missed. Each time is the best of
-``--repeats`` runs (the machine may be shared); the per-pair algorithm runs
-once with NumPy's default BLAS threads (the target) and once with one BLAS
-thread (reported: its small GEMMs gain from that on a loaded machine).
+per-pair. Each time is the best of ``--repeats`` runs (the machine may be
+shared); the per-pair algorithm runs once with NumPy's default BLAS threads
+(the target) and once with one BLAS thread (reported: its small GEMMs gain
+from that on a loaded machine).
 
-    python benchmarks/bench_matching.py [--backend numpy|cupy] [--repeats 5]
+Part 2, CNN features (``--sources``): pyramid features that the project's own
+network (reid_eval.model) extracts from generated occluded-person images
+(reid_eval.datasets.synthetic; query images as probes, gallery images as
+gallery, so same-identity pairs are close): a randomly initialised ResNet-18
+(d = 512) and ResNet-50 (d = 2048) at 384x128 (110 locations), and, with
+``--checkpoint FILE``, a trained model at its own input size (for example the
+demo's: ``reid-eval demo --workdir W`` writes ``W/train/model.pt``).
+Features are cached under ``--feature-cache`` so a rerun skips extraction.
+For each source, side by side in one run (best of ``--repeats``, interleaved):
+``fpr_distances`` in float32, the engine's own float64 path
+(``precision="float64"``) and the bare float32 GEMM of the same stacked shape;
+the refined share (``RefinementStats``), the maximum difference to the
+float64 path and, on ``--check-pairs`` pairs, to the float64 one-pair
+definition. Targets: float32 <= 1.2x the GEMM and <= the float64 path, every
+distance within 1e-5. The fixed cost of preparing each gallery image (its
+float64 Gram matrix and basis) is paid once per gallery image and amortised
+over all probes; ``--probe-repeat`` stacks the probe images that many times
+to reach a realistic number of probe locations per gallery image without
+extracting more images (repeats change no distance).
+
+``--calibrate`` instead measures the float32 error of S against the error
+model of reid_eval.matching.fpr over d = 1..2048, M = 1..110 and prints the
+largest ratio (it must stay below 1 with a margin).
+
+Exit status 1 when a target is missed.
+
+    python benchmarks/bench_matching.py [--backend numpy|cupy] [--repeats 3]
+        [--sources synthetic,resnet18,resnet50] [--checkpoint demo/train/model.pt]
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 # reid_eval first, as in `reid-eval match`: importing it before NumPy applies
 # its OpenBLAS thread setting (see reid_eval/__init__.py).
@@ -106,16 +135,8 @@ def breakdown(probe: SpatialFeatures, gallery: SpatialFeatures, beta: float, bac
           f"tile {t_tile:.4f} s of which GEMM {t_gemm:.4f} s")
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--backend", choices=["numpy", "cupy"], default="numpy")
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--probes", type=int, default=60)
-    ap.add_argument("--gallery", type=int, default=60)
-    ap.add_argument("--locations", type=int, default=110)
-    ap.add_argument("--dim", type=int, default=2048)
-    ap.add_argument("--breakdown", action="store_true", help="also time the steps of one tile")
-    args = ap.parse_args(argv)
+def bench_synthetic(args: argparse.Namespace) -> bool:
+    """Part 1: generated features, the engine against the bare matmul and the per-pair algorithm."""
     rng = np.random.default_rng(0)
     probe = make_features(rng, args.probes, args.locations, args.dim)
     gallery = make_features(rng, args.gallery, args.locations, args.dim)
@@ -164,6 +185,219 @@ def main(argv: list[str] | None = None) -> int:
         breakdown(probe, gallery, beta, args.backend)
     ok = ratio_mm <= 1.3 and speedup >= 4.0
     print("targets met" if ok else "TARGET MISSED")
+    return ok
+
+
+
+# ---------------------------------------------------------------- CNN features
+
+CNN_SOURCES = ("resnet18", "resnet50")
+
+
+def _synthetic_images(root: Path, n_probe: int, n_gallery: int) -> tuple[list[Path], list[Path]]:
+    """Query and gallery image paths of a generated occluded-person set large enough for the counts."""
+    import csv
+
+    from reid_eval.datasets.synthetic import SyntheticConfig, generate_synthetic_dataset
+
+    ids = max(2, -(-n_probe // 2), -(-n_gallery // 3))
+    config = SyntheticConfig(seed=0, num_train_ids=2, num_test_ids=ids, train_images_per_id=2)
+    generate_synthetic_dataset(root, config)
+    with open(root / "manifest.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    query = [root / r["path"] for r in rows if r["split"] == "query"][:n_probe]
+    gallery = [root / r["path"] for r in rows if r["split"] == "gallery"][:n_gallery]
+    return query, gallery
+
+
+def _extract(model, config, paths: list[Path]) -> SpatialFeatures:
+    """Pyramid features and foreground of ``paths`` resized to the model's input size."""
+    import torch
+
+    from reid_eval.features.preprocess import Preprocessing, load_image_array, to_tensor_batch
+
+    prep = Preprocessing.for_model(config)
+    local, fg = [], []
+    with torch.no_grad():
+        for i in range(0, len(paths), 16):
+            out = model(to_tensor_batch([load_image_array(p, prep) for p in paths[i : i + 16]], prep))
+            local.append(out.local.reshape(-1, out.local.shape[-1]).numpy())
+            fg.append(out.foreground.reshape(-1).numpy())
+    n = out.local.shape[1]
+    return SpatialFeatures(np.concatenate(local), np.arange(len(paths) + 1, dtype=np.int64) * n, np.concatenate(fg))
+
+
+def cnn_features(source: str, n_probe: int, n_gallery: int, cache_dir: Path, checkpoint: Path | None = None):
+    """(probe, gallery, description) features of ``source``, extracted once and cached as .npz."""
+    import hashlib
+
+    tag = source if checkpoint is None else f"{source}-{hashlib.sha256(checkpoint.read_bytes()).hexdigest()[:12]}"
+    path = cache_dir / f"{tag}-{n_probe}x{n_gallery}.npz"
+    if not path.is_file():
+        import tempfile
+
+        import torch
+
+        from reid_eval.model import ModelConfig, build_model
+        from reid_eval.model.checkpoint import load_checkpoint
+
+        t0 = time.perf_counter()
+        torch.manual_seed(0)
+        if checkpoint is not None:
+            model, config, _ = load_checkpoint(checkpoint)
+        else:
+            config = ModelConfig(backbone=source)
+            model = build_model(config).eval()
+        with tempfile.TemporaryDirectory() as tmp:
+            query, gallery = _synthetic_images(Path(tmp), n_probe, n_gallery)
+            probe, gal = _extract(model, config, query), _extract(model, config, gallery)
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        np.savez(path, probe_local=probe.local, probe_offsets=probe.offsets, probe_fg=probe.foreground,
+                 gallery_local=gal.local, gallery_offsets=gal.offsets, gallery_fg=gal.foreground,
+                 input_size=np.array(config.input_size), backbone=np.array(config.backbone))
+        print(f"  extracted {source} features of {n_probe + n_gallery} images in {time.perf_counter() - t0:.0f} s -> {path}")
+    z = np.load(path)
+    probe = SpatialFeatures(z["probe_local"], z["probe_offsets"], z["probe_fg"])
+    gallery = SpatialFeatures(z["gallery_local"], z["gallery_offsets"], z["gallery_fg"])
+    h, w = z["input_size"].tolist()
+    init = "trained" if checkpoint is not None else "random init"
+    return probe, gallery, f"{z['backbone']} ({init}), {h}x{w}"
+
+
+def _repeat(features: SpatialFeatures, k: int) -> SpatialFeatures:
+    if k == 1:
+        return features
+    counts = np.tile(features.counts, k)
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    return SpatialFeatures(np.tile(features.local, (k, 1)), offsets, np.tile(features.foreground, k))
+
+
+def bench_source(name: str, probe: SpatialFeatures, gallery: SpatialFeatures, args: argparse.Namespace) -> bool:
+    """Part 2 for one feature source; prints one block, returns whether the targets are met."""
+    from reid_eval.matching import RefinementStats
+
+    probe = _repeat(probe, args.probe_repeat)
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((gallery.local.shape[0], gallery.dim)).astype(np.float32)
+    b = rng.standard_normal((gallery.dim, probe.local.shape[0])).astype(np.float32)
+    run32 = lambda: fpr_distances(probe, gallery, backend=args.backend)  # noqa: E731
+    run64 = lambda: fpr_distances(probe, gallery, backend=args.backend, precision="float64")  # noqa: E731
+    if args.backend == "cupy":
+        import cupy
+
+        sync = cupy.cuda.Device().synchronize
+        a_dev, b_dev = cupy.asarray(a), cupy.asarray(b)
+        gemm = lambda: cupy.matmul(a_dev, b_dev)  # noqa: E731
+    else:
+        sync = lambda: None  # noqa: E731
+        gemm = lambda: np.matmul(a, b)  # noqa: E731
+    t_mm = t32 = t64 = float("inf")
+    for _ in range(args.repeats):  # interleaved: all three see the same load
+        t_mm = min(t_mm, best_time(gemm, 1, sync)[0])
+        t, d32 = best_time(run32, 1, sync)
+        t32 = min(t32, t)
+        t, d64 = best_time(run64, 1, sync)
+        t64 = min(t64, t)
+    stats = RefinementStats()
+    fpr_distances(probe, gallery, backend=args.backend, stats=stats)
+    n_check = min(args.check_pairs, len(probe))
+    ref = np.array([[fpr_distance_reference(probe.image(i), gallery.image(j), probe.image_foreground(i))
+                     for j in range(len(gallery))] for i in range(n_check)])
+    err64 = float(np.abs(d32 - d64).max())
+    err_ref = float(np.abs(d32[:n_check] - ref).max())
+    err_64ref = float(np.abs(d64[:n_check] - ref).max())
+    r_mm, r_64 = t32 / t_mm, t32 / t64
+    ok = r_mm <= 1.2 and r_64 <= 1.0 and max(err64, err_ref) <= 1e-5
+    m_g = np.diff(gallery.offsets)
+    print(f"{name}: d={gallery.dim}, {len(probe)} probes x {len(gallery)} gallery images, "
+          f"{int(np.median(m_g))} locations; GEMM {a.shape[0]}x{a.shape[1]} @ {b.shape[0]}x{b.shape[1]}")
+    print(f"  fpr float32 {t32:7.3f} s | float64 path {t64:7.3f} s | bare GEMM {t_mm:7.3f} s")
+    print(f"  float32 / GEMM {r_mm:5.2f}x (target <= 1.2) | float32 / float64 path {r_64:5.2f}x (target <= 1)")
+    print(f"  refined share {stats.refined_share:.2e} ({stats.refined} of {stats.entries} entries)")
+    print(f"  max |float32 - float64 path| {err64:.2e}; max |float32 - definition| {err_ref:.2e}, "
+          f"|float64 path - definition| {err_64ref:.2e} over {n_check} probes x {len(gallery)} (contract 1e-5)")
+    print("  " + ("targets met" if ok else "TARGET MISSED"))
+    return ok
+
+
+# ---------------------------------------------------------------- calibration
+
+def calibrate(seed: int = 0) -> float:
+    """Largest |float32 S − float64 S| / δs of the engine's error model over a sweep of hard cases."""
+    from reid_eval.matching import fpr as engine
+
+    rng = np.random.default_rng(seed)
+    worst = 0.0
+    for d in (1, 4, 16, 64, 256, 512, 1024, 2048):
+        row = []
+        for m in (1, 8, 40, 110):
+            r_dm = 0.0
+            for kind in ("gauss", "relu", "coherent"):
+                n = 3 * m
+                if kind == "gauss":
+                    y = rng.standard_normal((n, d))
+                elif kind == "relu":
+                    y = np.maximum(rng.standard_normal((n, d)) + rng.uniform(0, 1) * rng.standard_normal(d), 0) + 1e-3
+                else:  # one strong shared positive direction, like random-init CNN features
+                    y = np.abs(rng.standard_normal(d))[None] + 0.2 * np.abs(rng.standard_normal((n, d)))
+                y = y.astype(np.float32)
+                y64 = y.astype(np.float64)
+                span = rng.uniform(0, 1, (60, n)) ** 8 @ y64  # non-negative mixtures in the span
+                dup = y64[:1] * (1 + 1e-7 * rng.standard_normal((5, 1)))  # near-duplicates of a location
+                x = np.concatenate([span, y64, dup]).astype(np.float32)
+                probe = SpatialFeatures(x, np.array([0, 60, 60 + n, 65 + n]), np.ones(len(x), np.float32))
+                gal = SpatialFeatures(y, np.arange(4) * m)
+                pb = engine.prepare_probes(probe, backend="numpy")
+                gb = engine.prepare_gallery(gal, backend="numpy")
+                p64 = engine.prepare_probes(probe, backend="numpy", precision="float64")
+                g64 = engine.prepare_gallery(gal, backend="numpy", precision="float64")
+                err = np.abs(engine._unrefined_e2(np, pb, gb) - engine._unrefined_e2(np, p64, g64))
+                r_dm = max(r_dm, float((err / engine._error_bound_s(np, pb, np.diff(gb.offsets))).max()))
+            row.append(r_dm)
+            worst = max(worst, r_dm)
+        print(f"  d={d:5d}  error / bound at M = 1, 8, 40, 110: " + "  ".join(f"{v:5.3f}" for v in row))
+    print(f"largest error / bound {worst:.3f} (margin {1 / worst:.2f}x)")
+    return worst
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--backend", choices=["numpy", "cupy"], default="numpy")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--probes", type=int, default=60, help="part 1: probe images")
+    ap.add_argument("--gallery", type=int, default=60, help="part 1: gallery images")
+    ap.add_argument("--locations", type=int, default=110)
+    ap.add_argument("--dim", type=int, default=2048)
+    ap.add_argument("--breakdown", action="store_true", help="also time the steps of one tile")
+    ap.add_argument("--sources", default="synthetic,resnet18,resnet50",
+                    help="comma-separated: synthetic (part 1), resnet18, resnet50 (random init); "
+                         "--checkpoint adds a trained source")
+    ap.add_argument("--checkpoint", type=Path, default=None, help="a reid-eval checkpoint (e.g. the demo's model.pt)")
+    ap.add_argument("--cnn-probes", type=int, default=40, help="probe images extracted per CNN source")
+    ap.add_argument("--cnn-gallery", type=int, default=30, help="gallery images extracted per CNN source")
+    ap.add_argument("--probe-repeat", type=int, default=4, help="stack the CNN probe images this many times")
+    ap.add_argument("--check-pairs", type=int, default=4, help="probes compared with the one-pair definition")
+    ap.add_argument("--feature-cache", type=Path, default=Path(tempfile.gettempdir()) / "reid-eval-bench-features")
+    ap.add_argument("--calibrate", action="store_true", help="only run the error-model calibration sweep")
+    args = ap.parse_args(argv)
+    if args.calibrate:
+        return 0 if calibrate() < 1.0 else 1
+    sources = [s for s in args.sources.split(",") if s]
+    unknown = sorted(set(sources) - {"synthetic", *CNN_SOURCES})
+    if unknown:
+        ap.error(f"unknown --sources {', '.join(unknown)}; choose from synthetic, {', '.join(CNN_SOURCES)}")
+    ok = True
+    if "synthetic" in sources:
+        ok &= bench_synthetic(args)
+    cnn = [(s, None) for s in sources if s in CNN_SOURCES]
+    if args.checkpoint is not None:
+        cnn.append(("trained", args.checkpoint))
+    for source, checkpoint in cnn:
+        print()
+        probe, gallery, name = cnn_features(source, args.cnn_probes, args.cnn_gallery, args.feature_cache, checkpoint)
+        ok &= bench_source(name, probe, gallery, args)
+    print()
+    print("all targets met" if ok else "TARGET MISSED")
     return 0 if ok else 1
 
 

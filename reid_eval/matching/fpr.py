@@ -99,9 +99,9 @@ _PRECISIONS = ("float32", "float64")
 class ProbeBlock:
     """Prepared probe images (arrays on the backend's module).
 
-    x: ``[R, d]`` GEMM operand. float64: the normalised rows x. float32:
-        x − a·μ rounded once, the part of each row across the block's
-        ``center`` μ (module docstring, "Centring").
+    x: ``[R, d]`` GEMM operand. float64: the normalised rows. float32:
+        r = y − α·μ for the input rows y, the part of each row across the
+        block's ``center`` μ (module docstring, "Centring").
     local: ``[R, d]`` float32 input rows (float64 rows are rebuilt from them
         for refinement).
     inv_norm: ``[R]`` float64 scale of each row (1/‖row‖, or 1).
@@ -110,8 +110,9 @@ class ProbeBlock:
     offsets: host int64 ``[p+1]`` image boundaries in the rows.
     center: ``[d]`` float64 unit vector μ (zeros if the rows sum to 0), or
         None (float64 operands).
-    along: ``[R]`` float64 a = x·μ (float32 operands; else None).
-    across: ``[R]`` float64 ‖x − a·μ‖ (float32 operands; else None).
+    along: ``[R]`` float64 α ≈ y·μ (float32 operands; else None).
+    across: ``[R]`` float64 ‖x − ι·α·μ‖ = ι·‖r‖, ι = ``inv_norm`` (float32
+        operands; else None).
     """
 
     x: Any
@@ -370,47 +371,46 @@ def _row_chunks(n_rows: int) -> list[tuple[int, int]]:
     return [(a, min(n_rows, a + _CHUNK_ROWS)) for a in range(0, n_rows, _CHUNK_ROWS)]
 
 
-def _centred_rows(xp: ModuleType, local: Any, inv_norm: Any) -> tuple[Any, Any, Any, Any]:
-    """Float32 operand x − a·μ, μ ``[d]``, a ``[R]`` and ‖x − a·μ‖ ``[R]`` of normalised rows x.
+def _round_to_bits(xp: ModuleType, v: Any, bits: int) -> Any:
+    """``v`` (float32) rounded to ``bits`` significant bits, as float32."""
+    mantissa, exponent = xp.frexp(v.astype(xp.float64))
+    return xp.ldexp(xp.rint(mantissa * 2.0**bits) / 2.0**bits, exponent).astype(xp.float32)
 
-    μ is the direction of the sum of the rows, a = x·μ, all in float64
-    (on a CPU in row chunks, so no ``[R, d]`` float64 array is formed).
+
+def _centred_rows(xp: ModuleType, local: Any, inv_norm: Any) -> tuple[Any, Any, Any, Any]:
+    """Split the input rows y along a centre μ: returns r = y − α·μ (float32 ``[R, d]``), μ ``[d]``,
+    α ``[R]`` and ‖x − a·μ‖ = ι‖r‖ ``[R]`` (float64) for the normalised rows x = ι·y, a = ι·α.
+
+    μ (close to the direction of the sum of the normalised rows) and α ≈ y·μ
+    are rounded to 12 significant bits, so every product α·μ is exact in
+    float32 and r is rounded once, by at most u·|r|: the split
+    y = α·μ + r is exact up to a rounding proportional to |r|, in float32
+    passes (on a CPU in cache-sized row chunks over threads). ι is applied
+    to the tile's sums, not to r.
     """
     n_rows, d = local.shape
+    total = inv_norm.astype(xp.float32) @ local  # [d]
+    norm = float(xp.sqrt((total.astype(xp.float64) ** 2).sum()))
+    center32 = _round_to_bits(xp, total / xp.float32(norm), 12) if norm > 0 else xp.zeros(d, dtype=xp.float32)
+    alpha32 = _round_to_bits(xp, local @ center32, 12)  # [R]
     if xp is not np:
-        x64 = local.astype(xp.float64) * inv_norm[:, None]
-        total = x64.sum(axis=0)
-        norm = float(xp.linalg.norm(total))
-        center = total / norm if norm > 0 else xp.zeros(d)
-        along = x64 @ center
-        x64 -= along[:, None] * center[None, :]
-        return x64.astype(xp.float32), center, along, xp.sqrt((x64 * x64).sum(axis=1))
-    chunks = _row_chunks(n_rows)
-    partial = np.zeros((len(chunks), d))
+        r = local - alpha32[:, None] * center32[None, :]
+        across = xp.sqrt((r.astype(xp.float64) ** 2).sum(axis=1))
+    else:
+        r = np.empty_like(local)
+        across = np.empty(n_rows, dtype=np.float32)
+        chunks = _row_chunks(n_rows)
 
-    def add(i: int) -> None:
-        a, b = chunks[i]
-        partial[i] = inv_norm[a:b] @ local[a:b].astype(np.float64)
+        def centre(i: int) -> None:
+            a, b = chunks[i]
+            rows = r[a:b]
+            np.multiply.outer(alpha32[a:b], center32, out=rows)  # exact products
+            np.subtract(local[a:b], rows, out=rows)
+            np.einsum("ij,ij->i", rows, rows, out=across[a:b])
 
-    _over_chunks(len(chunks), add)
-    total = partial.sum(axis=0)
-    norm = float(np.linalg.norm(total))
-    center = total / norm if norm > 0 else np.zeros(d)
-    x = np.empty_like(local)
-    along = np.empty(n_rows)
-    across = np.empty(n_rows)
-
-    def centre(i: int) -> None:
-        a, b = chunks[i]
-        rows = local[a:b].astype(np.float64)
-        rows *= inv_norm[a:b][:, None]
-        along[a:b] = rows @ center
-        rows -= along[a:b][:, None] * center[None, :]
-        across[a:b] = np.sqrt(np.einsum("ij,ij->i", rows, rows))
-        x[a:b] = rows
-
-    _over_chunks(len(chunks), centre)
-    return x, center, along, across
+        _over_chunks(len(chunks), centre)
+        across = np.sqrt(across.astype(np.float64))
+    return r, center32.astype(xp.float64), alpha32.astype(xp.float64), across * inv_norm
 
 
 def _over_chunks(n: int, fn: Any) -> None:
@@ -642,17 +642,22 @@ def fpr_tile(
 
 def _unrefined_e2(xp: ModuleType, probes: ProbeBlock, gallery: GalleryBasis) -> Any:
     """``[g, ΣN]`` float64 e² = ‖x‖² − ‖Bt x‖² of every entry, from the tile GEMM (before refinement)."""
-    c = gallery.bt @ probes.x.T  # [ΣM, ΣN], the one big GEMM
-    s = _squared_segment_sum(xp, c, gallery.offsets)  # [g, ΣN] float64
+    if probes.center is None:
+        c = gallery.bt @ probes.x.T  # [ΣM, ΣN], the one big GEMM
+        return probes.sqnorm[None, :] - _squared_segment_sum(xp, c, gallery.offsets)
+    # Probes split along μ, y = α·μ + r, x = ι·y:
+    # S = ι²·(‖Bt r‖² + 2α·(w·r) + α²‖β‖²); the g rows w ride along in the one GEMM.
+    w32, beta_sq = _centre_terms(xp, gallery, probes.center)
+    n_rows = gallery.bt.shape[0]
+    c = xp.concatenate([gallery.bt, w32]) @ probes.x.T  # [ΣM + g, ΣN]
+    s = _squared_segment_sum(xp, c[:n_rows], gallery.offsets)  # [g, ΣN] float64
+    cross = c[n_rows:].astype(xp.float64)
     del c
-    if probes.center is not None:
-        # S = ‖Bt x'‖² + 2a·(w·x') + a²‖β‖² (probes centred across μ)
-        w32, beta_sq = _centre_terms(xp, gallery, probes.center)
-        cross = (w32 @ probes.x.T).astype(xp.float64)  # [g, ΣN]
-        cross *= 2.0 * probes.along[None, :]
-        s += cross
-        del cross
-        s += beta_sq[:, None] * (probes.along * probes.along)[None, :]
+    cross *= 2.0 * probes.along[None, :]
+    s += cross
+    del cross
+    s += beta_sq[:, None] * (probes.along * probes.along)[None, :]
+    s *= (probes.inv_norm * probes.inv_norm)[None, :]
     s *= -1.0
     s += probes.sqnorm[None, :]
     return s
