@@ -208,3 +208,13 @@ def test_new_config_fields_validate_and_default_for_old_checkpoints():
     old = {k: v for k, v in ModelConfig().to_dict().items() if k not in ("stem", "global_feature", "interpolation")}
     assert ModelConfig.from_dict(old) == ModelConfig()
     assert (ModelConfig().stem, ModelConfig().global_feature, ModelConfig().interpolation) == ("torchvision", "average", "bilinear")
+
+
+def test_ibn_a_model_trains_its_instance_norms():
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(backbone="resnet50_ibn_a", input_size=(64, 32))).train()
+    out = model(torch.randn(2, 3, 64, 32))
+    (out.local.square().mean() + out.foreground_logits.square().mean()).backward()
+    grad = model.backbone.layer1[0].bn1.IN.weight.grad
+    assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0
+    assert model.backbone.layer3[5].bn1.BN.weight.grad.abs().sum() > 0
