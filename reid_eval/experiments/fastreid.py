@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from reid_eval.errors import ReidEvalError
 from reid_eval.evaluation import query_stats, summarize
 from reid_eval.experiments.record import MatchParams
 
@@ -119,3 +120,86 @@ def tuning_record(held_out: dict[str, Any] | None, test_sweep: list[dict[str, fl
             "lambda": best["lambda"], "R1": best["R1"], "mAP": best["mAP"],
         }
     return record
+
+
+def tune_on_train(train: Any, *, max_ids: int = HOLD_OUT_IDS, seed: int = 0, backend: str = "auto") -> dict[str, Any]:
+    """fast-reid's λ sweep on a held-out part of a train split (``SplitData``); the ``held_out`` record.
+
+    The distances are the preset's (κ, shortlist by cosine, fill), computed in
+    memory on the held-out images only (at most ``max_ids`` identities).
+    """
+    from reid_eval.experiments.scoring import fill_outside_shortlist
+    from reid_eval.matching import fpr_distances, global_distances
+
+    q_rows, g_rows = held_out_split(train.pids, train.camids, max_ids, seed)
+    qg, gg = train.global_features[q_rows], train.global_features[g_rows]
+    local = fpr_distances(train.spatial[q_rows], train.spatial[g_rows], beta=FASTREID_BETA, weighted=True, backend=backend,
+                          shortlist=FASTREID_SHORTLIST, probe_global=qg, gallery_global=gg, shortlist_metric=FASTREID_GLOBAL)
+    local = fill_outside_shortlist(local, FASTREID_SHORTLIST, FASTREID_FILL)
+    glob = global_distances(qg, gg, metric=FASTREID_GLOBAL)
+    sweep = sweep_lambda(glob, local, train.pids[q_rows], train.pids[g_rows], train.camids[q_rows], train.camids[g_rows])
+    best = best_of(sweep)
+    return {
+        "split": "held-out train identities (one query image each, the rest of their images as gallery)",
+        "identities": int(len(q_rows)), "queries": int(len(q_rows)), "gallery": int(len(g_rows)), "seed": int(seed),
+        "lambda": best["lambda"], "R1": best["R1"], "mAP": best["mAP"],
+    }
+
+
+def run_fastreid(
+    cache_file: Any,
+    results_dir: Any,
+    base: MatchParams | None = None,
+    fuse: float | None = None,
+    *,
+    dataset: str | None = None,
+    execution: Any = None,
+    tune_ids: int = HOLD_OUT_IDS,
+    tune_seed: int = 0,
+) -> Any:
+    """Match one cache with the fast-reid preset; returns the :class:`MatchOutcome` (its file holds ``fuse_tuning``).
+
+    ``fuse`` None: λ tuned on held-out identities of the cache's train split
+    (ReidEvalError when the cache has no complete train split). Either way the
+    optimistic test-set sweep is recorded beside.
+    """
+    from pathlib import Path
+
+    from reid_eval.experiments.match import compute_distances, match_cache
+    from reid_eval.experiments.scoring import _fingerprint
+    from reid_eval.features import read_split, read_split_index, split_complete, write_distances
+    from reid_eval.features.cache import read_global_block
+    from reid_eval.matching import global_distances
+
+    cache_file = Path(cache_file).resolve()
+    held = None
+    if fuse is None:
+        if not split_complete(cache_file, "train"):
+            raise ReidEvalError(
+                f"--preset fastreid tunes λ on held-out train identities, but cache {cache_file} has no complete train "
+                "split: extract it with `--splits train,query,gallery`, or give --fuse"
+            )
+        held = tune_on_train(read_split(cache_file, "train"), max_ids=tune_ids, seed=tune_seed,
+                             backend=(base or MatchParams()).backend)
+        fuse = held["lambda"]
+    unfused = dataclasses.replace(fastreid_params(0.0, base), fuse=None).validate()
+    local, how = compute_distances(cache_file, unfused, execution)
+    # stored under its own name: the fused run below reuses it instead of reconstructing again
+    write_distances(cache_file, unfused.distance_name, local, {**unfused.to_json(), **how, "distance_name": unfused.distance_name,
+                                                               "features_fingerprint": _fingerprint(cache_file, ("query", "gallery"))})
+    q, g = read_split_index(cache_file, "query"), read_split_index(cache_file, "gallery")
+    glob = global_distances(read_global_block(cache_file, "query", 0, len(q.pids)),
+                            read_global_block(cache_file, "gallery", 0, len(g.pids)), metric=FASTREID_GLOBAL)
+    test_sweep = sweep_lambda(glob, local, q.pids, g.pids, q.camids, g.camids)
+    outcome = match_cache(cache_file, fastreid_params(fuse, base), results_dir, dataset=dataset, execution=execution)
+    record = tuning_record(held, test_sweep)
+    result = dataclasses.replace(outcome.result, fuse_tuning=record)
+    result.write(results_dir)
+    sweep = record["test_sweep"]
+    how_lambda = "tuned on held-out train identities" if held is not None else "given"
+    outcome.result = result
+    outcome.summary += (
+        f"\n  fast-reid preset: λ={fuse:g} ({how_lambda}); optimistic test-set sweep (λ chosen on these test queries, "
+        f"as fast-reid reports): λ={sweep['lambda']:g} R1 {100 * sweep['R1']:.2f}% mAP {100 * sweep['mAP']:.2f}%"
+    )
+    return outcome

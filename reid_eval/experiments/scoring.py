@@ -224,7 +224,8 @@ def rerank_from_cache(
     if params.rerank == "same":
         qq_name, qq_how = cached_matrix(cache_file, base, execution, compute, ("query", "query"))
         gg_name, gg_how = cached_matrix(cache_file, base, execution, compute, ("gallery", "gallery"))
-        info["rerank_aux"] = {qq_name: qq_how.get("reused"), gg_name: gg_how.get("reused")}
+        info["rerank_aux"] = ", ".join(
+            f"{n} ({'reused' if h.get('reused') else 'computed'})" for n, h in ((qq_name, qq_how), (gg_name, gg_how)))
         with stored_rows(cache_file, qq_name) as qq, stored_rows(cache_file, gg_name) as gg:
             D = k_reciprocal_rerank(qg, qq[...], gg, **kwargs)
     else:
