@@ -1,4 +1,4 @@
-"""The HDF5 feature cache (DESIGN.md "HDF5 feature cache").
+"""The HDF5 feature cache (docs/DESIGN.md, "HDF5 feature cache").
 
 One file per (dataset, checkpoint, preprocessing, manifest):
 ``<cache_dir>/<dataset>/<key>.h5`` where ``key`` is the first 16 hex digits of
@@ -23,9 +23,19 @@ order (manifest order for ``--resize fixed``; grouped by size for keep-aspect):
 ``local``          [L, d] float32      pyramid features
 ``foreground``     [L] float32         foreground probability of each location
 ``global``         [n, d] float32      average-pooled feature map
+``file_size``      [n] int64           the image file's size in bytes ...
+``file_mtime_ns``  [n] int64           ... modification time (ns) ...
+``file_digest``    [n] S32             ... and BLAKE2b-128 of its bytes (hex)
 ``skipped``        [s] str             images left out with --skip-bad ...
 ``skipped_reason`` [s] str             ... and why
+``skipped_size``,  [s] int64           ... and their files' size and time
+``skipped_mtime_ns``
 =================  ==================  =============================================
+
+The file records let ``extract`` notice a replaced or repaired image (see
+reid_eval.features.extract, "Changed images"). Writing is guarded by
+reid_eval.features.cache_io: a writer lock beside the file, disk space
+reserved before each batch, and a file sealed after a failed write.
 
 Group attributes: ``num_total`` (images of the split in the manifest),
 ``num_complete`` (of those, processed: written or skipped), ``num_written``,
@@ -50,18 +60,32 @@ import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Union
+from typing import Any, Iterable, Iterator, Mapping, Sequence, Union
 
 import h5py
 import numpy as np
 
 from reid_eval import __version__
 from reid_eval.errors import ReidEvalError
+from reid_eval.features.cache_io import (
+    CacheBusyError,
+    CacheWriteError,
+    busy_message,
+    check_not_being_written,
+    close_cache,
+    is_lock_error,
+    new_bytes,
+    reserve_space,
+    sealed_on_failure,
+    write_failure_message,
+    writer_pid,
+)
 from reid_eval.features.spatial import SpatialFeatures
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: per-image file records (size, mtime, digest) and the writer lock
 SPLITS: tuple[str, ...] = ("query", "gallery", "train")
-_ROW_DATASETS = ("path", "pid", "camid", "manifest_index", "grid", "global")
+_ROW_DATASETS = ("path", "pid", "camid", "manifest_index", "grid", "global", "file_size", "file_mtime_ns", "file_digest")
+_SKIP_DATASETS = ("skipped", "skipped_reason", "skipped_size", "skipped_mtime_ns")
 _STR = h5py.string_dtype(encoding="utf-8")
 
 # A cache file's path, or a file already opened with :func:`open_cache` (kept
@@ -142,16 +166,31 @@ def check_cache_file(f: h5py.File, path: Path) -> None:
 
 
 def create_cache(path: Path, attrs: Mapping[str, Any]) -> None:
-    """Create an empty cache file with the root ``attrs`` (written to a temp name, then renamed)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Create an empty cache file with the root ``attrs`` (written to a temp name, then renamed).
+
+    A failed write (disk full) removes the temp file and raises CacheWriteError naming ``path``.
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ReidEvalError(f"cannot create cache folder {path.parent}: {exc.strerror or exc} (--cache-dir)") from None
     tmp = path.with_name(path.name + ".tmp")
-    with h5py.File(tmp, "w") as f:
-        f.attrs["schema_version"] = SCHEMA_VERSION
-        f.attrs["package_version"] = __version__
-        f.attrs["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-        for k, v in attrs.items():
-            f.attrs[k] = v
-    os.replace(tmp, path)
+    try:
+        f = h5py.File(tmp, "w")
+    except OSError as exc:
+        raise CacheWriteError(write_failure_message(path, exc)) from None
+    try:
+        with sealed_on_failure(f):
+            f.attrs["schema_version"] = SCHEMA_VERSION
+            f.attrs["package_version"] = __version__
+            f.attrs["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+            for k, v in attrs.items():
+                f.attrs[k] = v
+        close_cache(f)
+        os.replace(tmp, path)
+    except CacheWriteError as exc:
+        tmp.unlink(missing_ok=True)
+        raise CacheWriteError(str(exc).replace(str(tmp), str(path))) from None
 
 
 def open_cache(path: str | os.PathLike, mode: str = "r") -> h5py.File:
@@ -159,9 +198,18 @@ def open_cache(path: str | os.PathLike, mode: str = "r") -> h5py.File:
     path = Path(path)
     if not path.is_file():
         raise ReidEvalError(f"feature cache {path} does not exist; run `reid-eval extract` first")
+    if mode == "r":
+        check_not_being_written(path)  # a file mid-extraction is busy, not damaged
     try:
         f = h5py.File(path, mode)
     except OSError as exc:
+        if is_lock_error(exc):  # HDF5's own lock: another process has it open
+            pid = writer_pid(path)
+            if pid is not None or mode != "r":
+                raise CacheBusyError(busy_message(path, pid) if pid is not None else (
+                    f"feature cache {path} is open in another process (a `match`, `report` or extraction); "
+                    f"wait for it to finish, then rerun")) from None
+            raise CacheBusyError(busy_message(path, None)) from None
         raise ReidEvalError(f"cannot open feature cache {path} ({' '.join(str(exc).split())}); delete it and extract again") from exc
     try:
         check_cache_file(f, path)
@@ -181,29 +229,100 @@ def _opened(source: CacheSource) -> Iterator[h5py.File]:
             yield f
 
 
-class SplitWriter:
-    """Appends batches to one split group; each :meth:`append` is committed atomically with respect to resume."""
+@dataclass(frozen=True)
+class FileRecord:
+    """What the cache remembers of an image file, to notice when it is replaced or repaired.
 
-    def __init__(self, f: h5py.File, split: str, num_total: int, feature_dim: int, num_levels: int):
+    size: bytes; mtime_ns: modification time (ns since the epoch); digest:
+    BLAKE2b-128 of the file's bytes as 32 hex digits ("" when not read, e.g.
+    for a skipped image). Size -1 marks an unknown file (always re-checked).
+    """
+
+    size: int
+    mtime_ns: int
+    digest: str = ""
+
+
+UNKNOWN_FILE = FileRecord(-1, -1, "")
+#: Suffix of the group a split with changed images is rebuilt in, then swapped in (see reid_eval.features.extract).
+NEXT_SUFFIX = "__next"
+#: Suffix of a split group whose tables a failed write left inconsistent; never read, extracted again.
+DAMAGED_SUFFIX = "__damaged"
+
+
+def _tables_intact(g: h5py.Group) -> bool:
+    """Whether every table of a split group can be opened and its chunk index walked (reads only)."""
+    try:
+        for name in g:
+            ds = g[name]
+            if ds.chunks is not None:
+                ds.id.get_num_chunks()
+    except (OSError, RuntimeError, ValueError, KeyError):
+        return False
+    return True
+
+
+def _free_name(f: h5py.File, name: str) -> str:
+    """``name``, or ``name2``, ``name3``... whichever is not taken in ``f``."""
+    k, out = 1, name
+    while out in f:
+        k += 1
+        out = f"{name}{k}"
+    return out
+
+
+class SplitWriter:
+    """Appends batches to one split group; each :meth:`append` is committed atomically with respect to resume.
+
+    Every batch first reserves the disk space it can need (see
+    :mod:`reid_eval.features.cache_io`): a full disk stops the extraction
+    before the batch, with a CacheWriteError naming the file, and leaves the
+    committed batches as they were.
+    """
+
+    def __init__(self, f: h5py.File, split: str, num_total: int, feature_dim: int, num_levels: int, group: str | None = None):
         self.f = f
-        if split in f:
-            g = f[split]
-            if int(g.attrs["num_total"]) != num_total or g["local"].shape[1] != feature_dim:
-                raise ReidEvalError(f"cache {f.filename} split {split} was started for {g.attrs['num_total']} images; delete it")
-            self.g = g
-            self._truncate()
-        else:
-            self.g = self._create(f, split, num_total, feature_dim, num_levels)
-            f.flush()
+        self.split = split
+        group = group or split  # the split's own group, or the one it is rebuilt in
+        with sealed_on_failure(f):
+            if group in f:
+                g = f[group]
+                if int(g.attrs["num_total"]) != num_total or g["local"].shape[1] != feature_dim:
+                    raise ReidEvalError(f"cache {f.filename} split {split} was started for {g.attrs['num_total']} images; delete it")
+                if _tables_intact(g):
+                    self.g = g
+                    self._hold()
+                    self._truncate()
+                else:
+                    # A write that failed past the reservation (see cache_io) left this group's tables
+                    # pointing past the file's end: keep it aside, untouched, and extract the split again.
+                    del g
+                    f.move(group, _free_name(f, group + DAMAGED_SUFFIX))
+                    reserve_space(f, 0, f"the {split} split's tables")
+                    self.g = self._create(f, group, num_total, feature_dim, num_levels)
+                    self._hold()
+                    f.flush()
+            else:
+                reserve_space(f, 0, f"the {split} split's tables")
+                self.g = self._create(f, group, num_total, feature_dim, num_levels)
+                self._hold()
+                f.flush()
+
+    def _hold(self) -> None:
+        # One open dataset object each for the writer's life: h5py closes a dataset when its
+        # last object goes, HDF5 then writes its cached chunks, and a write failing there (disk
+        # full) is only printed, never raised, leaving HDF5 in a state that crashes at exit.
+        self.ds: dict[str, h5py.Dataset] = {name: self.g[name] for name in self.g}
 
     @staticmethod
-    def _create(f: h5py.File, split: str, num_total: int, d: int, k: int) -> h5py.Group:
-        g = f.create_group(split)
+    def _create(f: h5py.File, group: str, num_total: int, d: int, k: int) -> h5py.Group:
+        g = f.create_group(group)
         rows = 1024
         loc_rows = max(1, min(4096, (1 << 20) // (4 * d)))
         g.create_dataset("path", (0,), maxshape=(None,), dtype=_STR, chunks=(rows,))
-        for name in ("pid", "camid", "manifest_index"):
+        for name in ("pid", "camid", "manifest_index", "file_size", "file_mtime_ns"):
             g.create_dataset(name, (0,), maxshape=(None,), dtype=np.int64, chunks=(rows,))
+        g.create_dataset("file_digest", (0,), maxshape=(None,), dtype="S32", chunks=(rows,))
         g.create_dataset("offsets", data=np.zeros(1, np.int64), maxshape=(None,), chunks=(rows,))
         g.create_dataset("grid", (0, k, 2), maxshape=(None, k, 2), dtype=np.int32, chunks=(rows, k, 2))
         g.create_dataset("global", (0, d), maxshape=(None, d), dtype=np.float32, chunks=(max(1, loc_rows), d))
@@ -211,6 +330,8 @@ class SplitWriter:
         g.create_dataset("foreground", (0,), maxshape=(None,), dtype=np.float32, chunks=(4096,))
         g.create_dataset("skipped", (0,), maxshape=(None,), dtype=_STR, chunks=(64,))
         g.create_dataset("skipped_reason", (0,), maxshape=(None,), dtype=_STR, chunks=(64,))
+        for name in ("skipped_size", "skipped_mtime_ns"):
+            g.create_dataset(name, (0,), maxshape=(None,), dtype=np.int64, chunks=(64,))
         g.attrs.update(num_total=num_total, num_complete=0, num_written=0, num_locations=0, num_skipped=0)
         return g
 
@@ -218,12 +339,12 @@ class SplitWriter:
         # Rows past the committed counts belong to a batch that was interrupted.
         n, L, s = (int(self.g.attrs[k]) for k in ("num_written", "num_locations", "num_skipped"))
         for name in _ROW_DATASETS:
-            self.g[name].resize(n, axis=0)
-        self.g["offsets"].resize(n + 1, axis=0)
-        self.g["local"].resize(L, axis=0)
-        self.g["foreground"].resize(L, axis=0)
-        self.g["skipped"].resize(s, axis=0)
-        self.g["skipped_reason"].resize(s, axis=0)
+            self.ds[name].resize(n, axis=0)
+        self.ds["offsets"].resize(n + 1, axis=0)
+        self.ds["local"].resize(L, axis=0)
+        self.ds["foreground"].resize(L, axis=0)
+        for name in _SKIP_DATASETS:
+            self.ds[name].resize(s, axis=0)
 
     @property
     def num_complete(self) -> int:
@@ -240,6 +361,14 @@ class SplitWriter:
         if len(values):
             ds[start:] = values
 
+    def _batch_bytes(self, n: int, L: int, s: int, text_bytes: int) -> int:
+        """Upper bound of the bytes a batch of n images, L locations and s skipped images adds to the file."""
+        g = self.ds
+        total = sum(new_bytes(g[name], n) for name in _ROW_DATASETS) + new_bytes(g["offsets"], n)
+        total += new_bytes(g["local"], L) + new_bytes(g["foreground"], L)
+        total += sum(new_bytes(g[name], s) for name in _SKIP_DATASETS)
+        return total + text_bytes
+
     def append(
         self,
         processed: int,
@@ -252,39 +381,94 @@ class SplitWriter:
         counts: np.ndarray,
         foreground: np.ndarray,
         global_features: np.ndarray,
-        skipped: list[tuple[str, str]] = (),
+        skipped: Sequence[tuple[str, str] | tuple[str, str, FileRecord]] = (),
         before_commit: Any = None,
+        files: Sequence[FileRecord] | None = None,
     ) -> None:
         """Write one batch of ``len(paths)`` images (``counts[i]`` local rows each) and commit it.
 
         ``processed`` manifest entries are done after it (written + skipped).
+        ``files``: the FileRecord of each written image (unknown when None);
+        ``skipped``: (path, reason[, FileRecord]) of each image left out.
         ``before_commit`` (a callable or None) runs after the rows are flushed
         to disk and before the counts commit them; tests kill the process there.
+        Raises CacheWriteError (file and cause named) when the disk is full.
         """
-        g = self.g
+        g, ds = self.g, self.ds
+        files = list(files) if files is not None else [UNKNOWN_FILE] * len(paths)
+        skip_records = [item[2] if len(item) > 2 else UNKNOWN_FILE for item in skipped]
         n0, L0 = int(g.attrs["num_written"]), int(g.attrs["num_locations"])
-        self._extend(g["path"], np.array(paths, dtype=object))
-        self._extend(g["pid"], np.asarray(pids, np.int64))
-        self._extend(g["camid"], np.asarray(camids, np.int64))
-        self._extend(g["manifest_index"], np.asarray(manifest_index, np.int64))
-        self._extend(g["grid"], np.asarray(grids, np.int32))
-        self._extend(g["global"], np.asarray(global_features, np.float32))
-        self._extend(g["local"], np.asarray(local, np.float32))
-        self._extend(g["foreground"], np.asarray(foreground, np.float32))
-        self._extend(g["offsets"], L0 + np.cumsum(np.asarray(counts, np.int64)))
-        if skipped:
-            self._extend(g["skipped"], np.array([p for p, _ in skipped], dtype=object))
-            self._extend(g["skipped_reason"], np.array([r for _, r in skipped], dtype=object))
-        self.f.flush()
-        if before_commit is not None:
-            before_commit()
-        g.attrs.update(
-            num_complete=self.num_complete + processed,
-            num_written=n0 + len(paths),
-            num_locations=L0 + int(np.sum(counts)),
-            num_skipped=int(g.attrs["num_skipped"]) + len(skipped),
-        )
-        self.f.flush()
+        num_loc = int(np.sum(counts))
+        text = sum(len(p.encode()) for p in paths) + sum(len(item[0].encode()) + len(item[1].encode()) for item in skipped)
+        with sealed_on_failure(self.f):
+            reserve_space(
+                self.f,
+                self._batch_bytes(len(paths), num_loc, len(skipped), text),
+                f"its next batch ({len(paths)} {self.split} images)",
+            )
+            self._extend(ds["path"], np.array(paths, dtype=object))
+            self._extend(ds["pid"], np.asarray(pids, np.int64))
+            self._extend(ds["camid"], np.asarray(camids, np.int64))
+            self._extend(ds["manifest_index"], np.asarray(manifest_index, np.int64))
+            self._extend(ds["file_size"], np.array([r.size for r in files], np.int64))
+            self._extend(ds["file_mtime_ns"], np.array([r.mtime_ns for r in files], np.int64))
+            self._extend(ds["file_digest"], np.array([r.digest.encode("ascii") for r in files], "S32"))
+            self._extend(ds["grid"], np.asarray(grids, np.int32))
+            self._extend(ds["global"], np.asarray(global_features, np.float32))
+            self._extend(ds["local"], np.asarray(local, np.float32))
+            self._extend(ds["foreground"], np.asarray(foreground, np.float32))
+            self._extend(ds["offsets"], L0 + np.cumsum(np.asarray(counts, np.int64)))
+            if skipped:
+                self._extend(ds["skipped"], np.array([item[0] for item in skipped], dtype=object))
+                self._extend(ds["skipped_reason"], np.array([item[1] for item in skipped], dtype=object))
+                self._extend(ds["skipped_size"], np.array([r.size for r in skip_records], np.int64))
+                self._extend(ds["skipped_mtime_ns"], np.array([r.mtime_ns for r in skip_records], np.int64))
+            self.f.flush()
+            if before_commit is not None:
+                before_commit()
+            g.attrs.update(
+                num_complete=self.num_complete + processed,
+                num_written=n0 + len(paths),
+                num_locations=L0 + num_loc,
+                num_skipped=int(g.attrs["num_skipped"]) + len(skipped),
+            )
+            self.f.flush()
+
+
+def split_file_records(f: h5py.File, group: str) -> tuple[dict[str, tuple[int, FileRecord]], dict[str, tuple[str, FileRecord]]]:
+    """The committed images of split group ``group`` by path: ({path: (row, FileRecord)}, {skipped path: (reason, FileRecord)})."""
+    g = f[group]
+    n, _, s = _committed(g)
+    paths = _decode(g["path"][:n])
+    sizes, mtimes = g["file_size"][:n], g["file_mtime_ns"][:n]
+    digests = [d.decode("ascii") if isinstance(d, bytes) else str(d) for d in g["file_digest"][:n]]
+    written = {p: (i, FileRecord(int(sizes[i]), int(mtimes[i]), digests[i])) for i, p in enumerate(paths)}
+    sk_paths, sk_reasons = _decode(g["skipped"][:s]), _decode(g["skipped_reason"][:s])
+    sk_sizes, sk_mtimes = g["skipped_size"][:s], g["skipped_mtime_ns"][:s]
+    skipped = {p: (sk_reasons[i], FileRecord(int(sk_sizes[i]), int(sk_mtimes[i]))) for i, p in enumerate(sk_paths)}
+    return written, skipped
+
+
+def read_rows(f: h5py.File, group: str, rows: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Features of committed ``rows`` of split group ``group``, in that order, to copy into another group.
+
+    Returns (local [sum N_i, d], counts [n], foreground [sum N_i], global [n, d], grid [n, K, 2]).
+    """
+    g = f[group]
+    rows = np.asarray(rows, np.int64)
+    if len(rows) == 0:
+        d, k = g["local"].shape[1], g["grid"].shape[1]
+        return np.zeros((0, d), np.float32), np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros((0, d), np.float32), np.zeros((0, k, 2), np.int32)
+    lo, hi = int(rows.min()), int(rows.max()) + 1
+    offsets = g["offsets"][lo : hi + 1].astype(np.int64)
+    local_all = g["local"][offsets[0] : offsets[-1]]
+    fg_all = g["foreground"][offsets[0] : offsets[-1]]
+    glob = g["global"][lo:hi][rows - lo]
+    grid = g["grid"][lo:hi][rows - lo]
+    starts, stops = offsets[rows - lo] - offsets[0], offsets[rows - lo + 1] - offsets[0]
+    local = np.concatenate([local_all[a:b] for a, b in zip(starts, stops)])
+    fg = np.concatenate([fg_all[a:b] for a, b in zip(starts, stops)])
+    return local.astype(np.float32, copy=False), (stops - starts).astype(np.int64), fg.astype(np.float32, copy=False), glob, grid
 
 
 def split_status(cache_file: CacheSource) -> dict[str, tuple[int, int]]:
@@ -512,14 +696,23 @@ def write_distances(cache_file: str | os.PathLike, name: str, distances: np.ndar
     Every parameter is an attribute of its own (None as the string "none") and
     all of them together as JSON in the ``params`` attribute.
     """
-    with open_cache(cache_file, "r+") as f:
-        grp = f.require_group("distances")
-        if name in grp:
-            del grp[name]
-        ds = grp.create_dataset(name, data=np.asarray(distances, np.float32))
-        for k, v in params.items():
-            ds.attrs[k] = "none" if v is None else v
-        ds.attrs["params"] = json.dumps(dict(params), sort_keys=True, default=str)
+    distances = np.asarray(distances, np.float32)
+    f = open_cache(cache_file, "r+")
+    try:
+        with sealed_on_failure(f):  # a full disk must not cost the features (see cache_io)
+            reserve_space(f, distances.nbytes, f"distances/{name}")
+            grp = f.require_group("distances")
+            if name in grp:
+                del grp[name]
+            ds = grp.create_dataset(name, data=distances)
+            for k, v in params.items():
+                ds.attrs[k] = "none" if v is None else v
+            ds.attrs["params"] = json.dumps(dict(params), sort_keys=True, default=str)
+    except BaseException:
+        if f.id.valid:
+            f.close()
+        raise
+    close_cache(f)
 
 
 def _distance_params(ds: h5py.Dataset) -> dict[str, Any]:

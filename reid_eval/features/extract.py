@@ -9,10 +9,33 @@ so equal sizes are batched together. The order is a pure function of the
 manifest and the image headers, so a resumed run sees the same batches.
 
 While the network runs on one batch a worker thread decodes the next one.
+
+Changed images
+    The cache key covers the dataset, checkpoint, settings and the manifest
+    (image names, ids, cameras), not the files' contents. Each written image
+    also gets a record of its file (size, modification time, BLAKE2b-128 of its
+    bytes; size and time for a skipped one). Every run compares the records
+    with the files: an image whose size differs, or whose time differs and
+    whose digest does too, is *changed*, and so is a skipped image whose file's
+    size or time moved (it was repaired, and is tried again, with or without
+    --skip-bad). A split with changed images is rebuilt in the same file, in a
+    group ``<split>__next`` beside the old one, which stays readable until the
+    rebuild is complete and replaces it: unchanged images are copied from the
+    old group, only changed ones go through the network. The rebuild resumes
+    like any extraction. A file only touched or copied (same bytes) is not
+    re-extracted. HDF5 does not give the old group's space
+    back to the file system (``h5repack`` does). `match` and `report` do not
+    look at the images: rerun `extract` after replacing images.
+
+Writing is guarded (reid_eval.features.cache_io): one extraction per cache
+file at a time (a second says which process is writing it), disk space
+reserved before each batch (a full disk stops cleanly, naming the file; a
+rerun resumes once there is room), and a failed write never reaches the file.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -23,6 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
+import h5py
 import numpy as np
 import pandas as pd
 import torch
@@ -31,14 +55,20 @@ from PIL import Image
 from reid_eval.datasets import get_spec, load_manifest, manifest_sha256, validate_counts
 from reid_eval.errors import ReidEvalError
 from reid_eval.features.cache import (
+    NEXT_SUFFIX,
     SPLITS,
+    UNKNOWN_FILE,
+    FileRecord,
     SplitWriter,
     cache_key,
     cache_path,
     create_cache,
     iter_cache_files,  # re-exported: it moved to the torch-free reading side
     open_cache,
+    read_rows,
+    split_file_records,
 )
+from reid_eval.features.cache_io import close_cache, sealed_on_failure, writer_lock
 from reid_eval.features.preprocess import Preprocessing, load_image_array, to_tensor_batch
 from reid_eval.model import FPRNet, ModelConfig, load_checkpoint
 
@@ -111,12 +141,24 @@ class _Loaded:
     images: torch.Tensor | None  # [B, 3, H, W] normalised float32 on the CPU; None when nothing loaded
     kept: list[int]  # positions within the batch that loaded
     bad: list[tuple[int, str]]  # (position, reason) of those that did not
+    files: list[FileRecord]  # the file record of every position (loaded or not)
+
+
+def file_record(path: str | os.PathLike, digest: bool = True) -> FileRecord:
+    """Size, modification time and (when ``digest``) BLAKE2b-128 of an image file; UNKNOWN_FILE when it cannot be read."""
+    try:
+        st = os.stat(path)
+        text = hashlib.blake2b(Path(path).read_bytes(), digest_size=16).hexdigest() if digest else ""
+    except OSError:
+        return UNKNOWN_FILE
+    return FileRecord(int(st.st_size), int(st.st_mtime_ns), text)
 
 
 def _load_batch(paths: Sequence[Path], prep: Preprocessing, skip_bad: bool) -> _Loaded:
-    """Decode, resize and normalise a batch (runs in the loader thread)."""
-    arrays, kept, bad = [], [], []
+    """Decode, resize and normalise a batch and record its files (runs in the loader thread)."""
+    arrays, kept, bad, files = [], [], [], []
     for pos, p in enumerate(paths):
+        files.append(file_record(p))  # before decoding: a file replaced meanwhile looks changed next time
         try:
             arrays.append(load_image_array(p, prep))
             kept.append(pos)
@@ -124,7 +166,7 @@ def _load_batch(paths: Sequence[Path], prep: Preprocessing, skip_bad: bool) -> _
             if not skip_bad:
                 raise
             bad.append((pos, str(exc)))
-    return _Loaded(to_tensor_batch(arrays, prep) if arrays else None, kept, bad)
+    return _Loaded(to_tensor_batch(arrays, prep) if arrays else None, kept, bad, files)
 
 
 class _SplitRun:
@@ -163,6 +205,47 @@ def cache_settings(config: ModelConfig, prep: Preprocessing) -> dict:
     return {"model": config.to_dict(), "preprocessing": prep.to_dict()}
 
 
+@dataclass(frozen=True)
+class _Kept:
+    """A committed image of an earlier version of the split whose file is unchanged: reuse it."""
+
+    row: int | None  # its row in the earlier group; None for an image that was skipped
+    record: FileRecord
+    reason: str = ""  # why it was skipped
+
+
+def unchanged_images(f: h5py.File, group: str, rows: pd.DataFrame, root: Path) -> tuple[dict[str, _Kept], list[str]]:
+    """Split the committed images of ``group`` into unchanged ones (by path) and changed ones.
+
+    An image is unchanged when its file's size and modification time equal the
+    record's, or its size and BLAKE2b digest do (the file was only touched or
+    copied). A skipped image is unchanged while its size and time are; once
+    its file changes (repaired) it is changed, so it is tried again.
+    """
+    written, skipped = split_file_records(f, group)
+    wanted = set(rows["path"])
+    kept: dict[str, _Kept] = {}
+    changed: list[str] = []
+    for path, (row, rec) in written.items():
+        if path not in wanted:
+            continue
+        now = file_record(root / path, digest=False)
+        same = now.size == rec.size >= 0 and (now.mtime_ns == rec.mtime_ns or (rec.digest and file_record(root / path).digest == rec.digest))
+        if same:
+            kept[path] = _Kept(row, now if now.mtime_ns == rec.mtime_ns else file_record(root / path))
+        else:
+            changed.append(path)
+    for path, (reason, rec) in skipped.items():
+        if path not in wanted:
+            continue
+        now = file_record(root / path, digest=False)
+        if now.size == rec.size >= 0 and now.mtime_ns == rec.mtime_ns:
+            kept[path] = _Kept(None, rec, reason)
+        else:
+            changed.append(path)
+    return kept, changed
+
+
 def extract_dataset(
     dataset: str,
     root: str | os.PathLike,
@@ -186,9 +269,13 @@ def extract_dataset(
         counts unless ``allow_mismatch``.
     checkpoint: a reid-eval checkpoint; None is an error (features of a random
         network are never produced silently).
-    A finished cache with the same key returns at once; an interrupted one
-    continues after its last committed batch. Raises ReidEvalError on an
-    unreadable image unless ``skip_bad`` (then it is listed in ``skipped``).
+    A finished cache with the same key and unchanged image files returns at
+    once; an interrupted one continues after its last committed batch; a split
+    with changed (or repaired skipped) images is rebuilt, reusing the features
+    of the unchanged ones (module docstring, "Changed images"). Raises
+    ReidEvalError on an unreadable image unless ``skip_bad`` (then it is listed
+    in ``skipped``), CacheBusyError when another extraction writes the same
+    cache, CacheWriteError when the disk is full (committed batches are kept).
     """
     if checkpoint is None:
         raise ReidEvalError(
@@ -213,43 +300,87 @@ def extract_dataset(
     m_sha = manifest_sha256(manifest)
     key = cache_key(dataset, meta["sha256"], settings, m_sha)
     path = cache_path(cache_dir, dataset, key)
-    if not path.exists():
-        create_cache(
-            path,
-            {
-                "cache_key": key,
-                "dataset": dataset,
-                "dataset_root": str(root),
-                "checkpoint_sha256": meta["sha256"],
-                "checkpoint_file": str(Path(checkpoint).resolve()),
-                "manifest_sha256": m_sha,
-                "settings": json.dumps(settings, sort_keys=True),
-            },
-        )
-    with open_cache(path) as f:
-        done = all(s in f and f[s].attrs["num_complete"] == f[s].attrs["num_total"] for s in splits)
-    if done:  # a finished cache is never opened for writing
-        if progress:
-            for s in splits:
-                n = int((manifest["split"] == s).sum())
-                progress(s, n, n, 0.0)
-        return path
-    model = model.to(dev).eval()
-    run = _SplitRun(model, prep, dev)
-    kill = _kill_hook()
-    f = open_cache(path, "r+")
-    try:
-        for split in splits:
-            rows = manifest[manifest["split"] == split].reset_index(drop=True)
-            writer = SplitWriter(f, split, len(rows), config.feature_dim, len(config.pyramid_kernels))
-            if writer.is_complete:
-                if progress:
-                    progress(split, len(rows), len(rows), 0.0)
-                continue
-            _extract_split(writer, run, rows, root, split, batch_size, skip_bad, progress, kill)
-    finally:
-        f.close()
+    split_rows = {s: manifest[manifest["split"] == s].reset_index(drop=True) for s in splits}
+    with writer_lock(path):
+        if not path.exists():
+            create_cache(
+                path,
+                {
+                    "cache_key": key,
+                    "dataset": dataset,
+                    "dataset_root": str(root),
+                    "checkpoint_sha256": meta["sha256"],
+                    "checkpoint_file": str(Path(checkpoint).resolve()),
+                    "manifest_sha256": m_sha,
+                    "settings": json.dumps(settings, sort_keys=True),
+                },
+            )
+        with open_cache(path) as f:
+            todo = [s for s in splits if _needs_work(f, s, split_rows[s], root)]
+        if not todo:  # a finished, current cache is never opened for writing
+            if progress:
+                for s in splits:
+                    progress(s, len(split_rows[s]), len(split_rows[s]), 0.0)
+            return path
+        model = model.to(dev).eval()
+        run = _SplitRun(model, prep, dev)
+        kill = _kill_hook()
+        f = open_cache(path, "r+")
+        try:
+            for split in splits:
+                rows = split_rows[split]
+                if split not in todo:
+                    if progress:
+                        progress(split, len(rows), len(rows), 0.0)
+                    continue
+                group, source = _plan_split(f, split, rows, root)
+                writer = SplitWriter(f, split, len(rows), config.feature_dim, len(config.pyramid_kernels), group=group)
+                _extract_split(writer, run, rows, root, split, batch_size, skip_bad, progress, kill, source)
+                _swap_in(f, split)
+        except BaseException:
+            if f.id.valid:
+                f.close()
+            raise
+        close_cache(f)
     return path
+
+
+def _needs_work(f: h5py.File, split: str, rows: pd.DataFrame, root: Path) -> bool:
+    """Whether ``split`` is absent, incomplete, mid-rebuild, or holds a changed image."""
+    if split not in f or split + NEXT_SUFFIX in f:
+        return True
+    g = f[split]
+    if int(g.attrs["num_complete"]) != int(g.attrs["num_total"]):
+        return True
+    return bool(unchanged_images(f, split, rows, root)[1])
+
+
+def _plan_split(f: h5py.File, split: str, rows: pd.DataFrame, root: Path) -> tuple[str, str | None]:
+    """(group to write, group whose unchanged images are copied, or None) for ``split``.
+
+    A split with changed images is rebuilt in ``<split>__next`` while the
+    split itself stays readable; :func:`_swap_in` replaces it once complete.
+    A rebuild that was interrupted continues.
+    """
+    _swap_in(f, split)  # a rebuild that finished but was interrupted before its swap
+    nxt = split + NEXT_SUFFIX
+    if nxt in f:
+        return nxt, split
+    if split in f and unchanged_images(f, split, rows, root)[1]:
+        return nxt, split
+    return split, None
+
+
+def _swap_in(f: h5py.File, split: str) -> None:
+    """Replace ``split`` by its complete rebuild ``<split>__next``, if there is one."""
+    nxt = split + NEXT_SUFFIX
+    if nxt not in f or int(f[nxt].attrs["num_complete"]) != int(f[nxt].attrs["num_total"]):
+        return
+    with sealed_on_failure(f):
+        if split in f:
+            del f[split]
+        f.move(nxt, split)
+        f.flush()
 
 
 def _read_manifest(dataset: str, root: Path, allow_mismatch: bool) -> pd.DataFrame:
@@ -269,57 +400,104 @@ def _extract_split(
     skip_bad: bool,
     progress: ProgressFn | None,
     kill: Callable[[], None] | None,
+    source: str | None = None,
 ) -> None:
+    """Run the split's remaining batches; images unchanged in the ``source`` group are copied, not recomputed."""
     abs_paths = [root / p for p in rows["path"]]
     order, sizes = processing_order(abs_paths, run.prep)
     total = len(rows)
     done0 = writer.num_complete
     batches = make_batches(sizes, batch_size, start=done0)
+    reuse = unchanged_images(writer.f, source, rows, root)[0] if source is not None else {}
+    paths = rows["path"].to_numpy()
     if progress:
         progress(split, done0, total, 0.0)
     t0 = time.perf_counter()
 
     def load(b: Batch) -> _Loaded:
-        return _load_batch([abs_paths[i] for i in order[b.start : b.stop]], run.prep, skip_bad)
+        todo = [i for i in order[b.start : b.stop] if paths[i] not in reuse]
+        return _load_batch([abs_paths[i] for i in todo], run.prep, skip_bad)
 
+    d, k = writer.ds["local"].shape[1], writer.ds["grid"].shape[1]
     with ThreadPoolExecutor(max_workers=1) as pool:
         pending = pool.submit(load, batches[0]) if batches else None
-        for k, b in enumerate(batches):
+        for n, b in enumerate(batches):
             loaded = pending.result()
-            pending = pool.submit(load, batches[k + 1]) if k + 1 < len(batches) else None
+            pending = pool.submit(load, batches[n + 1]) if n + 1 < len(batches) else None
             idx = order[b.start : b.stop]
-            kept = idx[loaded.kept]
+            computed = [i for i in idx if paths[i] not in reuse]
             if loaded.images is not None:
-                local, counts, fg, glob, grid = run.features(loaded.images)
+                feats = run.features(loaded.images)
             else:
-                d = writer.g["local"].shape[1]
-                local, counts, fg = np.zeros((0, d), np.float32), np.zeros(0, np.int64), np.zeros(0, np.float32)
-                glob, grid = np.zeros((0, d), np.float32), np.zeros((0, writer.g["grid"].shape[1], 2), np.int32)
+                feats = (np.zeros((0, d), np.float32), np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros((0, d), np.float32), np.zeros((0, k, 2), np.int32))
+            fresh = {computed[pos]: j for j, pos in enumerate(loaded.kept)}  # manifest row -> row of feats
+            failed = {computed[pos]: reason for pos, reason in loaded.bad}
+            records = {computed[pos]: rec for pos, rec in enumerate(loaded.files)}
+            # the batch's written images in processing order, each from the network or the old group
+            kept = [i for i in idx if i in fresh or (paths[i] in reuse and reuse[paths[i]].row is not None)]
+            copied = [reuse[paths[i]].row for i in kept if i not in fresh]
+            old = read_rows(writer.f, source, copied) if copied else None
+            parts = _interleave(kept, fresh, feats, old)
+            skipped = [(str(paths[i]), failed[i], records[i]) for i in idx if i in failed]
+            skipped += [(str(paths[i]), reuse[paths[i]].reason, reuse[paths[i]].record) for i in idx if paths[i] in reuse and reuse[paths[i]].row is None]
+            kept_arr = np.asarray(kept, np.int64)
             writer.append(
                 processed=b.stop - b.start,
-                paths=[str(p) for p in rows["path"].to_numpy()[kept]],
-                pids=rows["pid"].to_numpy()[kept],
-                camids=rows["camid"].to_numpy()[kept],
-                manifest_index=kept,
-                grids=grid,
-                local=local,
-                counts=counts,
-                foreground=fg,
-                global_features=glob,
-                skipped=[(str(rows["path"].iloc[idx[pos]]), reason) for pos, reason in loaded.bad],
+                paths=[str(paths[i]) for i in kept],
+                pids=rows["pid"].to_numpy()[kept_arr],
+                camids=rows["camid"].to_numpy()[kept_arr],
+                manifest_index=kept_arr,
+                grids=parts[4],
+                local=parts[0],
+                counts=parts[1],
+                foreground=parts[2],
+                global_features=parts[3],
+                skipped=skipped,
                 before_commit=kill,
+                files=[records[i] if i in fresh else reuse[paths[i]].record for i in kept],
             )
             if progress:
                 rate = (b.stop - done0) / max(time.perf_counter() - t0, 1e-9)
                 progress(split, b.stop, total, rate)
 
 
+def _interleave(kept: list[int], fresh: dict[int, int], feats: tuple, old: tuple | None) -> tuple[np.ndarray, ...]:
+    """(local, counts, foreground, global, grid) of the ``kept`` images in order, from ``feats`` (network) or ``old`` (copied)."""
+    local, counts, fg, glob, grid = feats
+    if old is None:  # everything came from the network, in order
+        return local, counts, fg, glob, grid
+    o_local, o_counts, o_fg, o_glob, o_grid = old
+    off = np.concatenate([[0], np.cumsum(counts)])
+    o_off = np.concatenate([[0], np.cumsum(o_counts)])
+    pieces: list[tuple] = []
+    c = 0
+    for i in kept:
+        if i in fresh:
+            j = fresh[i]
+            pieces.append((local[off[j] : off[j + 1]], counts[j], fg[off[j] : off[j + 1]], glob[j], grid[j]))
+        else:
+            pieces.append((o_local[o_off[c] : o_off[c + 1]], o_counts[c], o_fg[o_off[c] : o_off[c + 1]], o_glob[c], o_grid[c]))
+            c += 1
+    dim, levels = (local if len(local) else o_local).shape[1], (grid if len(grid) else o_grid).shape[1]
+    if not pieces:
+        return np.zeros((0, dim), np.float32), np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros((0, dim), np.float32), np.zeros((0, levels, 2), np.int32)
+    return (
+        np.concatenate([p[0] for p in pieces]).astype(np.float32, copy=False),
+        np.array([p[1] for p in pieces], np.int64),
+        np.concatenate([p[2] for p in pieces]).astype(np.float32, copy=False),
+        np.stack([p[3] for p in pieces]).astype(np.float32, copy=False),
+        np.stack([p[4] for p in pieces]).astype(np.int32, copy=False),
+    )
+
+
 __all__ = [
     "Batch",
     "cache_settings",
     "extract_dataset",
+    "file_record",
     "iter_cache_files",
     "make_batches",
     "processing_order",
     "resolve_device",
+    "unchanged_images",
 ]
