@@ -1,0 +1,187 @@
+"""The float32 FPR engine's accuracy contract on features like those real CNNs give.
+
+Every distance must lie within 1e-5 of the float64 definition
+(fpr_distance_reference). Gaussian features are the easy case; features from
+CNNs are non-negative, share a dominant direction, are correlated across
+neighbouring locations, and a gallery holds the probe itself or near copies of
+it, so many residuals are small and the float32 cancellation is at its worst.
+"""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from test_matching_helpers import concat, reference_matrix
+from reid_eval.features import SpatialFeatures
+from reid_eval.matching import RefinementStats, fpr_distances, fpr_tile, prepare_gallery, prepare_probes
+from reid_eval.matching import fpr as engine
+
+CONTRACT = 1e-5
+
+
+def cnn_like(rng: np.random.Generator, counts, d: int, coherence: float) -> SpatialFeatures:
+    """Non-negative rows around one shared positive direction, smooth along the location index.
+
+    ``coherence`` in [0, 1): how much of each row is the shared direction
+    (random-init ResNets: cosine ~0.97 to the mean row).
+    """
+    counts = np.asarray(counts, dtype=np.int64)
+    n = int(counts.sum())
+    shared = np.abs(rng.standard_normal(d))
+    noise = np.abs(rng.standard_normal((n + 4, d)))
+    smooth = (noise[:-4] + noise[1:-3] + noise[2:-2] + noise[3:-1] + noise[4:]) / 5  # neighbours correlate
+    local = coherence * shared[None, :] + (1 - coherence) * smooth * rng.uniform(0.5, 2.0, (n, 1))
+    local *= rng.uniform(0.5, 3.0, (n, 1))  # unnormalised, like real activations
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    return SpatialFeatures(local.astype(np.float32), offsets, rng.uniform(0.05, 1.0, n).astype(np.float32))
+
+
+def near_copy(rng: np.random.Generator, f: SpatialFeatures, rel: float) -> SpatialFeatures:
+    """``f`` with every location multiplied by 1 + rel·noise (a near-duplicate image)."""
+    local = f.local.astype(np.float64) * (1 + rel * rng.standard_normal(f.local.shape))
+    return SpatialFeatures(local.astype(np.float32), f.offsets, f.foreground)
+
+
+def check_contract(probe, gallery, **kw):
+    stats = RefinementStats()
+    got = fpr_distances(probe, gallery, backend="numpy", stats=stats, **kw)
+    ref = reference_matrix(probe, gallery)
+    np.testing.assert_allclose(got, ref, rtol=0, atol=CONTRACT)
+    assert stats.entries == int(probe.local.shape[0]) * len(gallery)
+    return got, ref, stats
+
+
+def _network_features(tmp_path, n_images: int) -> SpatialFeatures:
+    """Pyramid features of a random-init ResNet-18 (the demo's small geometry) on generated persons."""
+    import csv
+
+    import torch
+
+    from reid_eval.datasets.synthetic import SyntheticConfig, generate_synthetic_dataset
+    from reid_eval.features.preprocess import Preprocessing, load_image_array, to_tensor_batch
+    from reid_eval.model import ModelConfig, build_model
+
+    config = SyntheticConfig(seed=3, num_train_ids=2, num_test_ids=4, train_images_per_id=2)
+    generate_synthetic_dataset(tmp_path, config)
+    with open(tmp_path / "manifest.csv", newline="") as fh:
+        paths = [tmp_path / r["path"] for r in csv.DictReader(fh) if r["split"] != "train"][:n_images]
+    model_config = ModelConfig(backbone="resnet18", input_size=(128, 64), pyramid_kernels=(1, 2, 4), pyramid_stride=1)
+    torch.manual_seed(0)
+    model = build_model(model_config).eval()
+    prep = Preprocessing.for_model(model_config)
+    with torch.no_grad():
+        out = model(to_tensor_batch([load_image_array(p, prep) for p in paths], prep))
+    n = out.local.shape[1]
+    return SpatialFeatures(
+        out.local.reshape(-1, out.local.shape[-1]).numpy(), np.arange(len(paths) + 1) * n, out.foreground.reshape(-1).numpy()
+    )
+
+
+def test_random_init_resnet18_features(tmp_path):
+    """Real network features: 58 locations, d = 512, the probes' own images and near copies in the gallery."""
+    rng = np.random.default_rng(0)
+    features = _network_features(tmp_path, 9)
+    probe, others = features[np.arange(3)], features[np.arange(3, 9)]
+    gallery = concat(concat(others, probe), near_copy(rng, probe, 1e-4))
+    got, ref, stats = check_contract(probe, gallery)
+    # The probe's own image and its near copy are its two nearest gallery images.
+    nearest = np.sort(np.argsort(got, axis=1)[:, :2], axis=1)
+    np.testing.assert_array_equal(nearest, np.stack([np.arange(6, 9), np.arange(9, 12)], axis=1))
+    assert 0 <= stats.refined_share < 0.5
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    d=st.sampled_from([8, 32, 64, 256, 512]),
+    m=st.sampled_from([1, 7, 40, 110]),
+    coherence=st.sampled_from([0.0, 0.5, 0.9, 0.99]),
+    rel=st.sampled_from([0.0, 1e-7, 1e-4, 1e-2]),
+)
+def test_cnn_like_features_with_self_matches_and_near_duplicates(seed, d, m, coherence, rel):
+    """Coherent non-negative rows, M > d included, exact and near copies of the probes in the gallery."""
+    rng = np.random.default_rng(seed)
+    probe = cnn_like(rng, [m, max(1, m // 2), 3], d, coherence)
+    gallery = concat(concat(cnn_like(rng, [m, m], d, coherence), probe), near_copy(rng, probe, rel))
+    check_contract(probe, gallery)
+
+
+def test_m_greater_than_d_with_duplicated_locations():
+    rng = np.random.default_rng(1)
+    probe = cnn_like(rng, [110, 50], 16, 0.9)
+    dup = probe.local.copy()
+    dup[1] = dup[0]  # an exactly repeated location: a singular Gram matrix
+    gallery = concat(cnn_like(rng, [110, 30], 16, 0.9), SpatialFeatures(dup, probe.offsets, probe.foreground))
+    check_contract(probe, gallery)
+
+
+def test_error_model_bounds_the_float32_error_on_coherent_features():
+    """The per-entry bound δs of S must exceed the actual float32 error, with margin, before refinement."""
+    rng = np.random.default_rng(2)
+    for d, coherence in ((512, 0.97), (2048, 0.9), (64, 0.99)):
+        probe = cnn_like(rng, [110, 110], d, coherence)
+        gallery = concat(cnn_like(rng, [110, 110], d, coherence), near_copy(rng, probe, 1e-6))
+        p32, g32 = prepare_probes(probe, backend="numpy"), prepare_gallery(gallery, backend="numpy")
+        p64 = prepare_probes(probe, backend="numpy", precision="float64")
+        g64 = prepare_gallery(gallery, backend="numpy", precision="float64")
+        err = np.abs(engine._unrefined_e2(np, p32, g32) - engine._unrefined_e2(np, p64, g64))
+        bound = engine._error_bound_s(np, p32, np.diff(g32.offsets))
+        assert (err / bound).max() < 0.8
+
+
+def test_refinement_happens_where_needed_and_only_there():
+    """One-location probes matched with themselves at d = 2048 need float64; far pairs do not."""
+    rng = np.random.default_rng(3)
+    probe = cnn_like(rng, [1] * 6, 2048, 0.0)
+    far = SpatialFeatures(np.abs(rng.standard_normal((40, 2048))).astype(np.float32) ** 4, np.array([0, 40]))
+    gallery = concat(far, SpatialFeatures(probe.local, probe.offsets, probe.foreground))
+    got, ref, stats = check_contract(probe, gallery)
+    assert np.all(np.diag(ref[:, 1:]) < 0.011)  # e = β/(1+β): only float64 gets it right
+    # The six self matches (e ≈ 0.0099: no float32 bound within 1e-5), none of the far pairs.
+    assert stats.refined == 6 and stats.entries == 42
+    # Without refinement (a huge tolerance) those entries carry the float32 error.
+    raw = fpr_distances(probe, gallery, backend="numpy", float32_atol=1.0)
+    assert np.abs(raw - ref).max() > 4 * np.abs(got - ref).max()
+
+
+def test_stats_count_every_tile_and_merge():
+    rng = np.random.default_rng(4)
+    probe = cnn_like(rng, [20, 5, 9], 32, 0.9)
+    gallery = cnn_like(rng, [11, 30, 4, 8], 32, 0.9)
+    whole, tiled = RefinementStats(), RefinementStats()
+    fpr_distances(probe, gallery, backend="numpy", stats=whole)
+    fpr_distances(probe, gallery, backend="numpy", stats=tiled, memory_budget_bytes=20_000)
+    assert tiled.tiles > whole.tiles == 1
+    assert whole.entries == tiled.entries == 34 * 4
+    merged = RefinementStats()
+    merged.merge(whole)
+    merged.merge(tiled)
+    assert merged.to_dict() == {
+        "entries": 2 * 34 * 4, "refined": whole.refined + tiled.refined, "tiles": 1 + tiled.tiles,
+        "refined_share": (whole.refined + tiled.refined) / (2 * 34 * 4),
+    }
+    assert RefinementStats().refined_share == 0.0
+
+
+def test_same_blocks_same_bits_and_same_refined_entries():
+    """The float32/float64 choice per entry depends only on the data: recomputing a tile repeats it exactly."""
+    rng = np.random.default_rng(5)
+    probe = cnn_like(rng, [1, 1, 30], 2048, 0.5)
+    gallery = concat(cnn_like(rng, [25], 2048, 0.5), probe)
+    runs = []
+    for _ in range(2):
+        stats = RefinementStats()
+        tile = fpr_tile(prepare_probes(probe, backend="numpy"), prepare_gallery(gallery, backend="numpy"), stats=stats)
+        runs.append((tile, stats.refined))
+    np.testing.assert_array_equal(runs[0][0], runs[1][0])
+    assert runs[0][1] == runs[1][1] > 0
+
+
+@pytest.mark.parametrize("weighted", [True, False])
+def test_dsr_and_fpr_on_coherent_features(weighted):
+    rng = np.random.default_rng(6)
+    probe = cnn_like(rng, [110, 17], 256, 0.97)
+    gallery = concat(cnn_like(rng, [110, 60], 256, 0.97), near_copy(rng, probe, 1e-5))
+    got = fpr_distances(probe, gallery, backend="numpy", weighted=weighted)
+    np.testing.assert_allclose(got, reference_matrix(probe, gallery, weighted=weighted), rtol=0, atol=CONTRACT)
