@@ -69,13 +69,39 @@ class ScannedDataset:
     junk_images: dict[str, int] = field(default_factory=dict)
 
 
+def _holds_splits(spec: DatasetSpec, folder: Path) -> bool:
+    return all(find_split_folder(split, folder) is not None for split in spec.splits)
+
+
+def nested_roots(spec: DatasetSpec, folder: Path) -> list[Path]:
+    """Folders directly inside ``folder`` that hold every split folder of ``spec``, sorted.
+
+    An archive unpacked one level deeper than expected
+    (``Partial-REID/Partial_REID/partial_body_images``) gives one.
+    """
+    try:
+        children = sorted(c for c in Path(folder).iterdir() if c.is_dir() and not c.name.startswith("."))
+    except OSError:
+        return []
+    return [c for c in children if _holds_splits(spec, c)]
+
+
 def locate_dataset(name: str, data_root: Path) -> tuple[Path, str] | None:
-    """The first of the spec's accepted root folders that exists under ``data_root``, with the name that matched."""
+    """The first of the spec's accepted root folders that exists under ``data_root``, with the name that matched.
+
+    When that folder lacks the split folders but exactly one folder inside it
+    holds them all (the dataset unpacked one level deeper), that one is
+    returned, named ``<accepted>/<inner>``.
+    """
     spec = get_spec(name)
     data_root = Path(data_root)
     for candidate in spec.roots:
         path = data_root / candidate
         if path.is_dir():
+            if not _holds_splits(spec, path):
+                inner = nested_roots(spec, path)
+                if len(inner) == 1:
+                    return inner[0], f"{candidate}/{inner[0].name}"
             return path, candidate
     return None
 
@@ -114,7 +140,10 @@ def _split_folder(spec: DatasetSpec, split: SplitSpec, root: Path) -> str:
     if folder is not None:
         return folder
     tried = " or ".join(split.folders)
-    raise ReidEvalError(f"{spec.name}: {split.name} split folder {tried} missing under {root}")
+    inner = nested_roots(spec, root)
+    hint = f"; the dataset is one level down: use --root {inner[0]}" if len(inner) == 1 else (
+        f"; folders one level down hold it: {', '.join(str(p) for p in inner)} (choose one with --root)" if inner else "")
+    raise ReidEvalError(f"{spec.name}: {split.name} split folder {tried} missing under {root}{hint}")
 
 
 def _list_images(directory: Path, depth: int, extensions: tuple[str, ...]) -> list[tuple[str, ...]]:
