@@ -251,3 +251,13 @@ def test_full_set_builder_reproduces_the_shared_occlusion_values():
     diffs = np.concatenate(diffs)
     # Measured: 1,806 of 1,874 agree to the printed 3 decimals, none differs by more than 0.058.
     assert len(diffs) == 1874 and (diffs < 0.0005).sum() >= 1800 and diffs.max() < 0.06
+
+
+@needs_pets
+def test_demo_finds_the_shared_data_root_from_anywhere(tmp_path, monkeypatch):
+    from reid_eval.demo import default_cross_domain_root
+
+    monkeypatch.chdir(tmp_path)  # no ../shared/data here: found beside the checkout instead
+    assert default_cross_domain_root().resolve() == PETS_DATA_ROOT.resolve()
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])  # the repository root: ../shared/data
+    assert default_cross_domain_root().resolve() == PETS_DATA_ROOT.resolve()
