@@ -48,6 +48,7 @@ from reid_eval.datasets.synthetic import SyntheticConfig, generate_synthetic_dat
 from reid_eval.errors import ReidEvalError
 from reid_eval.evaluation import evaluate_ranking
 from reid_eval.experiments import GLOBAL_METRICS, METRIC_NAMES, MatchParams, match_cache
+from reid_eval.experiments.compare import compare_results
 from reid_eval.features import extract_dataset, read_split_index
 from reid_eval.model import ModelConfig, load_checkpoint
 from reid_eval.report import build_report
@@ -194,10 +195,15 @@ def run_demo(workdir: Path = Path("demo-work"), *, seed: int = 0, size: str = "d
     by_kind: dict[str, dict[str, float]] = {}
     query, gallery = read_split_index(cache, "query"), read_split_index(cache, "gallery")
     kinds = _query_kinds(data_root, query.paths)
+    files: dict[str, Path] = {}
     for i, metric in enumerate(DEMO_METRICS):
         outcome = match_cache(cache, MatchParams(metric=metric), results_dir, dataset=DATASET)
         cmc = outcome.result.cmc
         rows[metric] = {"rank1": cmc[0], "rank5": cmc[min(4, len(cmc) - 1)], "mAP": outcome.result.mAP}
+        if outcome.result.intervals:  # issue 15: identity-bootstrap intervals, shown by format_interval_table
+            iv = outcome.result.intervals
+            rows[metric].update(rank1_ci=iv["cmc_ci"][0], mAP_ci=iv["mAP_ci"], bootstrap=iv.get("bootstrap", {}))
+        files[metric] = outcome.results_file
         for kind in sorted(set(kinds)):
             sel = np.array([k == kind for k in kinds])
             r = evaluate_ranking(outcome.distances[sel], query.pids[sel], gallery.pids, query.camids[sel],
@@ -222,7 +228,10 @@ def run_demo(workdir: Path = Path("demo-work"), *, seed: int = 0, size: str = "d
         report_dir = rep.out_dir
         timings["report"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t_all
-    table = format_table(rows) + "\n\n" + format_kind_table(by_kind, kinds)
+    table = format_interval_table(rows) + "\n\n" + format_kind_table(by_kind, kinds)
+    if "fpr" in files and "dsr" in files:  # issue 15: is FPR's gain over DSR more than these queries' noise?
+        table += "\n\nFPR vs DSR, paired on the same queries (`reid-eval compare`):\n" + "\n".join(
+            compare_results(files["fpr"], files["dsr"]).lines())
     if cross:
         table += f"\n\n{CROSS_DOMAIN_DATASET} (real crops, cross-domain: the same synthetic-trained model):\n\n" \
             + format_interval_table(cross)

@@ -16,11 +16,11 @@ def test_tiny_demo_end_to_end_and_rerun(tmp_path, capsys):
     work = tmp_path / "demo"
     assert main(["demo", "--workdir", str(work), "--size", "tiny", "--device", "cpu"]) == 0
     out, err = capsys.readouterr()
-    main_table = out.split("| method | rank-1 | rank-5 | mAP |")[1].split("\n\n")[0]
+    main_table = out.split("| method | rank-1 [CI] | rank-5 | mAP [CI] |")[1].split("\n\n")[0]  # issue 15: intervals
     rows = ["| method |"] + [line for line in main_table.splitlines() if line.startswith("| ") and "---" not in line]
     assert [r.split("|")[1].strip().split(" ")[0] for r in rows] == ["method", "Baseline", "DSR", "FPR"]
     for row in rows[1:]:
-        values = [float(v) for v in row.split("|")[2:5]]
+        values = [float(v.split(" [")[0]) for v in row.split("|")[2:5]]
         assert all(0.0 <= v <= 100.0 for v in values) and values[0] <= values[1]  # rank-1 ≤ rank-5
     files = {}
     for metric in ("euclidean", "dsr", "fpr"):
@@ -32,7 +32,8 @@ def test_tiny_demo_end_to_end_and_rerun(tmp_path, capsys):
     assert "rank-1 occluded" in out and "rank-1 partial" in out
     # the table printed is the one in the results files
     fpr = json.loads(files["fpr"].read_text())
-    assert f"{100 * fpr['cmc'][0]:.1f}" == rows[3].split("|")[2].strip()
+    assert f"{100 * fpr['cmc'][0]:.1f}" == rows[3].split("|")[2].strip().split(" [")[0]
+    assert "FPR vs DSR, paired on the same queries" in out and "A-B" in out  # reid-eval compare's lines
     summary = json.loads((work / "demo_summary.json").read_text())
     assert set(summary["rows"]) == {"euclidean", "dsr", "fpr"} and summary["timings_s"]["total"] > 0
     assert (work / "train" / "model.pt").is_file() and (work / "train" / "train_log.jsonl").is_file()
