@@ -15,38 +15,17 @@ from reid_eval.evaluation import AP_FLAVOURS
 from reid_eval.experiments.record import GLOBAL_METRICS, MATCH_METRICS, PAPER_AP, PAPER_BETA, MatchParams
 from reid_eval.matching.backend import BACKENDS
 
-from .options import FiniteFloat, cache_dir_option, checkpoint_option, results_dir_option
+from .options import ByteSize, FiniteFloat, cache_dir_option, checkpoint_option, results_dir_option
 from .progress import Bars
 
 _DEFAULT = MatchParams()
-_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
-          "kib": 2**10, "mib": 2**20, "gib": 2**30}
-
-
-class ByteSize(click.ParamType):
-    """A number of bytes: ``1500000000``, ``1.5e9``, ``1.5GB``, ``500MiB``."""
-
-    name = "BYTES"
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, int):
-            return value
-        text = str(value).strip().lower().replace(" ", "")
-        number = text.rstrip("kmgib")
-        try:
-            n = float(number) * _UNITS[text[len(number):]]
-        except (ValueError, KeyError):
-            self.fail(f"{value!r} is not a number of bytes (e.g. 1500000000, 1.5e9, 1.5GB, 500MiB)", param, ctx)
-        if not n >= 1 or n != n:
-            self.fail(f"{value!r} must be a positive number of bytes", param, ctx)
-        return int(n)
 
 
 @click.command("match")
 @click.option("--metric", type=click.Choice(MATCH_METRICS), required=True,
               help="fpr/dsr: pyramid reconstruction; euclidean/cosine: global features (Baseline).")
 @click.option("--dataset", default=None, help="Dataset to match [default: every dataset in the cache dir].")
-@click.option("--beta", type=FiniteFloat(min=0.0, min_open=True), default=PAPER_BETA, show_default=True,
+@click.option("--beta", type=FiniteFloat(), default=PAPER_BETA, show_default=True,
               help=f"Ridge β of the reconstruction (paper: {PAPER_BETA:g}).")
 @click.option("--backend", type=click.Choice(BACKENDS), default=_DEFAULT.backend, show_default=True)
 @click.option("--shortlist", type=click.IntRange(min=1), default=None, metavar="K",
@@ -54,7 +33,7 @@ class ByteSize(click.ParamType):
                    "the paper's tables are exact all-pairs).")
 @click.option("--shortlist-metric", type=click.Choice(GLOBAL_METRICS), default="euclidean", show_default=True,
               help="Global distance that picks the --shortlist.")
-@click.option("--fuse", type=FiniteFloat(0.0, 1.0), default=None, metavar="LAMBDA",
+@click.option("--fuse", type=FiniteFloat(), default=None, metavar="LAMBDA",
               help="(1-λ)·global + λ·FPR/DSR with a λ chosen beforehand.")
 @click.option("--fuse-global", type=click.Choice(GLOBAL_METRICS), default="euclidean", show_default=True,
               help="Global distance used by --fuse.")
@@ -88,8 +67,11 @@ def match_command(metric, dataset, beta, backend, shortlist, shortlist_metric, f
     """
     from reid_eval.experiments import MatchExecution, match_cache, select_caches
 
-    params = MatchParams(metric=metric, beta=beta, shortlist=shortlist, shortlist_metric=shortlist_metric, fuse=fuse,
-                         fuse_global=fuse_global, ap=ap, backend=backend).validate()
+    try:  # the ranges and combinations are checked once, by the library, before any cache is read
+        params = MatchParams(metric=metric, beta=beta, shortlist=shortlist, shortlist_metric=shortlist_metric,
+                             fuse=fuse, fuse_global=fuse_global, ap=ap, backend=backend).validate()
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
     sha = None
     if checkpoint is not None:
         if not Path(checkpoint).is_file():

@@ -36,6 +36,28 @@ class FiniteFloat(click.FloatRange):
     def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
         return "FLOAT"
 
+class ByteSize(click.ParamType):
+    """A number of bytes: ``1500000000``, ``1.5e9``, ``1.5GB``, ``500MiB``; finite and at least 1, naming the option."""
+
+    name = "BYTES"
+    UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
+             "kib": 2**10, "mib": 2**20, "gib": 2**30}
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, int) and not isinstance(value, bool):
+            number = float(value)
+        else:
+            text = str(value).strip().lower().replace(" ", "")
+            digits = text.rstrip("kmgib")
+            try:
+                number = float(digits) * self.UNITS[text[len(digits):]]
+            except (ValueError, KeyError):
+                self.fail(f"{value!r} is not a number of bytes (e.g. 1500000000, 1.5e9, 1.5GB, 500MiB).", param, ctx)
+        if not math.isfinite(number) or number < 1:
+            self.fail(f"{value!r} is not a finite positive number of bytes.", param, ctx)
+        return int(number)
+
+
 class Folder(click.Path):
     """A folder option: refuses a path that is a file or lies under one, naming the option and the file.
 

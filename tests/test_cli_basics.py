@@ -147,3 +147,18 @@ def test_default_output_folders_stay_out_of_the_tracked_tree():
                  Path("demo-work") / "results" / "r.json", Path("synthetic_occluded") / "manifest.csv"]
     run = subprocess.run(["git", "check-ignore", *map(str, generated)], cwd=ROOT, capture_output=True, text=True)
     assert run.stdout.split() == [str(p) for p in generated]
+
+
+def test_byte_size_option_refuses_nan_infinity_and_nonsense():
+    from cli.options import ByteSize
+
+    @click.command()
+    @click.option("--budget", type=ByteSize())
+    def command(budget):
+        click.echo(repr(budget))
+
+    for good, want in (("1500000000", 1500000000), ("1.5e9", 1500000000), ("1.5GB", 1500000000), ("500MiB", 500 * 2**20)):
+        assert CliRunner().invoke(command, ["--budget", good]).output.strip() == str(want), good
+    for bad in ("inf", "nan", "1e999", "0", "-5MB", "lots", "5XB"):
+        result = CliRunner().invoke(command, ["--budget", bad])
+        assert result.exit_code == 2 and "--budget" in result.output and "bytes" in result.output, bad

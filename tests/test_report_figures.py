@@ -151,6 +151,11 @@ def test_beta_groups_need_two_betas(tmp_path):
     write_result(tmp_path, "partial_reid", "fpr", 0.7, 0.6, beta=1.0)
     groups = fig.beta_groups(load_results(tmp_path))
     assert list(groups) == ["FPR (standard AP)"] and [r.beta for r in groups["FPR (standard AP)"]] == [0.01, 1.0]
+    # Another checkpoint's FPR at another β is no point of this sweep: the lines name their checkpoints.
+    other = write_result(tmp_path, "partial_reid", "fpr", 0.1, 0.1, beta=0.1, sha="ab" * 32)
+    other.rename(other.with_name("other_ckpt.json"))
+    groups = fig.beta_groups(load_results(tmp_path))
+    assert {k: [r.beta for r in v] for k, v in groups.items()} == {"FPR (standard AP, ckpt 01234567)": [0.01, 1.0]}
 
 
 def test_altered_cache_skips_its_figures_not_the_report(tmp_path):

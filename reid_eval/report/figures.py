@@ -17,6 +17,7 @@ image that cannot be read becomes a grey tile and a warning.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -210,9 +211,10 @@ def cmc_figure(base: Path, title: str, records: Sequence[ResultRecord], max_rank
     """CMC curves (percent against rank 1..max_rank, as far as each curve goes), one line per results file, legend with R1 and mAP."""
     fig = _figure(CMC_SIZE)
     ax = fig.add_axes((0.1, 0.12, 0.86, 0.8))
+    several = len({r.checkpoint_sha256 for r in records}) > 1  # then each line names its checkpoint
     for record in records:
         ranks = np.arange(1, min(len(record.cmc), max_rank) + 1)
-        label = f"{record.label()}: R1 {100 * record.cmc[0]:.2f}, mAP {100 * record.mAP:.2f}"
+        label = f"{record.label(checkpoint=several)}: R1 {100 * record.cmc[0]:.2f}, mAP {100 * record.mAP:.2f}"
         ax.plot(ranks, 100 * record.cmc[: len(ranks)], marker="o", markersize=3, label=label)
     ax.set_xlabel("rank")
     longest = max((min(len(r.cmc), max_rank) for r in records), default=0)
@@ -226,16 +228,23 @@ def cmc_figure(base: Path, title: str, records: Sequence[ResultRecord], max_rank
 
 
 def beta_groups(records: Sequence[ResultRecord]) -> dict[str, list[ResultRecord]]:
-    """Results of one dataset grouped by metric (and λ, AP flavour), kept only where ≥2 distinct β exist; sorted by β."""
-    groups: dict[str, list[ResultRecord]] = {}
+    """Results of one dataset that differ only in β, grouped (every other identity field and the checkpoint equal).
+
+    Kept only where ≥2 distinct β exist; each group sorted by β, keyed by its
+    label ('FPR', 'FPR (λ=0.5, standard AP)').
+    """
+    several = len({r.checkpoint_sha256 for r in records}) > 1
+    groups: dict[tuple, list[ResultRecord]] = {}
+    labels: dict[tuple, str] = {}
     for record in records:
-        if record.beta is not None:
-            extras = [e for e in (f"λ={record.fuse:g}" if record.fuse is not None else "", record.ap_label) if e]
-            key = record.method_name + (f" ({', '.join(extras)})" if extras else "")
-            groups.setdefault(key, []).append(record)
-    return {
-        k: sorted(v, key=lambda r: r.beta) for k, v in groups.items() if len({r.beta for r in v}) >= 2
-    }
+        if record.beta is None:
+            continue
+        same_beta = ResultRecord(record.path, dataclasses.replace(record.result, params=dataclasses.replace(record.params, beta=PAPER_BETA)))
+        key = same_beta.params.identity()
+        extras = [e for e in (same_beta.variant_label, same_beta.ap_label, f"ckpt {record.short_sha}" if several else "") if e]
+        labels[key] = record.method_name + (f" ({', '.join(extras)})" if extras else "")
+        groups.setdefault(key, []).append(record)
+    return {labels[k]: sorted(v, key=lambda r: r.beta) for k, v in groups.items() if len({r.beta for r in v}) >= 2}
 
 
 def beta_sweep_figure(base: Path, title: str, groups: dict[str, list[ResultRecord]]) -> list[Path]:
