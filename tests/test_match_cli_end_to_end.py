@@ -269,13 +269,15 @@ def test_two_checkpoints_keep_two_results_and_two_report_rows(run, tmp_path, cap
     assert select_caches(cache, "partial_reid", read_attrs(older)["checkpoint_sha256"]) == {"partial_reid": older}
 
 
-def test_match_runs_without_torch(run, tmp_path):
+def test_match_and_report_run_without_torch(run, tmp_path):
     code = (
         "import sys\n"
         "from cli.main import main\n"
         "status = main(sys.argv[1:])\n"
         "print(status, sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision')))\n"
     )
-    argv = ["match", "--metric", "euclidean", "--cache-dir", str(run["cache"]), "--results-dir", str(tmp_path)]
-    out = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, check=True).stdout
-    assert out.strip().splitlines()[-1] == "0 []"
+    for argv in (["match", "--metric", "euclidean", "--cache-dir", str(run["cache"]), "--results-dir", str(tmp_path)],
+                 ["report", "--results-dir", str(tmp_path), "--cache-dir", str(run["cache"]), "--top-k", "2"]):
+        out = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, check=True).stdout
+        assert out.strip().splitlines()[-1] == "0 []", argv
+    assert any(p.name.startswith("retrieval_partial_reid") for p in (tmp_path / "figures").iterdir())
