@@ -28,7 +28,7 @@ from reid_eval.features.cache import (
 )
 from reid_eval.matching import fpr_distances, fpr_tile, prepare_gallery, prepare_probes
 from reid_eval.matching.fpr import plan_blocks
-from reid_eval.matching.streaming import fpr_distances_from_cache
+from reid_eval.matching.streaming import fpr_distances_from_cache, fpr_shortlist_from_cache
 from reid_eval.matching.tile_store import TileStore, tile_dir
 from reid_eval.matching.tiles import plan_tiles, single_blas_thread
 
@@ -216,9 +216,27 @@ def test_streamed_shortlist_equals_the_in_memory_shortlist(cache, k):
     q, g = read_split(cache, "query"), read_split(cache, "gallery")
     ref = fpr_distances(q.spatial, g.spatial, backend="numpy", shortlist=k, probe_global=q.global_features,
                         gallery_global=g.global_features)
-    from reid_eval.matching.streaming import fpr_shortlist_from_cache
-
     got = fpr_shortlist_from_cache(cache, k, backend="numpy", memory_budget_bytes=3_000_000, threads=2)
     assert len(got.plan.gallery_blocks) > 1
     np.testing.assert_array_equal(np.argsort(got.distances, axis=1, kind="stable"), np.argsort(ref, axis=1, kind="stable"))
     np.testing.assert_allclose(got.distances, ref, rtol=1e-6, atol=1e-5)
+
+
+def _has_cuda() -> bool:
+    try:
+        import cupy
+
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:
+        return False
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _has_cuda(), reason="needs CuPy and a CUDA GPU")
+def test_cupy_runs_the_same_tile_plan_with_blocks_moved_to_the_device_as_read(cache, tmp_path):
+    host = fpr_distances_from_cache(cache, backend="numpy", block_rows=20, threads=1)
+    device = fpr_distances_from_cache(cache, backend="cupy", block_rows=20, resume_dir=tmp_path / "tiles")
+    assert device.plan.same_tiles(host.plan) and device.runner == "threads:1"
+    np.testing.assert_allclose(device.distances, host.distances, rtol=0, atol=1e-5)
+    short = fpr_shortlist_from_cache(cache, 4, backend="cupy", memory_budget_bytes=3_000_000)
+    np.testing.assert_allclose(short.distances, fpr_shortlist_from_cache(cache, 4, backend="numpy", memory_budget_bytes=3_000_000).distances, atol=1e-5, rtol=0)

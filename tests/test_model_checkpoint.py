@@ -264,3 +264,19 @@ def test_fast_reid_files_with_foreign_normalisation_or_half_a_neck_are_refused(t
     torch.save({"model": {**trunk, "backbone.NL_1.0.g.weight": torch.zeros(1)}}, tmp_path / "d.pth")
     with pytest.raises(ReidEvalError, match="NL_1.0.g.weight"):
         convert_checkpoint("fast-reid", tmp_path / "d.pth")
+
+
+def test_trainer_objects_in_a_foreign_file_are_ignored_without_running_them(tmp_path, tv_resnet18):
+    """Trainers often pickle their arguments and helpers beside the weights; only the tensors are read."""
+    import argparse
+    import collections
+
+    payload = {"state_dict": tv_resnet18.state_dict(), "args": argparse.Namespace(lr=0.1, arch="resnet18"),
+               "history": collections.deque([1, 2]), "best": 0.5}
+    for legacy in (False, True):
+        torch.save(payload, tmp_path / "t.pth", _use_new_zipfile_serialization=not legacy)
+        model, config, _ = convert_checkpoint("torchreid", tmp_path / "t.pth")
+        assert config.backbone == "resnet18" and _trunk_equal(model, tv_resnet18)
+        # our own checkpoints are never read that leniently
+        with pytest.raises(ReidEvalError, match=r"holding pickled Python objects \((argparse.Namespace|collections.deque)\)"):
+            load_checkpoint(tmp_path / "t.pth")

@@ -38,7 +38,15 @@ from typing import Any
 import numpy as np
 
 from reid_eval.errors import ReidEvalError
-from reid_eval.features.cache import open_cache, read_attrs, read_global_block, read_spatial_block, read_split_offsets
+from reid_eval.features import SpatialFeatures
+from reid_eval.features.cache import (
+    open_cache,
+    read_attrs,
+    read_global_block,
+    read_spatial_block,
+    read_split_offsets,
+    split_fingerprint,
+)
 from reid_eval.matching.backend import get_array_module, to_numpy
 from reid_eval.matching.definition import DEFAULT_BETA
 from reid_eval.matching.fpr import (
@@ -330,6 +338,7 @@ def fpr_distances_from_cache(
     attrs = read_attrs(cache_file)
     identity = {
         "cache_key": str(attrs.get("cache_key", "")), "probe_split": probe_split, "gallery_split": gallery_split,
+        "features": [split_fingerprint(cache_file, probe_split), split_fingerprint(cache_file, gallery_split)],
         "num_probe": n_probe, "num_gallery": n_gallery, "beta": float(beta), "weighted": bool(weighted),
         "normalize": bool(normalize), "precision": precision, "float32_atol": float(float32_atol),
         "backend": src.backend,
@@ -400,12 +409,6 @@ def _compute(src, plan, store, poff, goff, dim, n_probe, n_gallery, out_dtype, p
     raise ReidEvalError(f"tiles in {store.directory} could not be written and read back; check the disk")
 
 
-def _shortlist_rows(budget: int, dim: int, m_max: int, share: float, per_row: int) -> int:
-    """Rows of a block using ``share`` of the budget at ``per_row`` bytes (plus prepare_gallery's batches)."""
-    prep = 16 * dim * _PREP_ROWS
-    return max(m_max, int((share * budget - prep) // per_row))
-
-
 _PREP_ROWS = 2048 * (os.cpu_count() or 1)
 
 
@@ -432,11 +435,12 @@ def fpr_shortlist_from_cache(
     ``shortlist_metric`` on the global features, and for the others
     ``max(shortlisted FPR) + 1 + r`` (r = their rank by global distance).
     The global features of both splits are read whole (1/110 of the local
-    features at the paper's geometry); the probes are read in passes of about
-    half the budget, the gallery streamed once per pass in small blocks, and
-    each probe reconstructed from its shortlisted images of each block (the
-    in-memory engine's products). Not resumable (it is minutes at
-    Market-1501 scale).
+    features at the paper's geometry). The probes' features are read in
+    passes of about 3/4 of the budget (one pass when they fit: the gallery is
+    read and prepared once per pass, so give Market-1501's 3 GB of query
+    features a budget of about 4 GB), the gallery streamed in small blocks,
+    and each gallery image reconstructs, in one GEMM, the probes of the pass
+    that shortlist it. Not resumable (minutes at Market-1501 scale).
     """
     t_start = time.perf_counter()
     cache_file = Path(cache_file).resolve()
@@ -456,8 +460,9 @@ def fpr_shortlist_from_cache(
     counts = np.concatenate([np.diff(poff), np.diff(goff)])
     m_max = int(counts.max()) if counts.size else 1
     op = 4 if precision == "float32" else 8
-    probe_rows = _shortlist_rows(budget, dim, m_max, 0.5, (4 + op) * dim + 48)
-    gallery_rows = _shortlist_rows(budget, dim, m_max, 0.3, (4 + op) * dim + 8 * m_max + 48)
+    # probe pass: raw rows (4 d + foreground); gallery block: rows, basis, factor, prepare's batches
+    probe_rows = max(m_max, int(0.75 * budget // (4 * dim + 8)))
+    gallery_rows = max(m_max, int((0.15 * budget - 16 * dim * _PREP_ROWS) // ((4 + op) * dim + 8 * m_max + 48)))
     plan = TilePlan(gallery_rows, tuple(plan_blocks(np.diff(poff), probe_rows)), tuple(plan_blocks(np.diff(goff), gallery_rows)),
                     precision, budget, threads)
     runner = f"threads:{threads}"
@@ -466,7 +471,7 @@ def fpr_shortlist_from_cache(
         return StreamResult(out, plan, 0, 0, time.perf_counter() - t_start, runner)
     # 1. the shortlist, probe rows in chunks: the rest's rank among the rest goes into `out` for now
     short = np.empty((n_probe, k), dtype=np.int64)
-    chunk = max(1, int(0.25 * budget // (24 * n_gallery)))
+    chunk = max(1, int(0.1 * budget // (24 * n_gallery)))
     rest_rank = np.arange(n_gallery - k, dtype=out_dtype)
     for a in range(0, n_probe, chunk):
         b = min(n_probe, a + chunk)
@@ -474,39 +479,42 @@ def fpr_shortlist_from_cache(
         short[a:b] = order[:, :k]
         np.put_along_axis(out[a:b], order[:, k:], np.broadcast_to(rest_rank, (b - a, n_gallery - k)), axis=1)
         del order
+    del pglob, gglob
     # 2. the exact distances of the shortlisted pairs
     exact = np.empty((n_probe, k), dtype=np.float64)
     g_of = short.reshape(-1)
     units = len(plan.probe_blocks) * len(plan.gallery_blocks)
-    pimg = np.array([b - a for a, b in plan.probe_blocks])
-    tracker = _Tracker(plan, np.zeros(len(plan.probe_blocks)), np.zeros(len(plan.gallery_blocks)), pimg,
-                       np.array([b - a for a, b in plan.gallery_blocks]), dim, set(), progress)
+    tracker = _Tracker(plan, np.zeros(len(plan.probe_blocks)), np.zeros(len(plan.gallery_blocks)),
+                       np.array([b - a for a, b in plan.probe_blocks]), np.array([b - a for a, b in plan.gallery_blocks]),
+                       dim, set(), progress)
     tracker.pairs_total = n_probe * k
     tracker.report()
     gstarts = np.array([a for a, _ in plan.gallery_blocks])
     with single_blas_thread(), open_cache(cache_file) as f, ThreadPoolExecutor(max_workers=threads) as pool:
-        for pi, (pa, pb) in enumerate(plan.probe_blocks):
-            probes = prepare_probes(read_spatial_block(f, probe_split, pa, pb), weighted=weighted, normalize=normalize,
-                                    precision=precision, backend=xp, index_base=pa)
+        for pa, pb in plan.probe_blocks:
+            raw = read_spatial_block(f, probe_split, pa, pb)
             flat = np.arange(pa * k, pb * k)  # this pass's pairs, as flat indices into `short`
-            by_block = flat[np.argsort(np.searchsorted(gstarts, g_of[flat], side="right"), kind="stable")]
-            block_of = np.searchsorted(gstarts, g_of[by_block], side="right") - 1
+            by_gallery = flat[np.argsort(g_of[flat], kind="stable")]  # gallery-major, probes ascending
+            block_of = np.searchsorted(gstarts, g_of[by_gallery], side="right") - 1
             for gi, (ga, gb) in enumerate(plan.gallery_blocks):
                 lo, hi = np.searchsorted(block_of, [gi, gi + 1])
-                pairs = by_block[lo:hi]  # probe-major within the block (stable sort)
+                pairs = by_gallery[lo:hi]
                 flops = 0.0
                 if pairs.size:
                     basis = prepare_gallery(read_spatial_block(f, gallery_split, ga, gb), beta=beta, normalize=normalize,
                                             precision=precision, backend=xp, index_base=ga)
-                    cuts = np.flatnonzero(np.diff(pairs // k)) + 1
+                    cuts = np.flatnonzero(np.diff(g_of[pairs])) + 1
 
                     def run(group: np.ndarray) -> float:
-                        # one probe against its shortlisted images of this block, as the in-memory engine does
-                        p = int(group[0] // k)
-                        sel = g_of[group]
-                        d = to_numpy(fpr_tile(probes.take_image(p - pa), basis.take(sel - ga), float32_atol=float32_atol))
-                        exact.reshape(-1)[group] = d[0]
-                        return 2.0 * dim * float(poff[p + 1] - poff[p]) * float(np.sum(goff[sel + 1] - goff[sel]))
+                        # one gallery image against every probe of the pass that shortlists it: one GEMM
+                        g = int(g_of[group[0]])
+                        images = group // k - pa
+                        sub = _select_images(raw, images)
+                        probes = prepare_probes(sub, weighted=weighted, normalize=normalize, precision=precision,
+                                                backend=xp, index_base=pa)
+                        d = to_numpy(fpr_tile(probes, basis.take(np.array([g - ga])), float32_atol=float32_atol))
+                        exact.reshape(-1)[group] = d[:, 0]
+                        return 2.0 * dim * float(goff[g + 1] - goff[g]) * float(sub.local.shape[0])
 
                     flops = sum(pool.map(run, np.split(pairs, cuts)))
                     del basis
@@ -516,10 +524,20 @@ def fpr_shortlist_from_cache(
                     tracker.pairs_computed += int(pairs.size)
                     tracker.flops += flops
                     tracker.report()
-            del probes
-    # 3. the rest behind the shortlist, in the order of the in-memory engine's arithmetic
+            del raw
+    # 3. the rest behind the shortlist, in the in-memory engine's arithmetic: (max + 1) + r
     top = exact.max(axis=1) + 1.0
     for p in range(n_probe):
         out[p] = (top[p] + out[p].astype(np.float64)).astype(out_dtype)
     np.put_along_axis(out, short, exact.astype(out_dtype), axis=1)
     return StreamResult(out, plan, 0, units, time.perf_counter() - t_start, runner)
+
+
+def _select_images(features: SpatialFeatures, images: np.ndarray) -> SpatialFeatures:
+    """The images ``images`` (indices, in that order) of ``features`` as SpatialFeatures of their own."""
+    counts = features.counts[images]
+    offsets = np.zeros(images.size + 1, dtype=np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    rows = np.repeat(features.offsets[images] - offsets[:-1], counts) + np.arange(int(offsets[-1]))
+    fg = None if features.foreground is None else features.foreground[rows]
+    return SpatialFeatures(features.local[rows], offsets, foreground=fg)

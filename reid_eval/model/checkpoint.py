@@ -34,8 +34,8 @@ CHECKPOINT_FORMAT_VERSION = 1
 #: What the user is told makes a checkpoint, at the end of every refusal.
 MAKE_CHECKPOINT_HINT = "a checkpoint is made with `reid-eval checkpoint init` or `reid-eval checkpoint convert --from SOURCE FILE`"
 
-# The first bytes of torch.save's legacy (pre-1.6) format: pickle protocol 2, then its magic number as a long.
-_LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
+# torch.save's legacy (pre-1.6) format starts with a pickle (opcode PROTO) of this magic number (a long).
+_LEGACY_TORCH_MAGIC = b"\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -92,8 +92,8 @@ def _plain(obj: Any) -> Any:
 def _torch_file_kind(path: Path) -> str | None:
     """"zip" / "legacy" for the two torch.save formats, a reason string for anything else."""
     with open(path, "rb") as f:
-        head = f.read(len(_LEGACY_TORCH_MAGIC))
-    if head.startswith(_LEGACY_TORCH_MAGIC):
+        head = f.read(32)
+    if head.startswith(b"\x80") and _LEGACY_TORCH_MAGIC in head:
         return "legacy"
     if zipfile.is_zipfile(path):
         try:
@@ -111,13 +111,38 @@ def _torch_file_kind(path: Path) -> str | None:
     return "neither torch's zip format nor its legacy pickle"
 
 
-def read_torch_file(path: str | os.PathLike, what: str = "checkpoint", map_location: str | torch.device = "cpu") -> Any:
+class IgnoredObject(list):
+    """Stands in for a pickled object of a foreign file's trainer (``argparse.Namespace``
+    arguments, a scheduler...) that reid-eval does not need: built from nothing, it runs
+    none of the original class's code. A list so that list-like pickles fill it harmlessly."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__()
+
+    def __setstate__(self, state: Any) -> None:
+        pass
+
+    def __call__(self, *args: Any, **kwargs: Any) -> "IgnoredObject":
+        return IgnoredObject()
+
+
+#: Most foreign objects stubbed in one file before giving up.
+_MAX_IGNORED_GLOBALS = 32
+
+
+def read_torch_file(
+    path: str | os.PathLike, what: str = "checkpoint", map_location: str | torch.device = "cpu", ignore_objects: bool = False
+) -> Any:
     """``torch.load`` of ``path`` with weights only, NumPy scalars allowed and returned as Python numbers.
 
     ``what`` names the file's role in messages ("checkpoint", "fast-reid
-    checkpoint"...). Every failure is a one-line ReidEvalError naming the file:
-    missing, a folder, not a PyTorch file at all, a PyTorch file holding
-    pickled Python objects beyond weights, or a damaged one.
+    checkpoint"...). With ``ignore_objects`` (foreign files, whose tensors
+    are all that is used) any other pickled object becomes an inert
+    :class:`IgnoredObject` instead of failing the load: the tensors only are
+    read, still without running any code from the file. Every failure is a
+    one-line ReidEvalError naming the file: missing, a folder, not a PyTorch
+    file at all, a PyTorch file holding pickled Python objects beyond
+    weights, or a damaged one.
     """
     path = Path(path)
     if not path.exists():
@@ -130,20 +155,26 @@ def read_torch_file(path: str | os.PathLike, what: str = "checkpoint", map_locat
         raise ReidEvalError(f"cannot read {what} {path}: {exc.strerror or exc}") from exc
     if kind not in ("zip", "legacy"):
         raise ReidEvalError(f"{what} {path} is not a PyTorch checkpoint ({kind}); {MAKE_CHECKPOINT_HINT}")
-    try:
-        with torch.serialization.safe_globals(_numpy_scalar_globals()):
-            payload = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as exc:
-        found = re.search(r"GLOBAL ([\w.]+)", str(exc)) or re.search(r"got <class '([\w.]+)'>", str(exc))
-        culprit = f" ({found.group(1)})" if found else ""
-        raise ReidEvalError(
-            f"{what} {path} is a PyTorch file holding pickled Python objects{culprit}, not only weights; "
-            f"reid-eval reads weights only: save the model's state_dict(), or {MAKE_CHECKPOINT_HINT.replace('a checkpoint is made', 'make a checkpoint')}"
-        ) from exc
-    except Exception as exc:  # noqa: BLE001 - torch raises RuntimeError/EOFError/... for damaged files
-        reason = " ".join(str(exc).split())[:160] or type(exc).__name__
-        raise ReidEvalError(f"{what} {path} is a damaged or truncated PyTorch file ({reason}); {MAKE_CHECKPOINT_HINT}") from exc
-    return _plain(payload)
+    ignored: list[tuple[type, str]] = []
+    while True:
+        try:
+            with torch.serialization.safe_globals([*_numpy_scalar_globals(), *ignored]):
+                return _plain(torch.load(path, map_location=map_location, weights_only=True))
+        except pickle.UnpicklingError as exc:
+            unsupported = re.search(r"GLOBAL ([\w.]+)", str(exc))
+            name = unsupported.group(1) if unsupported else None
+            if ignore_objects and name and len(ignored) < _MAX_IGNORED_GLOBALS and name not in {n for _, n in ignored}:
+                ignored.append((IgnoredObject, name))
+                continue
+            culprit = name or (re.search(r"got <class '([\w.]+)'>", str(exc)) or [None, None])[1]
+            raise ReidEvalError(
+                f"{what} {path} is a PyTorch file holding pickled Python objects{f' ({culprit})' if culprit else ''}, not only "
+                f"weights; reid-eval reads weights only: save the model's state_dict(), or "
+                f"{MAKE_CHECKPOINT_HINT.replace('a checkpoint is made', 'make a checkpoint')}"
+            ) from exc
+        except Exception as exc:  # noqa: BLE001 - torch raises RuntimeError/EOFError/... for damaged files
+            reason = " ".join(str(exc).split())[:160] or type(exc).__name__
+            raise ReidEvalError(f"{what} {path} is a damaged or truncated PyTorch file ({reason}); {MAKE_CHECKPOINT_HINT}") from exc
 
 
 def architecture_differences(model: torch.nn.Module | Mapping[str, torch.Tensor], state_dict: Mapping[str, torch.Tensor]) -> list[str]:

@@ -24,6 +24,10 @@ Key layouts accepted (after unwrapping and removing a ``module.`` prefix):
     from DataParallel or not: ``resnet50`` / ``resnet50_fc512`` / any ResNet or
     IBN-a trunk; ``classifier.*`` and the ``fc.*`` embedding dropped.
 
+Foreign files are read with weights only: NumPy scalars become Python numbers
+and any other pickled object beside the weights (a trainer's arguments, its
+helpers) an inert placeholder, so no code from the file runs.
+
 What a source says about its training (stem, resize filter, last stride,
 input size, global feature) becomes the default of the converted model's
 config, and is reported in ``extra``.
@@ -387,7 +391,7 @@ def convert_checkpoint(source: str, in_path: str | os.PathLike, seed: int = 0, *
     if source not in CONVERTERS:
         raise ValueError(f"--from must be one of {', '.join(CONVERT_SOURCES)}, got {source!r}")
     path = Path(in_path)
-    payload = read_torch_file(path, f"{source} checkpoint")
+    payload = read_torch_file(path, f"{source} checkpoint", ignore_objects=True)
     model, config, extra = convert_state(source, payload, str(path), seed, **config_fields)
     extra.update({"source_file": str(path.resolve()), "source_sha256": file_sha256(path)})
     return model, config, extra

@@ -1,0 +1,234 @@
+"""Benchmark of matching at scale (issue 10): memory, throughput, Market-1501 time, shortlist, Dask.
+
+Writes feature caches of random features through the project's own cache
+writer (``create_cache`` + ``SplitWriter``; no images, no model) under
+``--workdir``, then, from one run:
+
+1. **Peak RSS** of `reid-eval match --metric fpr --memory-budget B` (a child
+   process; ``os.wait4``'s ``ru_maxrss``) at two gallery sizes, against the
+   cache size: it must stay within B + the [P, G] float32 result + 0.5 GB and
+   must not grow with the gallery beyond the result.
+2. **Exact FPR throughput** (``fpr_distances_from_cache``, default budget,
+   one process) against the bare float32 GEMM of the same total shape
+   ``[ΣM, d] @ [d, ΣN]`` (NumPy, all BLAS threads), side by side: target ≥ 0.85×.
+3. The **extrapolated wall time of exact Market-1501** (3,368 × 15,913
+   images, 110 × 2048) at the measured FPR rate.
+4. With ``--market-shortlist``: a Market-size cache (17 GB; skipped with a
+   message when the disk lacks the room) and the wall time of `reid-eval
+   match --shortlist 100` on it (target ≤ 10 minutes); the cache is deleted
+   right after.
+5. **Dask**: a LocalCluster of 2 single-thread workers against one process
+   with 2 threads, same cache and tile plan: identical matrix, time ratio
+   (target ≤ 1.2×).
+
+Exit status 1 when a target is missed.
+
+    python benchmarks/bench_scale.py [--probes 8] [--galleries 2000,8000] [--budget 5e8]
+        [--workdir /tmp/bench_scale] [--market-shortlist] [--shortlist-budget 4e9]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import reid_eval  # noqa: F401  isort: skip  (its OpenBLAS setting before NumPy, as in `reid-eval match`)
+
+import numpy as np
+
+from reid_eval.features.cache import SplitWriter, cache_key, cache_path, create_cache, open_cache
+from reid_eval.matching.streaming import fpr_distances_from_cache
+
+MARKET = (3368, 15913)
+SETTINGS = {"model": {"backbone": "random-features", "input_size": [384, 128]}, "preprocessing": {"resize": "fixed"}}
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_cache(cache_dir: Path, n_query: int, n_gallery: int, d: int = 2048, m: int = 110, seed: int = 0,
+                dataset: str = "market1501", batch: int = 64) -> Path:
+    """A cache of random non-negative features (like ReLU maps) with m locations per image, written batch by batch."""
+    rng = np.random.default_rng(seed)
+    key = cache_key(dataset, f"{seed:064x}", SETTINGS, f"{n_query}-{n_gallery}-{d}-{m}".ljust(64, "0"))
+    path = cache_path(cache_dir, dataset, key)
+    if path.exists():
+        return path
+    create_cache(path, {"cache_key": key, "dataset": dataset, "dataset_root": str(cache_dir), "checkpoint_sha256": f"{seed:064x}",
+                        "manifest_sha256": f"{n_query}-{n_gallery}-{d}-{m}".ljust(64, "0"), "settings": json.dumps(SETTINGS)})
+    with open_cache(path, "r+") as f:
+        for split, n, cam in (("query", n_query, 1), ("gallery", n_gallery, 2)):
+            writer = SplitWriter(f, split, n, d, 1)
+            for a in range(0, n, batch):
+                b = min(n, a + batch)
+                k = b - a
+                local = np.abs(rng.standard_normal((k * m, d), dtype=np.float32))
+                writer.append(
+                    k, [f"{split}/{i:06d}.jpg" for i in range(a, b)], np.arange(a, b) % 751 + 1, np.full(k, cam),
+                    np.arange(a, b), np.full((k, 1, 2), (m, 1), dtype=np.int32), local, np.full(k, m),
+                    rng.uniform(0.05, 1.0, k * m).astype(np.float32), local.reshape(k, m, d).mean(axis=1),
+                )
+    return path
+
+
+def gib(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB"
+
+
+def run_match(cache_dir: Path, results: Path, extra: list[str]) -> tuple[float, int, str]:
+    """`reid-eval match` in a child process: (wall seconds, peak RSS bytes from wait4's ru_maxrss, its stderr)."""
+    cmd = [sys.executable, "-c", "import sys; from cli.main import main; sys.exit(main(sys.argv[1:]))", "match",
+           "--metric", "fpr", "--dataset", "market1501", "--cache-dir", str(cache_dir), "--results-dir", str(results),
+           "--recompute", *extra]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    log = results.parent / "match-stderr.txt"
+    results.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    with open(log, "w") as err_file:
+        child = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err_file)
+        _, status, usage = os.wait4(child.pid, 0)  # reap it ourselves to get its own rusage
+        child.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - t0
+    err = log.read_text()
+    if child.returncode != 0:
+        raise SystemExit(f"match failed ({child.returncode}): {err.strip().splitlines()[-1:]}")
+    return wall, int(usage.ru_maxrss) * 1024, err
+
+
+def bare_gemm_rate(rows_g: int, rows_p: int, d: int, seconds: float = 20.0) -> float:
+    """GFLOP/s of float32 GEMMs ``[chunk, d] @ [d, rows_p]`` covering ``rows_g`` gallery rows (all BLAS threads)."""
+    rng = np.random.default_rng(1)
+    chunk = min(rows_g, 22000)
+    a = rng.standard_normal((chunk, d), dtype=np.float32)
+    b = rng.standard_normal((rows_p, d), dtype=np.float32)
+    flops, t0 = 0.0, time.perf_counter()
+    done = 0
+    while done < rows_g and time.perf_counter() - t0 < seconds:
+        _ = a @ b.T
+        flops += 2.0 * chunk * rows_p * d
+        done += chunk
+    return flops / (time.perf_counter() - t0) / 1e9
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--probes", type=int, default=8, help="probes of the RSS caches")
+    ap.add_argument("--throughput-shape", default="300x150", help="probes x gallery of the throughput cache")
+    ap.add_argument("--dask-shape", default="100x150", help="probes x gallery of the Dask comparison")
+    ap.add_argument("--galleries", default="2000,8000")
+    ap.add_argument("--budget", type=float, default=5e8)
+    ap.add_argument("--dim", type=int, default=2048)
+    ap.add_argument("--locations", type=int, default=110)
+    ap.add_argument("--workdir", type=Path, default=Path("/tmp/bench_scale"))
+    ap.add_argument("--market-shortlist", action="store_true")
+    ap.add_argument("--shortlist-budget", type=float, default=4e9)
+    ap.add_argument("--skip", default="", help="comma-separated parts to skip: rss,throughput,dask")
+    args = ap.parse_args()
+    skip = set(filter(None, args.skip.split(",")))
+    d, m, P = args.dim, args.locations, args.probes
+    galleries = [int(g) for g in args.galleries.split(",")]
+    budget = int(args.budget)
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    ok = True
+    print(f"bench_scale: {P} probes, galleries {galleries}, d={d}, {m} locations/image, random non-negative features, "
+          f"{os.cpu_count()} CPUs")
+
+    caches = {}
+    for G in galleries:
+        t0 = time.perf_counter()
+        caches[G] = write_cache(args.workdir / f"g{G}", P, G, d, m)
+        print(f"  cache {G}: {gib(caches[G].stat().st_size)} written in {time.perf_counter() - t0:.0f} s")
+
+    if "rss" not in skip:
+        print(f"\n1. peak RSS of `reid-eval match --metric fpr --memory-budget {budget}` (child process)")
+        rss = {}
+        for G in galleries:
+            wall, peak, err = run_match(caches[G].parent.parent, args.workdir / "results", ["--memory-budget", str(budget)])
+            result = P * G * 4
+            limit = budget + result + 0.5 * 2**30
+            rss[G] = peak
+            last = [ln for ln in err.splitlines() if "GFLOP/s" in ln][-1]
+            print(f"  gallery {G:>6}: cache {gib(caches[G].stat().st_size)}, peak RSS {gib(peak)} "
+                  f"(budget {gib(budget)} + result {result / 2**20:.1f} MiB + 0.5 GiB = {gib(limit)}), "
+                  f"{wall:.0f} s; last progress: {last.strip()}")
+            ok &= peak <= limit
+        if len(galleries) > 1:
+            g0, g1 = galleries[0], galleries[-1]
+            growth = rss[g1] - rss[g0]
+            res_growth = P * (g1 - g0) * 4
+            print(f"  growth {g0} -> {g1}: RSS {growth / 2**20:+.1f} MiB, result {res_growth / 2**20:+.1f} MiB, "
+                  f"cache {(caches[g1].stat().st_size - caches[g0].stat().st_size) / 2**30:+.2f} GiB")
+            ok &= growth <= res_growth + 64 * 2**20
+
+    rate = None
+    if "throughput" not in skip:
+        P2, G = (int(v) for v in args.throughput_shape.split("x"))
+        path = write_cache(args.workdir / f"t{P2}x{G}", P2, G, d, m)
+        print(f"\n2. exact FPR throughput, {P2} x {G}, default budget, one process, vs the bare GEMM of the same shape")
+        g_before = bare_gemm_rate(G * m, P2 * m, d)
+        t0 = time.perf_counter()
+        res = fpr_distances_from_cache(path, backend="numpy")
+        fpr_s = time.perf_counter() - t0
+        g_after = bare_gemm_rate(G * m, P2 * m, d)
+        flops = 2.0 * d * (G * m) * (P2 * m)
+        rate = flops / fpr_s / 1e9
+        gemm = max(g_before, g_after)
+        print(f"  FPR: {fpr_s:.1f} s for {flops / 1e12:.2f} TFLOP = {rate:.1f} GFLOP/s ({res.plan.num_tiles} tiles of "
+              f"<= {res.plan.block_rows} rows); bare GEMM {g_before:.1f} / {g_after:.1f} GFLOP/s (before / after)")
+        print(f"  ratio FPR / GEMM = {rate / gemm:.2f} (target >= 0.85)")
+        ok &= rate / gemm >= 0.85
+        market = 2.0 * d * m * m * MARKET[0] * MARKET[1]
+        print(f"\n3. exact Market-1501 ({MARKET[0]} x {MARKET[1]}): {market / 1e15:.2f} PFLOP at {rate:.1f} GFLOP/s "
+              f"= {market / rate / 1e9 / 3600:.1f} h on this machine (at the bare GEMM rate: "
+              f"{market / gemm / 1e9 / 3600:.1f} h)")
+
+    if "dask" not in skip:
+        P3, G = (int(v) for v in args.dask_shape.split("x"))
+        path = write_cache(args.workdir / f"d{P3}x{G}", P3, G, d, m)
+        print(f"\n5. Dask LocalCluster, 2 single-thread workers, vs one process with 2 threads ({P3} x {G}, same plan)")
+        t0 = time.perf_counter()
+        one = fpr_distances_from_cache(path, backend="numpy", threads=2, memory_budget_bytes=budget)
+        t_one = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        two = fpr_distances_from_cache(path, backend="numpy", workers=2, memory_budget_bytes=budget)
+        t_dask = time.perf_counter() - t0
+        from distributed import LocalCluster
+
+        t0 = time.perf_counter()
+        LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None, memory_limit=0).close()
+        t_start = time.perf_counter() - t0
+        same = np.array_equal(one.distances, two.distances)
+        print(f"  one process: {t_one:.1f} s; Dask: {t_dask:.1f} s, of which about {t_start:.1f} s start and stop "
+              f"the cluster; ratio {t_dask / t_one:.2f} ({(t_dask - t_start) / t_one:.2f} without them; target <= 1.2); "
+              f"identical: {same} ({one.plan.num_tiles} tiles)")
+        ok &= same and t_dask / t_one <= 1.2
+
+    if args.market_shortlist:
+        need = (MARKET[0] + MARKET[1]) * m * d * 4 * 1.05 + (MARKET[0] + MARKET[1]) * d * 4
+        free = shutil.disk_usage(args.workdir).free
+        print(f"\n4. shortlist K=100 on a Market-size cache ({MARKET[0]} x {MARKET[1]}, {gib(need)})")
+        if free < need * 1.2:
+            print(f"  skipped: {gib(free)} free under {args.workdir}, the cache needs {gib(need)}")
+        else:
+            market_dir = args.workdir / "market"
+            try:
+                t0 = time.perf_counter()
+                path = write_cache(market_dir, *MARKET, d=d, m=m)
+                print(f"  cache written: {gib(path.stat().st_size)} in {time.perf_counter() - t0:.0f} s")
+                wall, peak, err = run_match(market_dir, args.workdir / "results",
+                                            ["--shortlist", "100", "--memory-budget", str(int(args.shortlist_budget))])
+                print(f"  `match --shortlist 100 --memory-budget {int(args.shortlist_budget)}`: {wall:.0f} s "
+                      f"({wall / 60:.1f} min, target <= 10), peak RSS {gib(peak)}")
+                ok &= wall <= 600
+            finally:
+                shutil.rmtree(market_dir, ignore_errors=True)
+    print("\nall targets met" if ok else "\nsome target missed")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
