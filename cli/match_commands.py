@@ -12,7 +12,17 @@ from pathlib import Path
 import click
 
 from reid_eval.evaluation import AP_FLAVOURS
-from reid_eval.experiments.record import GLOBAL_METRICS, MATCH_METRICS, PAPER_AP, PAPER_BETA, MatchParams
+from reid_eval.experiments.record import (
+    GLOBAL_METRICS,
+    MATCH_METRICS,
+    PAPER_AP,
+    PAPER_BETA,
+    RERANK_AUX,
+    RERANK_K1,
+    RERANK_K2,
+    RERANK_LAMBDA,
+    MatchParams,
+)
 from reid_eval.matching.backend import BACKENDS
 
 from .options import ByteSize, FiniteFloat, cache_dir_option, checkpoint_option, results_dir_option
@@ -48,11 +58,33 @@ _DEFAULT = MatchParams()
 @click.option("--scheduler", default=None, metavar="tcp://HOST:PORT",
               help="Run the tiles on an existing Dask cluster; its workers must see the cache at the same path.")
 @click.option("--recompute", is_flag=True, help="Compute the matrix again even when the cache holds it (or some of its tiles).")
+@click.option("--shortlist-fill", type=FiniteFloat(), default=None, metavar="D",
+              help="Distance of every gallery image outside the --shortlist (fast-reid: 100); lets --shortlist and "
+                   "--fuse combine. Default: the shortlist first, the rest behind it in global order.")
+@click.option("--rerank", is_flag=True,
+              help="k-reciprocal re-ranking (Zhong et al., CVPR 2017) of the matrix; its own results file.")
+@click.option("--rerank-aux", type=click.Choice(RERANK_AUX), default="same", show_default=True,
+              help="Query-query and gallery-gallery distances for --rerank: same = this metric (for FPR the "
+                   "gallery-gallery FPR matrix, computed once and cached), global = the global feature's euclidean "
+                   "distance (cheap, mixes two metrics).")
+@click.option("--rerank-k1", type=click.IntRange(min=1), default=RERANK_K1, show_default=True)
+@click.option("--rerank-k2", type=click.IntRange(min=1), default=RERANK_K2, show_default=True)
+@click.option("--rerank-lambda", type=FiniteFloat(), default=RERANK_LAMBDA, show_default=True,
+              help="Weight of the original distance in the re-ranked one.")
+@click.option("--resamples", type=click.IntRange(min=0), default=_DEFAULT.resamples, show_default=True,
+              help="Identity-bootstrap resamples for the 95% intervals (0: no intervals).")
+@click.option("--ci-seed", type=click.IntRange(min=0), default=_DEFAULT.ci_seed, show_default=True,
+              help="Seed of the bootstrap resamples.")
+@click.option("--preset", type=click.Choice(["fastreid"]), default=None,
+              help="fastreid: fast-reid's PartialReID test pipeline (β 0.001, shortlist 100 by cosine, 100 outside, "
+                   "(1-λ)·cosine + λ·FPR) with --fuse λ, or without --fuse λ tuned on held-out train identities "
+                   "(needs the train split in the cache); the optimistic test-set λ sweep is printed and recorded too.")
 @cache_dir_option
 @results_dir_option
 @checkpoint_option
 def match_command(metric, dataset, beta, backend, shortlist, shortlist_metric, fuse, fuse_global, ap, memory_budget,
-                  workers, scheduler, recompute, cache_dir, results_dir, checkpoint) -> None:
+                  workers, scheduler, recompute, shortlist_fill, rerank, rerank_aux, rerank_k1, rerank_k2, rerank_lambda,
+                  resamples, ci_seed, preset, cache_dir, results_dir, checkpoint) -> None:
     """Distance matrix from the cache, Market-1501 evaluation, results JSON.
 
     With several caches for a dataset, the one made with --checkpoint is used,
@@ -69,7 +101,15 @@ def match_command(metric, dataset, beta, backend, shortlist, shortlist_metric, f
 
     try:  # the ranges and combinations are checked once, by the library, before any cache is read
         params = MatchParams(metric=metric, beta=beta, shortlist=shortlist, shortlist_metric=shortlist_metric,
-                             fuse=fuse, fuse_global=fuse_global, ap=ap, backend=backend).validate()
+                             fuse=fuse, fuse_global=fuse_global, ap=ap, backend=backend, shortlist_fill=shortlist_fill,
+                             rerank=rerank_aux if rerank else None, rerank_k1=rerank_k1, rerank_k2=rerank_k2,
+                             rerank_lambda=rerank_lambda, resamples=resamples, ci_seed=ci_seed).validate()
+        if preset is not None:
+            if metric != "fpr":
+                raise ValueError("--preset fastreid reconstructs with the foreground-weighted distance: use --metric fpr")
+            from reid_eval.experiments.fastreid import fastreid_params
+
+            fastreid_params(0.0 if fuse is None else fuse, params)  # its own checks
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     sha = None
@@ -88,7 +128,12 @@ def match_command(metric, dataset, beta, backend, shortlist, shortlist_metric, f
                                    recompute=recompute,
                                    progress=lambda p: bars("tiles", p.tiles_done, p.tiles_total, p.line()))
         try:
-            outcome = match_cache(path, params, results_dir, dataset=name, execution=execution)
+            if preset is not None:
+                from reid_eval.experiments.fastreid import run_fastreid
+
+                outcome = run_fastreid(path, results_dir, params, fuse, dataset=name, execution=execution)
+            else:
+                outcome = match_cache(path, params, results_dir, dataset=name, execution=execution)
         finally:
             bars.close()
         click.echo(outcome.summary)

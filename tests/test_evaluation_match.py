@@ -118,3 +118,27 @@ def test_fastreid_tuning_needs_a_train_split(tmp_path):
     bare = make_cache(tmp_path, with_train=False)
     with pytest.raises(ReidEvalError, match="no complete train split"):
         run_fastreid(bare, tmp_path, fuse=None)
+
+
+def test_match_cli_rerank_preset_and_compare(tmp_path, capsys):
+    from cli.main import main
+
+    make_cache(tmp_path)
+    common = ["--cache-dir", str(tmp_path / "cache"), "--results-dir", str(tmp_path / "res"), "--resamples", "50"]
+    assert main(["match", "--metric", "fpr", "--rerank", "--rerank-aux", "global", "--rerank-k1", "5", *common]) == 0
+    assert "__rerank-global__k1-5" in capsys.readouterr().out
+    assert main(["match", "--metric", "fpr", "--preset", "fastreid", "--fuse", "0.3", *common]) == 0
+    out = capsys.readouterr().out
+    assert "fuse0.3" in out and "optimistic test-set sweep" in out
+    assert main(["match", "--metric", "dsr", *common]) == 0
+    capsys.readouterr()
+    res = tmp_path / "res"
+    (fpr_file,) = res.glob("market1501__fpr__rerank-global*.json")
+    (dsr_file,) = res.glob("market1501__dsr__ckpt-*.json")
+    assert main(["compare", str(fpr_file), str(dsr_file), "--resamples", "50"]) == 0
+    assert capsys.readouterr().out.splitlines()[1].startswith("R1")
+    for bad, needle in ((["--preset", "fastreid", "--metric", "dsr"], "--metric fpr"),
+                        (["--metric", "fpr", "--rerank", "--rerank-lambda", "2"], "--rerank-lambda")):
+        assert main(["match", *bad, *common]) == 2
+        err = capsys.readouterr().err
+        assert needle in err and "Traceback" not in err
