@@ -185,3 +185,16 @@ def test_missing_keys_are_named():
     del data["mINP"], data["created"]
     with pytest.raises(ReidEvalError, match="missing mINP, created"):
         MatchResult.from_json(data, "x.json")
+
+
+def test_design_doc_lists_every_field_under_its_role():
+    """docs/DESIGN.md's role table is the users' copy of the field declarations; it must not drift."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "DESIGN.md").read_text(encoding="utf-8")
+    rows = {"distance": "| distance identity |", "results": "| results identity |", "provenance": "| provenance |"}
+    for role, start in rows.items():
+        (line,) = [ln for ln in text.splitlines() if ln.startswith(start)]
+        listed = re.findall(r"`(\w+)`", line.split("|")[2])
+        assert sorted(listed) == sorted(MatchParams.field_names(role)), role

@@ -12,13 +12,18 @@ Every :class:`MatchParams` field says, in its ``metadata["role"]``, what it is:
 * ``"distance"`` — identity of the distance matrix: it changes the matrix, so
   it is part of the distance name (``distances/<name>`` in the cache) and of
   the results file name: ``beta``, ``shortlist``, ``shortlist_metric``,
-  ``fuse``; ``metric`` and ``fuse_global`` form the name's label
-  (``fpr``, ``fpr+euclidean``).
+  ``shortlist_fill``, ``fuse``, ``rerank`` and its ``rerank_k1``,
+  ``rerank_k2``, ``rerank_lambda``; ``metric`` and ``fuse_global`` form the
+  name's label (``fpr``, ``fpr+euclidean``).
 * ``"results"`` — identity of the scores only (one matrix, several results
   files): ``ap`` (the AP flavour) and ``checkpoint_sha256`` (its first
   :data:`CHECKPOINT_PREFIX` hex digits).
 * ``"provenance"`` — recorded, never named, because it does not change the
-  matrix or the scores: ``backend``, ``max_rank``.
+  matrix or the scores: ``backend``, ``max_rank``, ``resamples``, ``ci_seed``
+  (how the bootstrap intervals beside the scores were drawn).
+
+``MatchParams.field_names(role)`` lists them; this list is a summary of the
+``_field`` declarations below, which are the definition.
 
 A name part is ``__<tag><value>`` and is left out when the value is the
 field's ``omit`` value (the paper's setting or "not used"), so the paper's
@@ -32,7 +37,9 @@ Old results files without the field read back with the default.
 
 :class:`MatchResult` is one results file: scores plus its :class:`MatchParams`
 and a free ``provenance`` mapping (cache file, model settings, timings, engine
-statistics) that never affects names. ``to_json``/``from_json`` keep the
+statistics such as the tile plan and the refined share) that never affects
+names, plus optional result fields (bootstrap intervals, verification, the
+per-query records file, the λ-tuning record). ``to_json``/``from_json`` keep the
 results file layout of docs/DESIGN.md: the twelve top-level keys, and in
 ``params`` the :class:`MatchParams` fields, the provenance entries and the
 ``distance_name``.
