@@ -122,7 +122,7 @@ def match_command(metric, dataset, beta, backend, shortlist, shortlist_metric, f
     if workers is not None and scheduler is not None:
         raise click.BadParameter("give --workers (a local cluster) or --scheduler (an existing one), not both",
                                  param_hint="--workers/--scheduler")
-    for name, path in select_caches(cache_dir, dataset, sha).items():
+    for name, path in select_caches(cache_dir, dataset, sha, warn=lambda m: click.echo(f"Warning: {m}", err=True)).items():
         bars = Bars({"tiles": f"match {name}"})
         execution = MatchExecution(memory_budget_bytes=memory_budget, workers=workers, scheduler=scheduler,
                                    recompute=recompute,

@@ -236,7 +236,9 @@ def test_damaged_or_unfinished_newest_cache_is_named_never_skipped(run, tmp_path
     assert not (tmp_path / "r").exists()
     # --checkpoint selects the good cache: the user's option, not a silent fallback
     assert main([*args, "--checkpoint", str(run["ckpt"])]) == 0
-    written = capsys.readouterr().out.strip().split(" -> ")[-1]
+    out, err = capsys.readouterr()
+    assert err.startswith("Warning: passed over") and str(damaged) in err  # named even then
+    written = out.strip().split(" -> ")[-1]
     assert json.loads(Path(written).read_text())["params"]["cache_file"] == str(copied.resolve())
 
 

@@ -287,7 +287,12 @@ def _incomplete_text(path: Path) -> str:
     return ", ".join(parts)
 
 
-def select_cache(cache_dir: str | os.PathLike, dataset: str, checkpoint_sha256: str | None = None) -> Path:
+def select_cache(
+    cache_dir: str | os.PathLike,
+    dataset: str,
+    checkpoint_sha256: str | None = None,
+    warn: Callable[[str], None] | None = None,
+) -> Path:
     """The one cache file that `match` (and `report`, for its figures) uses for ``dataset``.
 
     Candidates are ``<cache_dir>/<dataset>/*.h5``. Rules, each failure a
@@ -295,7 +300,8 @@ def select_cache(cache_dir: str | os.PathLike, dataset: str, checkpoint_sha256: 
 
     * a cache whose stored dataset is not ``dataset`` is an error naming both;
     * a damaged or unreadable cache is an error naming it, unless
-      ``checkpoint_sha256`` selects another cache (never a silent fallback);
+      ``checkpoint_sha256`` selects another cache (never a silent fallback:
+      ``warn`` is then told which file was passed over);
     * with ``checkpoint_sha256`` only caches made with that checkpoint count;
     * a cache counts only when its query and gallery are complete
       (:func:`reid_eval.features.split_complete`); when the newest cache is
@@ -323,6 +329,9 @@ def select_cache(cache_dir: str | os.PathLike, dataset: str, checkpoint_sha256: 
     if damaged and not (checkpoint_sha256 and usable):
         more = "" if len(damaged) == 1 else f" ({len(damaged) - 1} more damaged cache(s) in {Path(cache_dir) / dataset})"
         raise ReidEvalError(f"{damaged[0]}{more}; or choose another cache of {dataset} with --checkpoint")
+    if damaged and warn is not None:
+        for message in damaged:
+            warn(f"passed over (--checkpoint selects another cache of {dataset}): {message}")
     newest_unfinished = max(unfinished, default=None)
     if newest_unfinished and not checkpoint_sha256 and (not usable or newest_unfinished[:2] > max(usable)[:2]):
         path = newest_unfinished[2]
@@ -338,7 +347,12 @@ def select_cache(cache_dir: str | os.PathLike, dataset: str, checkpoint_sha256: 
     return max(usable)[2]
 
 
-def select_caches(cache_dir: str | os.PathLike, dataset: str | None = None, checkpoint_sha256: str | None = None) -> dict[str, Path]:
+def select_caches(
+    cache_dir: str | os.PathLike,
+    dataset: str | None = None,
+    checkpoint_sha256: str | None = None,
+    warn: Callable[[str], None] | None = None,
+) -> dict[str, Path]:
     """{dataset: :func:`select_cache`} for ``dataset``, or for every dataset folder under ``cache_dir``.
 
     Without ``dataset``, a folder holding only caches of another checkpoint
@@ -346,7 +360,7 @@ def select_caches(cache_dir: str | os.PathLike, dataset: str | None = None, chec
     everything, naming it. Raises ReidEvalError when nothing is left.
     """
     if dataset is not None:
-        return {dataset: select_cache(cache_dir, dataset, checkpoint_sha256)}
+        return {dataset: select_cache(cache_dir, dataset, checkpoint_sha256, warn)}
     base = Path(cache_dir)
     if base.exists() and not base.is_dir():
         raise ReidEvalError(f"--cache-dir {base} is not a folder")
@@ -354,7 +368,7 @@ def select_caches(cache_dir: str | os.PathLike, dataset: str | None = None, chec
     chosen: dict[str, Path] = {}
     for name in names:
         try:
-            chosen[name] = select_cache(base, name, checkpoint_sha256)
+            chosen[name] = select_cache(base, name, checkpoint_sha256, warn)
         except NoCacheError:
             if checkpoint_sha256:
                 continue  # this dataset has no cache of that checkpoint

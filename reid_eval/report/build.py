@@ -132,7 +132,7 @@ def _figures(
             written += fig.beta_sweep_figure(folder / f"beta_sweep_{name}", f"β sweep, {title}", groups)
         by_cache: dict[Path, list[ResultRecord]] = {}
         for record in recs:
-            cache, why = _find_cache(record, cache_dir)
+            cache, why = _find_cache(record, cache_dir, note)
             if cache is None:
                 note(f"{record.path.name}: {why}; retrieval and foreground figures skipped")
                 continue
@@ -151,7 +151,7 @@ def _figures(
     return written, out_of_range
 
 
-def _find_cache(record: ResultRecord, cache_dir: Path | None) -> tuple[Path | None, str]:
+def _find_cache(record: ResultRecord, cache_dir: Path | None, note: Callable[[str], None]) -> tuple[Path | None, str]:
     """The results file's own cache, else the one :func:`select_cache` picks for its dataset and checkpoint; (None, why) when none."""
     recorded = record.provenance.get("cache_file")
     if recorded and Path(recorded).is_file():
@@ -160,7 +160,7 @@ def _find_cache(record: ResultRecord, cache_dir: Path | None) -> tuple[Path | No
     if cache_dir is None or not Path(cache_dir).is_dir():
         return None, why
     try:
-        return select_cache(cache_dir, record.dataset, record.checkpoint_sha256 or None), ""
+        return select_cache(cache_dir, record.dataset, record.checkpoint_sha256 or None, note), ""
     except ReidEvalError as exc:
         return None, f"{why}, and in {cache_dir}: {exc}"
 
