@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .options import Folder, parse_ints
+from .options import Folder, device_option, parse_ints
 from .progress import Bars, echo_err, set_threads, threads_option
 
 
@@ -16,7 +16,7 @@ from .progress import Bars, echo_err, set_threads, threads_option
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the synthetic set and the training.")
 @click.option("--size", type=click.Choice(["tiny", "default"]), default="default", show_default=True,
               help="tiny: a seconds-long smoke run; default: a few minutes on a laptop CPU.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@device_option
 @click.option("--no-report", is_flag=True, help="Skip the report (tables and figures).")
 @click.option("--pets-root", type=Folder(), envvar="REID_EVAL_PETS_ROOT",
               show_envvar=True, default=None,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from .options import Folder, cache_dir_option, checkpoint_option, data_root_option
+from .options import Folder, cache_dir_option, checkpoint_option, data_root_option, device_option
 from reid_eval.features import RESIZE_MODES, SPLITS, extract_dataset
 
 
@@ -60,7 +60,7 @@ def _dataset_root(name: str, root: Path | None, data_root: Path) -> Path:
 @data_root_option
 @cache_dir_option
 @checkpoint_option
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True, help="auto: CUDA when available.")
+@device_option
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--resize", type=click.Choice(RESIZE_MODES), default="fixed", show_default=True, help="fixed: the model's input size; keep-aspect: the model's width, the image's aspect.")
 @click.option("--splits", default="query,gallery", show_default=True, help=f"Comma-separated splits among {', '.join(SPLITS)}.")

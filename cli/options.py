@@ -91,6 +91,11 @@ class Folder(click.Path):
         return path
 
 
+#: What reid_eval.features.extract.resolve_device accepts ("cuda:N" too, through the library).
+DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
+device_option = click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
+                             help="auto: CUDA when available, else the CPU.")
+
 #: Defaults of the output folders: beside each other and outside any tracked folder of a checkout
 #: (both are in the repository's .gitignore; the repository's own results/ holds no generated files).
 DEFAULT_CACHE_DIR = Path("./reid-cache")
