@@ -1,6 +1,6 @@
 """The `reid-eval` command: a thin click front end over the reid_eval library.
 
-Commands live in the ``cli.*_commands`` modules, each listing its top-level
+Commands live in the ``*_commands`` modules of this package, each listing its top-level
 commands in a module-level ``COMMANDS`` tuple. :data:`COMMANDS` below maps
 every command name to its module and one-line summary, so ``reid-eval --help``
 and ``--version`` import none of them, and running a command imports only its
@@ -21,43 +21,43 @@ import click
 from reid_eval import __version__
 from reid_eval.errors import ReidEvalError
 
-# name -> (module defining it, its summary in `reid-eval --help`). The summary
+# name -> (module defining it, relative to this package, its summary in `reid-eval --help`). The summary
 # is the first sentence of the command's docstring (click's short help without
 # truncation); tests/test_cli_basics.py checks both columns against the modules.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "checkpoint": ("cli.model_commands", "Write model checkpoints in reid-eval's format."),
+    "checkpoint": (".model_commands", "Write model checkpoints in reid-eval's format."),
     "compare": (
-        "cli.compare_commands",
+        ".compare_commands",
         "Paired difference A-B of rank-1 and mAP on the same queries, with its bootstrap interval.",
     ),
-    "datasets": ("cli.dataset_commands", "List the known datasets and whether each is found under the data root."),
+    "datasets": (".dataset_commands", "List the known datasets and whether each is found under the data root."),
     "demo": (
-        "cli.demo_commands",
+        ".demo_commands",
         "Synthetic occluded persons -> short FPR training -> extract -> match (Baseline, DSR, FPR) -> report.",
     ),
     "extract": (
-        "cli.extract_commands",
+        ".extract_commands",
         "Extract pyramid, foreground and global features into the HDF5 cache (resumable).",
     ),
     "manifest": (
-        "cli.dataset_commands",
+        ".dataset_commands",
         "Scan a dataset, validate it against its published counts, write the manifest CSV.",
     ),
     "masks": (
-        "cli.mask_commands",
+        ".mask_commands",
         "Write person masks for `reid-eval train --masks` with a torchvision segmentation model (resumable).",
     ),
-    "match": ("cli.match_commands", "Distance matrix from the cache, Market-1501 evaluation, results JSON."),
+    "match": (".match_commands", "Distance matrix from the cache, Market-1501 evaluation, results JSON."),
     "report": (
-        "cli.report_commands",
+        ".report_commands",
         "Regenerate Tables 3 and 4 (paper rows beside measured rows) and the figures.",
     ),
     "synthesize": (
-        "cli.demo_commands",
+        ".demo_commands",
         "Write the synthetic occluded-person dataset (the `synthetic_occluded` dataset of `reid-eval datasets`).",
     ),
     "train": (
-        "cli.train_commands",
+        ".train_commands",
         "Train the FPR network: batch-hard triplet loss on the FPR distance + α·foreground loss.",
     ),
 }
@@ -83,7 +83,8 @@ class LazyGroup(click.Group):
         if cmd_name in self.commands or cmd_name not in self.lazy_commands:
             return super().get_command(ctx, cmd_name)
         module_name = self.lazy_commands[cmd_name][0]
-        module = importlib.import_module(module_name)
+        # Relative names (".match_commands") resolve inside this package, whatever it is installed as.
+        module = importlib.import_module(module_name, __package__)
         for command in getattr(module, "COMMANDS", ()):
             if command.name == cmd_name:
                 return command

@@ -44,7 +44,7 @@ def _help_listing(group: click.Group, format_commands, width: int) -> str:
 def test_command_table_matches_the_command_modules():
     ctx = click.Context(cli, info_name="reid-eval")
     for module_name in sorted({module for module, _summary in COMMANDS.values()}):
-        module = importlib.import_module(module_name)
+        module = importlib.import_module(module_name, "cli")
         defined = {command.name: command for command in module.COMMANDS}
         assert set(defined) == {name for name, (module, _s) in COMMANDS.items() if module == module_name}, module_name
         for name, command in defined.items():
