@@ -119,15 +119,24 @@ cache_dir_option = click.option(
     show_envvar=True,
     help="Folder of the HDF5 feature caches.",
 )
-results_dir_option = click.option(
-    "--results-dir",
-    type=Folder(output=True),
-    envvar="REID_EVAL_RESULTS_DIR",
-    default=DEFAULT_RESULTS_DIR,
-    show_default=True,
-    show_envvar=True,
-    help="Folder of the results JSON files, tables and figures.",
-)
+
+
+def _results_dir_option(output: bool):
+    return click.option(
+        "--results-dir",
+        type=Folder(output=output),
+        envvar="REID_EVAL_RESULTS_DIR",
+        default=DEFAULT_RESULTS_DIR,
+        show_default=True,
+        show_envvar=True,
+        help="Folder of the results JSON files, tables and figures.",
+    )
+
+
+#: --results-dir for commands that write results into it (match).
+results_dir_option = _results_dir_option(output=True)
+#: --results-dir for commands that only read it (report checks it can write there when it does).
+results_dir_input_option = _results_dir_option(output=False)
 checkpoint_option = click.option(
     "--checkpoint",
     type=click.Path(dir_okay=False, path_type=Path),

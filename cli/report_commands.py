@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .options import Folder, cache_dir_option, results_dir_option
+from .options import Folder, cache_dir_option, results_dir_input_option
 
 
 def _probe_list(ctx: click.Context, param: click.Parameter, value: str | None) -> list[int] | None:
@@ -19,7 +19,7 @@ def _probe_list(ctx: click.Context, param: click.Parameter, value: str | None) -
 
 
 @click.command("report")
-@results_dir_option
+@results_dir_input_option
 @cache_dir_option
 @click.option("--out-dir", type=Folder(output=True), default=None,
               help="Where tables/ and figures/ go (default: the results dir).")
@@ -37,6 +37,13 @@ def report_command(results_dir: Path, cache_dir: Path, out_dir: Path | None, pro
     """
     from reid_eval.report import build_report
 
+    if out_dir is None:
+        # tables/ and figures/ go into the results folder: it must then be writable, said at the option
+        try:
+            Folder(output=True).convert(results_dir, None, None)
+        except click.BadParameter as exc:
+            raise click.BadParameter(f"{exc.message} Give --out-dir for the tables and figures.",
+                                     param_hint="--results-dir") from None
     summary = build_report(
         results_dir,
         out_dir=out_dir,
