@@ -141,9 +141,14 @@ def test_cli_train_with_workers_eval_every_and_init_and_its_errors(data_root, tm
     # --init: any of our checkpoints is a start; its architecture wins
     started = tmp_path / "from_best"
     init_args = [started if a == str(out) else a for a in args]
-    assert main([str(a) for a in init_args] + ["--init", str(out / BEST_NAME), "--epochs", "2", "--workers", "0"]) == 0
+    assert main([str(a) for a in init_args] + ["--init", str(out / BEST_NAME), "--epochs", "1", "--warmup-epochs", "0",
+                                                  "--workers", "0", "--lr", "1e-10"]) == 0
     first = json.loads((started / LOG_NAME).read_text().splitlines()[0])
     assert first["init"] == f"from {out / BEST_NAME}"
+    # with a negligible rate the trained weights are still the init checkpoint's (a random start is far away)
+    init_model, trained = load_checkpoint(out / BEST_NAME)[0], load_checkpoint(started / FINAL_NAME)[0]
+    for (name, a), b in zip(init_model.named_parameters(), trained.parameters()):
+        assert torch.allclose(a, b, atol=1e-6), name
     capsys.readouterr()
 
     assert main(args) == 1  # the run exists and --resume was not given
