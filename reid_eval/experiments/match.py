@@ -119,6 +119,13 @@ def _global(cache_file: Path, split: str, n: int):
     return read_global_block(cache_file, split, 0, n)
 
 
+def _global_distances(cache_file: Path, probe_split: str, gallery_split: str, n_q: int, n_g: int, metric: str) -> np.ndarray:
+    try:
+        return global_distances(_global(cache_file, probe_split, n_q), _global(cache_file, gallery_split, n_g), metric=metric)
+    except ValueError as exc:  # NaN, infinite or (cosine) all-zero features: name the file they came from (#17)
+        raise ReidEvalError(f"cache {cache_file}: {exc}") from None
+
+
 def compute_distances(
     cache_file: str | os.PathLike,
     params: MatchParams,
@@ -146,7 +153,7 @@ def compute_distances(
     n_q = len(read_split_index(cache_file, probe_split).pids)
     n_g = len(read_split_index(cache_file, gallery_split).pids)
     if params.metric in GLOBAL_METRICS:
-        D = global_distances(_global(cache_file, probe_split, n_q), _global(cache_file, gallery_split, n_g), metric=params.metric)
+        D = _global_distances(cache_file, probe_split, gallery_split, n_q, n_g, params.metric)
         return np.asarray(D, np.float32), {}
     engine = {"beta": params.beta, "weighted": params.metric == "fpr", "backend": params.backend,
               "memory_budget_bytes": execution.memory_budget_bytes, "progress": execution.progress}
@@ -175,7 +182,7 @@ def compute_distances(
 
             local = fill_outside_shortlist(local, params.shortlist, params.shortlist_fill)
     if params.fuse is not None:
-        glob = global_distances(_global(cache_file, probe_split, n_q), _global(cache_file, gallery_split, n_g), metric=params.fuse_global)
+        glob = _global_distances(cache_file, probe_split, gallery_split, n_q, n_g, params.fuse_global)
         local = ((1.0 - params.fuse) * np.asarray(glob, np.float32) + params.fuse * local).astype(np.float32)
     return local, how
 

@@ -338,13 +338,11 @@ class SplitWriter:
     def _truncate(self) -> None:
         # Rows past the committed counts belong to a batch that was interrupted.
         n, L, s = (int(self.g.attrs[k]) for k in ("num_written", "num_locations", "num_skipped"))
-        for name in _ROW_DATASETS:
-            self.ds[name].resize(n, axis=0)
-        self.ds["offsets"].resize(n + 1, axis=0)
-        self.ds["local"].resize(L, axis=0)
-        self.ds["foreground"].resize(L, axis=0)
-        for name in _SKIP_DATASETS:
-            self.ds[name].resize(s, axis=0)
+        rows = {name: n for name in _ROW_DATASETS} | {name: s for name in _SKIP_DATASETS}
+        rows.update(offsets=n + 1, local=L, foreground=L)
+        for name, length in rows.items():
+            if self.ds[name].shape[0] != length:  # a file with nothing to cut is left byte for byte as it was
+                self.ds[name].resize(length, axis=0)
 
     @property
     def num_complete(self) -> int:

@@ -77,7 +77,8 @@ ProgressFn = Callable[[str, int, int, float], None]
 
 # Test hook: with REID_EVAL_TEST_KILL_AFTER_BATCHES=k the process SIGKILLs itself
 # after writing the rows of its k-th batch and before committing them, the worst
-# moment for a resume (see tests/test_extract_resume.py).
+# moment for a resume (see tests/test_extract_resume.py); with "k:STOP" it stops
+# (SIGSTOP) there instead, holding the writer lock (tests/test_bad_input.py).
 _KILL_ENV = "REID_EVAL_TEST_KILL_AFTER_BATCHES"
 
 
@@ -170,8 +171,8 @@ def _load_batch(paths: Sequence[Path], prep: Preprocessing, skip_bad: bool) -> _
 
 
 class _SplitRun:
-    def __init__(self, model: FPRNet, prep: Preprocessing, device: torch.device):
-        self.model, self.prep, self.device = model, prep, device
+    def __init__(self, model: FPRNet, prep: Preprocessing, device: torch.device, checkpoint: str | os.PathLike = "?"):
+        self.model, self.prep, self.device, self.checkpoint = model, prep, device, checkpoint
 
     def features(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(local [B·N, d], counts [B], foreground [B·N], global [B, d], grid [B, K, 2]) of a [B, 3, H, W] batch."""
@@ -190,12 +191,14 @@ def _kill_hook() -> Callable[[], None] | None:
     raw = os.environ.get(_KILL_ENV)
     if not raw:
         return None
-    left = [int(raw)]
+    count, _, how = raw.partition(":")  # "k" kills; "k:STOP" stops the process there (tests of the writer lock)
+    left = [int(count)]
+    sig = signal.SIGSTOP if how.upper() == "STOP" else signal.SIGKILL
 
     def hook() -> None:
         left[0] -= 1
         if left[0] == 0:
-            os.kill(os.getpid(), signal.SIGKILL)
+            os.kill(os.getpid(), sig)
 
     return hook
 
@@ -323,7 +326,7 @@ def extract_dataset(
                     progress(s, len(split_rows[s]), len(split_rows[s]), 0.0)
             return path
         model = model.to(dev).eval()
-        run = _SplitRun(model, prep, dev)
+        run = _SplitRun(model, prep, dev, checkpoint)
         kill = _kill_hook()
         f = open_cache(path, "r+")
         try:
@@ -428,6 +431,7 @@ def _extract_split(
             computed = [i for i in idx if paths[i] not in reuse]
             if loaded.images is not None:
                 feats = run.features(loaded.images)
+                _check_finite(feats, [str(paths[computed[pos]]) for pos in loaded.kept], run.checkpoint)
             else:
                 feats = (np.zeros((0, d), np.float32), np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros((0, d), np.float32), np.zeros((0, k, 2), np.int32))
             fresh = {computed[pos]: j for j, pos in enumerate(loaded.kept)}  # manifest row -> row of feats
@@ -459,6 +463,22 @@ def _extract_split(
             if progress:
                 rate = (b.stop - done0) / max(time.perf_counter() - t0, 1e-9)
                 progress(split, b.stop, total, rate)
+
+
+def _check_finite(feats: tuple[np.ndarray, ...], paths: list[str], checkpoint: str | os.PathLike) -> None:
+    """Refuse a batch whose features hold NaN or infinity (a damaged or diverged checkpoint), naming the first image."""
+    local, counts, fg, glob, _ = feats
+    bad = ~np.isfinite(glob).all(axis=1)
+    per_location = ~(np.isfinite(local).all(axis=1) & np.isfinite(fg))
+    if per_location.any():
+        owner = np.repeat(np.arange(len(counts)), counts)
+        bad[owner[per_location]] = True
+    if bad.any():
+        first = int(np.flatnonzero(bad)[0])
+        raise ReidEvalError(
+            f"checkpoint {checkpoint} gives NaN or infinite features for {int(bad.sum())} image(s), first {paths[first]}; "
+            "the checkpoint is damaged or its training diverged (nothing of this batch was written)"
+        )
 
 
 def _interleave(kept: list[int], fresh: dict[int, int], feats: tuple, old: tuple | None) -> tuple[np.ndarray, ...]:
