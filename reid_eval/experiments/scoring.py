@@ -7,7 +7,7 @@ results file, and the per-query columns that the identity bootstrap resamples
 (:mod:`reid_eval.evaluation.bootstrap`); TPR at FPR 1e-4, 1e-3, 1e-2 comes
 from :mod:`reid_eval.evaluation.verification`.
 
-:func:`rerank_matrix` applies k-reciprocal re-ranking
+:func:`rerank_from_cache` applies k-reciprocal re-ranking
 (:mod:`reid_eval.evaluation.rerank`) to a query–gallery matrix. It needs the
 query–query and gallery–gallery distances (the "aux" matrices):
 
@@ -97,30 +97,16 @@ def format_interval(value: float, interval: list[float] | tuple[float, float] | 
     return f"{100 * value:.2f}% [{100 * interval[0]:.2f}, {100 * interval[1]:.2f}]"
 
 
-def rerank_matrix(
-    qg: np.ndarray,
-    params: MatchParams,
-    aux: Callable[[str, str], Any],
-    q_global: np.ndarray | None = None,
-    g_global: np.ndarray | None = None,
-) -> np.ndarray:
-    """Re-ranked [Q, G] float32 distances (module docstring).
+def rerank_with_global_aux(qg: np.ndarray, params: MatchParams, q_global: np.ndarray, g_global: np.ndarray) -> np.ndarray:
+    """``rerank="global"``: re-ranked [Q, G] float32 distances with global-feature aux matrices.
 
-    ``aux(probe_split, gallery_split)`` returns the run's own (pre-re-ranking)
-    distances between two splits (``"query", "query"`` and ``"gallery",
-    "gallery"``), any array-like readable a row block at a time; used for
-    ``rerank="same"``. ``q_global``, ``g_global`` [n, d]: global features,
-    for ``rerank="global"``.
+    ``q_global`` [Q, d], ``g_global`` [G, d]: the global features. For a
+    global metric the aux matrices are that metric; otherwise the euclidean
+    distance, scaled by ``median(qg) / median(global qg)`` so that both
+    metrics sit on one scale in the neighbourhoods (module docstring).
     """
     from reid_eval.matching import global_distances
 
-    if params.rerank is None:
-        return qg
-    kwargs = dict(k1=params.rerank_k1, k2=params.rerank_k2, lambda_value=params.rerank_lambda)
-    if params.rerank == "same":
-        return k_reciprocal_rerank(qg, aux("query", "query"), aux("gallery", "gallery"), **kwargs)
-    if q_global is None or g_global is None:
-        raise ValueError("--rerank-aux global needs the global features")
     metric = params.metric if params.metric in ("euclidean", "cosine") else "euclidean"
     qq = global_distances(q_global, q_global, metric=metric)
     gg = global_distances(g_global, g_global, metric=metric)
@@ -128,7 +114,7 @@ def rerank_matrix(
         scale = float(np.median(qg)) / max(float(np.median(global_distances(q_global, g_global, metric=metric))), 1e-12)
         qq *= scale
         gg *= scale
-    return k_reciprocal_rerank(qg, qq, gg, **kwargs)
+    return k_reciprocal_rerank(qg, qq, gg, k1=params.rerank_k1, k2=params.rerank_k2, lambda_value=params.rerank_lambda)
 
 
 @contextlib.contextmanager
@@ -231,7 +217,7 @@ def rerank_from_cache(
     else:
         n_q = len(read_split_index(cache_file, "query").pids)
         n_g = len(read_split_index(cache_file, "gallery").pids)
-        D = rerank_matrix(qg, params, lambda *_: None, read_global_block(cache_file, "query", 0, n_q),
-                          read_global_block(cache_file, "gallery", 0, n_g))
+        D = rerank_with_global_aux(qg, params, read_global_block(cache_file, "query", 0, n_q),
+                                   read_global_block(cache_file, "gallery", 0, n_g))
     info["rerank_seconds"] = round(time.perf_counter() - t0, 3)
     return D, info
