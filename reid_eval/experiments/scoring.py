@@ -20,9 +20,10 @@ query–query and gallery–gallery distances (the "aux" matrices):
   features, whatever the metric: nearly free, but the neighbourhoods that
   re-ranking builds mix two metrics (query–gallery rows by FPR, the rest by
   the global feature). To put the two on one scale the aux distances are
-  multiplied by ``median(metric qg) / median(global qg)``. Cheaper, and
-  usually a little weaker than ``same`` on occluded sets, where the global
-  feature is what FPR improves on.
+  multiplied by ``median(metric qg) / median(global qg)``. Much cheaper; on
+  occluded sets the global feature is what FPR improves on, so the
+  neighbourhoods may be worse than with ``same`` (not measured on a real
+  occluded set).
 """
 
 from __future__ import annotations
