@@ -272,14 +272,15 @@ def test_two_checkpoints_keep_two_results_and_two_report_rows(run, tmp_path, cap
 
 
 def test_match_and_report_run_without_torch(run, tmp_path):
+    # one process runs both commands: torch must not be imported by either
     code = (
         "import sys\n"
         "from cli.main import main\n"
-        "status = main(sys.argv[1:])\n"
+        "cache, results = sys.argv[1:]\n"
+        "status = [main(['match', '--metric', 'euclidean', '--cache-dir', cache, '--results-dir', results]),\n"
+        "          main(['report', '--results-dir', results, '--cache-dir', cache, '--probes', '0', '--top-k', '2'])]\n"
         "print(status, sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision')))\n"
     )
-    for argv in (["match", "--metric", "euclidean", "--cache-dir", str(run["cache"]), "--results-dir", str(tmp_path)],
-                 ["report", "--results-dir", str(tmp_path), "--cache-dir", str(run["cache"]), "--top-k", "2"]):
-        out = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, check=True).stdout
-        assert out.strip().splitlines()[-1] == "0 []", argv
+    run_ = subprocess.run([sys.executable, "-c", code, str(run["cache"]), str(tmp_path)], capture_output=True, text=True, check=True)
+    assert run_.stdout.strip().splitlines()[-1] == "[0, 0] []", run_.stderr
     assert any(p.name.startswith("retrieval_partial_reid") for p in (tmp_path / "figures").iterdir())
