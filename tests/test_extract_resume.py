@@ -55,8 +55,11 @@ def test_sigkill_mid_extraction_then_rerun_equals_uninterrupted_run(tmp_path):
         assert f["query"].attrs["num_complete"] == 12
         assert f["gallery"].attrs["num_complete"] == 3
         assert f["gallery"]["path"].shape[0] == 6 > f["gallery"].attrs["num_written"]  # uncommitted rows on disk
-    second = run(tree, ckpt, killed, resize)
+    lock = path.with_name(path.name + ".lock")  # the killed writer's lock file stays behind ...
+    assert lock.read_text().strip().isdigit()
+    second = run(tree, ckpt, killed, resize)  # ... and blocks nobody: the kernel dropped its flock
     assert second.returncode == 0, second.stderr
+    assert not lock.exists()
     clean_path = extract_dataset(
         "partial_reid", tree, ckpt, tmp_path / "clean", device="cpu", batch_size=3, resize=resize, allow_mismatch=True
     )
