@@ -405,7 +405,7 @@ def test_disk_full_stops_cleanly_keeps_committed_batches_and_resumes(base, tmp_p
 
 def test_read_only_output_folders(base, tmp_path, capsys, tmpfs):
     ro = tmpfs("ro", "ro,size=1m")
-    refused("read-only --cache-dir", cli(capsys, *extract_args(base["tree"], ro / "cache", base["ckpt"])), str(ro / "cache"))
+    refused("read-only --cache-dir", cli(capsys, *extract_args(base["tree"], ro / "cache", base["ckpt"])), str(ro / "cache"), "--cache-dir")
     results = Path(shutil.copytree(base["results"], tmp_path / "results"))
     before = digests(base["cache"], results)
     refused("read-only --results-dir", _match(capsys, base["cache"], ro / "results", "euclidean"), str(ro / "results"))

@@ -122,9 +122,12 @@ def writer_lock(cache_file: str | os.PathLike, retries: int = 5) -> Iterator[Pat
     A short retry covers a reader's momentary shared lock.
     """
     lock = lock_path(cache_file)
-    lock.parent.mkdir(parents=True, exist_ok=True)
     for attempt in range(retries + 1):
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            lock.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:  # a read-only or full file system, a permission: the cache folder is at fault
+            raise CacheWriteError(f"cannot write in cache folder {lock.parent}: {exc.strerror or exc} (--cache-dir)") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
