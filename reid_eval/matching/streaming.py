@@ -64,6 +64,7 @@ from reid_eval.matching.tiles import (
     TilePlan,
     TileSource,
     plan_tiles,
+    return_freed_blocks_to_the_os,
     run_tile_task,
     single_blas_thread,
 )
@@ -443,6 +444,7 @@ def fpr_shortlist_from_cache(
     that shortlist it. Not resumable (minutes at Market-1501 scale).
     """
     t_start = time.perf_counter()
+    return_freed_blocks_to_the_os()
     cache_file = Path(cache_file).resolve()
     src = _source(cache_file, probe_split, gallery_split, beta, weighted, normalize, precision, float32_atol, backend)
     xp = get_array_module(src.backend)
