@@ -90,3 +90,18 @@ def test_reading_a_foreign_file_names_it(tmp_path):
         read_query_records(bad)
     with pytest.raises(FileNotFoundError, match="missing.queries.csv"):
         read_query_records(tmp_path / "missing.queries.csv")
+
+
+def test_recorded_ranks_give_back_the_stats(tmp_path):
+    from reid_eval.evaluation.records import recorded_ranks
+
+    rng = np.random.default_rng(2)
+    d = rng.random((25, 40))
+    gp, gc = rng.integers(-1, 8, 40), rng.integers(1, 4, 40)
+    qp, qc = rng.integers(1, 9, 25), rng.integers(1, 4, 25)
+    stats = query_stats(d, qp, gp, qc, gc, top_k=10)
+    table = read_query_records(write_query_records(query_records(stats, [str(i) for i in range(25)], qp, qc),
+                                                   tmp_path / "x.queries.csv"))
+    first, top = recorded_ranks(table, 6)
+    assert first.tolist() == stats.first_rank.tolist() and top.tolist() == stats.top_gallery[:, :6].tolist()
+    assert recorded_ranks(table, 11) is None

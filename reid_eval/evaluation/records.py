@@ -121,3 +121,18 @@ def read_query_records(path: str | os.PathLike) -> pd.DataFrame:
 def valid_mask(table: pd.DataFrame) -> np.ndarray:
     """bool [num_query]: queries with a correct match (the ones every average is over)."""
     return table["num_good"].to_numpy() > 0
+
+
+def recorded_ranks(table: pd.DataFrame, top_k: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(first_rank, top_gallery)`` as :class:`QueryStats` holds them, read back from a per-query table.
+
+    ``first_rank`` int64 [n]: 0-based, -1 where not valid; ``top_gallery``
+    int64 [n, top_k]. None when the table lists fewer than ``top_k`` images
+    per query (the caller then recomputes them).
+    """
+    columns = [f"top{j + 1}" for j in range(top_k)]
+    if any(c not in table.columns for c in columns):
+        return None
+    first = table["first_rank"].to_numpy(dtype=np.float64, na_value=np.nan)
+    first_rank = np.where(np.isnan(first), -1, first - 1).astype(np.int64)
+    return first_rank, table[columns].to_numpy(dtype=np.int64)

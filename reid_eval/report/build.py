@@ -6,11 +6,13 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
 from reid_eval.errors import ReidEvalError
-from reid_eval.evaluation import query_stats
+from reid_eval.evaluation import query_stats, read_query_records
+from reid_eval.evaluation.records import recorded_ranks
 from reid_eval.experiments import select_cache
 from reid_eval.report import figures as fig
 from reid_eval.report.cache import ReportCache
@@ -151,6 +153,20 @@ def _figures(
     return written, out_of_range
 
 
+def _recorded_stats(record: ResultRecord, paths: Sequence[str], top_k: int) -> SimpleNamespace | None:
+    """``first_rank`` and ``top_gallery`` from the result's per-query records, or None when unusable."""
+    if not record.result.query_records:
+        return None
+    try:
+        table = read_query_records(record.path.parent / record.result.query_records)
+    except (OSError, ValueError):
+        return None
+    if table["path"].tolist() != [str(p) for p in paths]:
+        return None
+    ranks = recorded_ranks(table, top_k)
+    return None if ranks is None else SimpleNamespace(first_rank=ranks[0], top_gallery=ranks[1])
+
+
 def _find_cache(record: ResultRecord, cache_dir: Path | None, note: Callable[[str], None]) -> tuple[Path | None, str]:
     """The results file's own cache, else the one :func:`select_cache` picks for its dataset and checkpoint; (None, why) when none."""
     recorded = record.provenance.get("cache_file")
@@ -216,9 +232,12 @@ def _cache_figures(
     if matrices:
         # The evaluation stage's per-query ranks and top-k (one rank rule: junk left out, ties by gallery
         # index), so the probes picked and the images shown agree with the CMC reported beside them.
+        # Read from the per-query records `match` wrote beside each results file (issue 15) when they cover
+        # these queries and top_k; recomputed otherwise (older results files).
         stats = {
-            label: query_stats(d, query.pids, gallery.pids, query.camids, gallery.camids, top_k=top_k)
-            for label, (_, d) in matrices.items()
+            label: _recorded_stats(r, query.paths, top_k)
+            or query_stats(d, query.pids, gallery.pids, query.camids, gallery.camids, top_k=top_k)
+            for label, (r, d) in matrices.items()
         }
         if probes is None:
             primary = next((label for label, (r, _) in matrices.items() if r.metric == "fpr"), next(iter(matrices)))
