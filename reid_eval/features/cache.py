@@ -205,11 +205,10 @@ def open_cache(path: str | os.PathLike, mode: str = "r") -> h5py.File:
     except OSError as exc:
         if is_lock_error(exc):  # HDF5's own lock: another process has it open
             pid = writer_pid(path)
-            if pid is not None or mode != "r":
-                raise CacheBusyError(busy_message(path, pid) if pid is not None else (
-                    f"feature cache {path} is open in another process (a `match`, `report` or extraction); "
-                    f"wait for it to finish, then rerun")) from None
-            raise CacheBusyError(busy_message(path, None)) from None
+            raise CacheBusyError(busy_message(path, pid) if pid is not None else (
+                f"feature cache {path} is open {'for writing ' if mode == 'r' else ''}in another process "
+                f"(an extraction{', or a `match` storing its distances' if mode == 'r' else ', `match` or `report`'}); "
+                "wait for it to finish, then rerun")) from None
         raise ReidEvalError(f"cannot open feature cache {path} ({' '.join(str(exc).split())}); delete it and extract again") from exc
     try:
         check_cache_file(f, path)
