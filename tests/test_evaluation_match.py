@@ -74,11 +74,14 @@ def test_match_writes_records_intervals_and_verification(cache, tmp_path):
 def test_rerank_through_match(cache, tmp_path, aux):
     params = MatchParams(metric="fpr", rerank=aux, rerank_k1=5, rerank_k2=2, rerank_lambda=0.4, resamples=50)
     out = match_cache(cache, params, tmp_path)
+    if aux == "same":  # (runs first: no direct compute_distances call of this test has left tiles yet)
+        for name in ("fpr", "fpr__aux-query-query", "fpr__aux-gallery-gallery"):  # tiles go once stored
+            assert not (cache.parent / (cache.name + ".tiles") / name).exists()
     assert out.results_file.name == f"market1501__fpr__rerank-{aux}__k1-5__k2-2__rr-lambda0.4__ckpt-01234567.json"
     qg, _ = compute_distances(cache, MatchParams(metric="fpr"))
     if aux == "same":
         stored = list_distances(cache)
-        assert {"fpr__aux-query-query", "fpr__aux-gallery-gallery"} <= set(stored)
+        assert {"fpr", "fpr__aux-query-query", "fpr__aux-gallery-gallery"} <= set(stored)
         qq, _ = compute_distances(cache, MatchParams(metric="fpr"), splits=("query", "query"))
         gg, _ = compute_distances(cache, MatchParams(metric="fpr"), splits=("gallery", "gallery"))
         np.testing.assert_array_equal(read_distances(cache, "fpr__aux-gallery-gallery")[0], gg)

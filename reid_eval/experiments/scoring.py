@@ -147,7 +147,10 @@ def fill_outside_shortlist(distances: np.ndarray, shortlist: int, fill: float) -
 
 
 def aux_name(base: MatchParams, probe_split: str, gallery_split: str) -> str:
-    """Cache name of a re-ranking aux matrix: ``<base distance name>__aux-<probe>-<gallery>``."""
+    """Cache name of ``base``'s matrix between two splits: its distance name for query–gallery,
+    ``<distance name>__aux-<probe>-<gallery>`` for the re-ranking aux matrices."""
+    if (probe_split, gallery_split) == ("query", "gallery"):
+        return base.distance_name
     return f"{base.distance_name}__aux-{probe_split}-{gallery_split}"
 
 
@@ -164,7 +167,7 @@ def cached_matrix(
     compute: Callable[..., tuple[np.ndarray, dict[str, Any]]],
     splits: tuple[str, str],
 ) -> tuple[str, dict[str, Any]]:
-    """Name of ``distances/<aux name>`` in the cache, computed with ``compute`` and stored unless already there.
+    """Name of ``distances/<aux_name(...)>`` in the cache, computed with ``compute`` and stored unless already there.
 
     A stored matrix counts when it has the same distance identity and was made
     from the same features (fingerprints of both splits).
@@ -183,6 +186,10 @@ def cached_matrix(
     write_distances(cache_file, name, matrix, {**base.to_json(), "distance_name": name, "features_fingerprint": fingerprint,
                                                "splits": ",".join(splits), "seconds": round(time.perf_counter() - t0, 3)})
     del matrix
+    # stored: the resumable tiles compute_distances kept for it are done with (its naming: the unfused name + suffix)
+    from reid_eval.matching.tile_store import TileStore, tile_dir
+
+    TileStore(tile_dir(cache_file, aux_name(dataclasses.replace(base, fuse=None), *splits))).remove()
     return name, {"reused": False, **how}
 
 
@@ -203,10 +210,15 @@ def rerank_from_cache(
     from reid_eval.features import read_split_index
     from reid_eval.features.cache import read_global_block
 
+    from reid_eval.features import read_distances
+
     base = dataclasses.replace(params, rerank=None)
-    qg, how = compute(cache_file, base, execution)
+    # the matrix before re-ranking is stored under its own name, so a plain run of it reuses it (and vice versa)
+    qg_name, how = cached_matrix(cache_file, base, execution, compute, ("query", "gallery"))
+    qg = read_distances(cache_file, qg_name)[0]
     t0 = time.perf_counter()
-    info: dict[str, Any] = {**how}
+    info: dict[str, Any] = {"base_matrix": f"{qg_name} ({'reused' if how.get('reused') else 'computed'})",
+                            **{k: v for k, v in how.items() if k != "reused"}}
     kwargs = dict(k1=params.rerank_k1, k2=params.rerank_k2, lambda_value=params.rerank_lambda)
     if params.rerank == "same":
         qq_name, qq_how = cached_matrix(cache_file, base, execution, compute, ("query", "query"))
