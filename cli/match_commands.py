@@ -123,10 +123,10 @@ def match_command(metric, dataset, beta, backend, shortlist, shortlist_metric, f
         raise click.BadParameter("give --workers (a local cluster) or --scheduler (an existing one), not both",
                                  param_hint="--workers/--scheduler")
     for name, path in select_caches(cache_dir, dataset, sha, warn=lambda m: click.echo(f"Warning: {m}", err=True)).items():
-        bars = Bars({"tiles": f"match {name}"})
+        bars = Bars({"tiles": f"match {name} tiles"})
         execution = MatchExecution(memory_budget_bytes=memory_budget, workers=workers, scheduler=scheduler,
                                    recompute=recompute,
-                                   progress=lambda p: bars("tiles", p.tiles_done, p.tiles_total, p.line()))
+                                   progress=lambda p: bars("tiles", p.tiles_done, p.tiles_total, p.rates()))
         try:
             if preset is not None:
                 from reid_eval.experiments.fastreid import run_fastreid

@@ -25,10 +25,10 @@ def test_match_prints_progress_stores_reuses_and_recomputes(tmp_path, capsys):
     args = ["match", "--metric", "fpr", "--cache-dir", str(tmp_path / "cache"), "--results-dir", str(tmp_path / "res")]
     assert main([*args, "--memory-budget", "60KB"]) == 0
     err = capsys.readouterr().err
-    assert "match partial_reid: " in err and "GFLOP/s" in err and "pairs/s" in err and "ETA" in err
-    last = [line for line in err.splitlines() if "tiles" in line][-1]
-    total = int(last.split("tiles ")[1].split("/")[1].split(",")[0].split()[0])
-    assert total > 4 and f"tiles {total}/{total}" in last
+    assert "match partial_reid tiles: " in err and "GFLOP/s" in err and "pairs/s" in err and "ETA" in err
+    last = [line for line in err.splitlines() if "match partial_reid tiles: " in line][-1]
+    total = int(last.split("tiles: ")[1].split("/")[1].split()[0])
+    assert total > 4 and f"tiles: {total}/{total} " in last
     D, params = read_distances(path, "fpr")
     assert params["tile_count"] == total and params["memory_budget_bytes"] == 60_000
     assert not tile_dir(path, "fpr").exists()  # the tiles are gone once the matrix is stored
@@ -40,7 +40,7 @@ def test_match_prints_progress_stores_reuses_and_recomputes(tmp_path, capsys):
     record = json.loads(next((tmp_path / "res").glob("partial_reid__fpr__*.json")).read_text())
     assert record["params"]["reused_matrix"] == "fpr"  # recorded in the results, the matrix is left as it was
     assert main([*args, "--recompute"]) == 0
-    assert "tiles 1/1" in capsys.readouterr().err
+    assert "tiles: 1/1 " in capsys.readouterr().err
 
 
 def test_bad_execution_options_are_one_line(tmp_path, capsys):

@@ -117,15 +117,16 @@ class MatchProgress:
         rate = self.pairs_per_second
         return (self.pairs_total - self.pairs_done) / rate if rate > 0 else None
 
-    def line(self) -> str:
-        """``tiles 3/40 (1 resumed), 1.2e+05 pairs/s, 95.3 GFLOP/s, ETA 0:01:07``."""
+    def rates(self) -> str:
+        """``(1 resumed) 1.2e+05 pairs/s, 95.3 GFLOP/s, ETA 0:01:07`` (what a progress bar shows beside done/total)."""
         eta = self.eta_seconds
         eta_text = "?" if eta is None else _clock(eta)
-        resumed = f" ({self.tiles_resumed} resumed)" if self.tiles_resumed else ""
-        return (
-            f"tiles {self.tiles_done}/{self.tiles_total}{resumed}, {self.pairs_per_second:.3g} pairs/s, "
-            f"{self.gflops:.1f} GFLOP/s, ETA {eta_text}"
-        )
+        resumed = f"({self.tiles_resumed} resumed) " if self.tiles_resumed else ""
+        return f"{resumed}{self.pairs_per_second:.3g} pairs/s, {self.gflops:.1f} GFLOP/s, ETA {eta_text}"
+
+    def line(self) -> str:
+        """``tiles 3/40 (1 resumed) 1.2e+05 pairs/s, 95.3 GFLOP/s, ETA 0:01:07``."""
+        return f"tiles {self.tiles_done}/{self.tiles_total} {self.rates()}"
 
 
 def _clock(seconds: float) -> str:
