@@ -215,7 +215,8 @@ def build_paper_table(paper: PaperTable, records: list[ResultRecord]) -> Table:
             prow = paper_of.get(r.metric) if not r.variant_label else None
             for j, (col, value) in enumerate((("R1", r.rank(1)), ("mAP", r.mAP))):
                 bounds = interval(r, col)
-                mark = PAPER_MARK if prow is not None and within(prow.values[ds][j], bounds) else ""
+                comparable = prow is not None and (col == "R1" or not r.ap_label)  # mAP only in the paper's AP flavour
+                mark = PAPER_MARK if comparable and within(prow.values[ds][j], bounds) else ""
                 cells.append(value_cell(value, bounds, mark + nxt[(ds, col)][index]))
         rows.append(
             Row(members[0].label(_other_variant(members[0], paper.cuhk03_variant), checkpoint=several), MEASURED, cells, group=MEASURED if paper.rows[0].group else "", footnote=letter, full_source=MEASURED, note=text)
