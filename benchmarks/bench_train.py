@@ -51,7 +51,8 @@ from reid_eval.training import (
     training_images,
     training_step,
 )
-from reid_eval.training.masks import DEFAULT_SEGMENTATION_MODEL, mask_file, write_person_masks
+from reid_eval.training.data import mask_file
+from reid_eval.training.masks import DEFAULT_SEGMENTATION_MODEL, write_person_masks
 from reid_eval.training.trainer import amp_dtype_for
 
 

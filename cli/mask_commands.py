@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from .options import Folder, data_root_option, parse_ints
-from .progress import Bars, echo_err, set_threads, threads_option
+from .progress import Bars, set_threads, threads_option
 
 # Kept here as literals so that --help imports neither torch nor torchvision; a
 # test checks them against reid_eval.training.masks.

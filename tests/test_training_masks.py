@@ -22,7 +22,8 @@ from reid_eval.datasets import load_manifest
 from reid_eval.datasets.synthetic import SyntheticConfig, generate_synthetic_dataset
 from reid_eval.errors import ReidEvalError
 from reid_eval.training import training_images
-from reid_eval.training.masks import SEGMENTATION_MODELS, load_segmentation_model, mask_file, person_masks
+from reid_eval.training.data import mask_file
+from reid_eval.training.masks import SEGMENTATION_MODELS, load_segmentation_model, person_masks
 
 MODEL = "lraspp_mobilenet_v3_large"  # the smallest: the test checks plumbing, not accuracy
 

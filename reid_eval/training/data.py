@@ -31,9 +31,8 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -57,15 +56,18 @@ class TrainingImages:
     mask_paths: list[Path] | None
 
 
+def mask_file(masks_dir: Path, rel_path: str) -> Path:
+    """Where `reid-eval masks` writes the mask of image ``rel_path``: same relative path, ``.png`` suffix."""
+    return (Path(masks_dir) / rel_path).with_suffix(".png")
+
+
 def mask_path_for(masks_dir: Path, rel_path: str) -> Path | None:
-    """The mask file of image ``rel_path`` under ``masks_dir``, or None when there is none."""
+    """The mask file of image ``rel_path`` under ``masks_dir`` (its own name, or the ``.png`` one), or None."""
     exact = masks_dir / rel_path
     if exact.is_file():
         return exact
-    png = exact.with_suffix(".png")
-    if png.is_file():
-        return png
-    return None
+    png = mask_file(masks_dir, rel_path)
+    return png if png.is_file() else None
 
 
 def training_images(dataset: str, root: Path, masks_dir: Path | None, need_masks: bool) -> TrainingImages:
@@ -130,9 +132,6 @@ class Augmentation:
             raise ValueError(f"--pad-crop must be a non-negative number of pixels, got {self.pad_crop}")
         if not 0.0 <= self.random_erasing <= 1.0:
             raise ValueError(f"--random-erasing must be a probability in [0, 1], got {self.random_erasing}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
     def apply(self, image: np.ndarray, mask: np.ndarray | None, seed: int
               ) -> tuple[np.ndarray, np.ndarray | None]:

@@ -45,6 +45,7 @@ from reid_eval.datasets import load_manifest
 from reid_eval.errors import ReidEvalError
 from reid_eval.features import resolve_device
 from reid_eval.features.preprocess import Preprocessing, load_rgb, to_tensor_batch
+from reid_eval.training.data import mask_file
 
 SEGMENTATION_MODELS: tuple[str, ...] = (
     "deeplabv3_resnet101",
@@ -71,11 +72,6 @@ class MaskRun:
     skipped: int
     out_dir: Path
     seconds: float
-
-
-def mask_file(out_dir: Path, rel_path: str) -> Path:
-    """Where the mask of image ``rel_path`` goes: same relative path, ``.png`` suffix."""
-    return (Path(out_dir) / rel_path).with_suffix(".png")
 
 
 def load_segmentation_model(name: str = DEFAULT_SEGMENTATION_MODEL, weights_file: Path | None = None
