@@ -367,10 +367,6 @@ def prepare_probes(
 _CHUNK_ROWS = 256
 
 
-def _row_chunks(n_rows: int) -> list[tuple[int, int]]:
-    return [(a, min(n_rows, a + _CHUNK_ROWS)) for a in range(0, n_rows, _CHUNK_ROWS)]
-
-
 def _round_to_bits(xp: ModuleType, v: Any, bits: int) -> Any:
     """``v`` (float32) rounded to ``bits`` significant bits, as float32."""
     mantissa, exponent = xp.frexp(v.astype(xp.float64))
@@ -399,16 +395,16 @@ def _centred_rows(xp: ModuleType, local: Any, inv_norm: Any) -> tuple[Any, Any, 
     else:
         r = np.empty_like(local)
         across = np.empty(n_rows, dtype=np.float32)
-        chunks = _row_chunks(n_rows)
 
-        def centre(i: int) -> None:
-            a, b = chunks[i]
-            rows = r[a:b]
-            np.multiply.outer(alpha32[a:b], center32, out=rows)  # exact products
-            np.subtract(local[a:b], rows, out=rows)
-            np.einsum("ij,ij->i", rows, rows, out=across[a:b])
+        def centre(start: int, stop: int) -> None:
+            for a in range(start, stop, _CHUNK_ROWS):
+                b = min(stop, a + _CHUNK_ROWS)
+                rows = r[a:b]
+                np.multiply.outer(alpha32[a:b], center32, out=rows)  # exact products
+                np.subtract(local[a:b], rows, out=rows)
+                np.einsum("ij,ij->i", rows, rows, out=across[a:b])
 
-        _over_chunks(len(chunks), centre)
+        _over_row_ranges(n_rows, centre)
         across = np.sqrt(across.astype(np.float64))
     return r, center32.astype(xp.float64), alpha32.astype(xp.float64), across * inv_norm
 
