@@ -26,7 +26,7 @@ import pytest
 import torch
 from PIL import Image
 
-from cli.main import main
+from reid_eval_cli.main import main
 from reid_eval.features import read_split
 from test_extract_cache import make_partial_reid, small_checkpoint
 
@@ -423,7 +423,7 @@ def _stopped(pid: int) -> bool:
 def test_second_extraction_and_match_while_one_is_writing(base, tmp_path, capsys):
     cache = tmp_path / "cache"
     script = Path(sys.executable).with_name("reid-eval")
-    command = [str(script)] if script.exists() else [sys.executable, "-c", "import sys; from cli.main import main; sys.exit(main())"]
+    command = [str(script)] if script.exists() else [sys.executable, "-c", "import sys; from reid_eval_cli.main import main; sys.exit(main())"]
     # the first extraction stops itself (SIGSTOP) mid-way, holding the writer lock, after writing its 2nd batch
     env = {**os.environ, "OMP_NUM_THREADS": "1", "REID_EVAL_TEST_KILL_AFTER_BATCHES": "2:STOP"}
     first = subprocess.Popen([*command, *map(str, extract_args(base["tree"], cache, base["ckpt"]))],

@@ -10,7 +10,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from cli.main import COMMANDS, LazyGroup, cli, main
+from reid_eval_cli.main import COMMANDS, LazyGroup, cli, main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,7 +30,7 @@ def test_unknown_command_is_a_usage_error_not_a_traceback(capsys):
 
 
 def test_console_module_runs_help():
-    out = subprocess.run([sys.executable, "-m", "cli", "--help"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run([sys.executable, "-m", "reid_eval_cli", "--help"], capture_output=True, text=True, check=True).stdout
     assert "--debug" in out and "--version" in out
 
 
@@ -44,7 +44,7 @@ def _help_listing(group: click.Group, format_commands, width: int) -> str:
 def test_command_table_matches_the_command_modules():
     ctx = click.Context(cli, info_name="reid-eval")
     for module_name in sorted({module for module, _summary in COMMANDS.values()}):
-        module = importlib.import_module(module_name, "cli")
+        module = importlib.import_module(module_name, "reid_eval_cli")
         defined = {command.name: command for command in module.COMMANDS}
         assert set(defined) == {name for name, (module, _s) in COMMANDS.items() if module == module_name}, module_name
         for name, command in defined.items():
@@ -62,19 +62,19 @@ def test_command_table_matches_the_command_modules():
     [
         (["--help"], []),
         (["--version"], []),
-        (["datasets", "--data-root", "{tmp}"], ["cli.dataset_commands"]),
-        (["manifest", "--help"], ["cli.dataset_commands"]),
-        (["match", "--help"], ["cli.match_commands"]),
-        (["report", "--help"], ["cli.report_commands"]),
+        (["datasets", "--data-root", "{tmp}"], ["reid_eval_cli.dataset_commands"]),
+        (["manifest", "--help"], ["reid_eval_cli.dataset_commands"]),
+        (["match", "--help"], ["reid_eval_cli.match_commands"]),
+        (["report", "--help"], ["reid_eval_cli.report_commands"]),
     ],
 )
 def test_cli_imports_only_the_invoked_command_module_and_no_torch(argv, modules, tmp_path):
     code = (
         "import json, sys\n"
-        "from cli.main import main\n"
+        "from reid_eval_cli.main import main\n"
         "status = main(sys.argv[1:])\n"
         "loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision')"
-        " or m.startswith('cli.') and m.endswith('_commands'))\n"
+        " or m.startswith('reid_eval_cli.') and m.endswith('_commands'))\n"
         "print(json.dumps([status, loaded]))\n"
     )
     args = [a.replace("{tmp}", str(tmp_path)) for a in argv]
@@ -85,23 +85,23 @@ def test_cli_imports_only_the_invoked_command_module_and_no_torch(argv, modules,
 
 
 def test_failing_lazy_import_is_a_one_line_error(monkeypatch, capsys):
-    monkeypatch.setitem(cli.lazy_commands, "broken", ("cli.no_such_module", "A command whose module is missing."))
+    monkeypatch.setitem(cli.lazy_commands, "broken", ("reid_eval_cli.no_such_module", "A command whose module is missing."))
     assert main(["broken"]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("Error: ModuleNotFoundError:") and "cli.no_such_module" in err
+    assert err.startswith("Error: ModuleNotFoundError:") and "reid_eval_cli.no_such_module" in err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
     with pytest.raises(ModuleNotFoundError):
         main(["--debug", "broken"])
 
 
 def test_table_entry_missing_from_its_module_is_reported(monkeypatch, capsys):
-    monkeypatch.setitem(cli.lazy_commands, "phantom", ("cli.dataset_commands", "Not defined there."))
+    monkeypatch.setitem(cli.lazy_commands, "phantom", ("reid_eval_cli.dataset_commands", "Not defined there."))
     assert main(["phantom"]) == 1
     assert "cli.dataset_commands has no command 'phantom'" in capsys.readouterr().err
 
 
 def test_finite_float_option_refuses_nan_and_infinity_naming_the_option():
-    from cli.options import FiniteFloat
+    from reid_eval_cli.options import FiniteFloat
 
     @click.command()
     @click.option("--weight", type=FiniteFloat(min=0.0, min_open=True))
@@ -139,7 +139,7 @@ def test_folder_options_under_a_file_are_one_line_errors(argv, option, tmp_path,
 
 
 def test_default_output_folders_stay_out_of_the_tracked_tree():
-    from cli.options import DEFAULT_CACHE_DIR, DEFAULT_RESULTS_DIR
+    from reid_eval_cli.options import DEFAULT_CACHE_DIR, DEFAULT_RESULTS_DIR
 
     if not (ROOT / ".git").exists():
         pytest.skip("not a git checkout")
@@ -150,7 +150,7 @@ def test_default_output_folders_stay_out_of_the_tracked_tree():
 
 
 def test_byte_size_option_refuses_nan_infinity_and_nonsense():
-    from cli.options import ByteSize
+    from reid_eval_cli.options import ByteSize
 
     @click.command()
     @click.option("--budget", type=ByteSize())

@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from cli.main import main
+from reid_eval_cli.main import main
 from reid_eval.datasets import (
     count_mismatches,
     find_dataset_root,

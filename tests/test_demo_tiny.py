@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 
-from cli.main import main
+from reid_eval_cli.main import main
 
 from reid_eval.experiments import RESULT_KEYS
 

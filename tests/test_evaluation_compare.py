@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from cli.main import main
+from reid_eval_cli.main import main
 from reid_eval.evaluation import paired_difference, query_records, query_stats, records_path, summarize, write_query_records
 from reid_eval.experiments.record import MatchParams, MatchResult
 

@@ -124,7 +124,7 @@ def test_fastreid_tuning_needs_a_train_split(tmp_path):
 
 
 def test_match_cli_rerank_preset_and_compare(tmp_path, capsys):
-    from cli.main import main
+    from reid_eval_cli.main import main
 
     make_cache(tmp_path)
     common = ["--cache-dir", str(tmp_path / "cache"), "--results-dir", str(tmp_path / "res"), "--resamples", "50"]

@@ -16,7 +16,7 @@ import pytest
 
 from reid_eval.errors import ReidEvalError
 
-from cli.main import main
+from reid_eval_cli.main import main
 from reid_eval.evaluation import evaluate_ranking
 from reid_eval.experiments import RESULT_KEYS, MatchParams, select_caches
 from reid_eval.experiments.record import OPTIONAL_RESULT_KEYS
@@ -275,7 +275,7 @@ def test_match_and_report_run_without_torch(run, tmp_path):
     # one process runs both commands: torch must not be imported by either
     code = (
         "import sys\n"
-        "from cli.main import main\n"
+        "from reid_eval_cli.main import main\n"
         "cache, results = sys.argv[1:]\n"
         "status = [main(['match', '--metric', 'euclidean', '--cache-dir', cache, '--results-dir', results]),\n"
         "          main(['report', '--results-dir', results, '--cache-dir', cache, '--probes', '0', '--top-k', '2'])]\n"

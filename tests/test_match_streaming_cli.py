@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cli.main import main
+from reid_eval_cli.main import main
 from reid_eval.features import read_distances
 from reid_eval.matching.streaming import fpr_distances_from_cache
 from reid_eval.matching.tile_store import TileStore, tile_dir
@@ -58,7 +58,7 @@ def test_bad_execution_options_are_one_line(tmp_path, capsys):
 def test_kill_9_mid_match_then_the_same_command_resumes_bit_identical(tmp_path):
     cache_dir = tmp_path / "cache"
     path = write_cache(cache_dir, n_query=16, n_gallery=24, d=48, m=8, seed=7)
-    cmd = [sys.executable, "-c", "import sys; from cli.main import main; sys.exit(main(sys.argv[1:]))", "match",
+    cmd = [sys.executable, "-c", "import sys; from reid_eval_cli.main import main; sys.exit(main(sys.argv[1:]))", "match",
            "--metric", "fpr", "--memory-budget", "60000", "--results-dir", str(tmp_path / "res")]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     uninterrupted = fpr_distances_from_cache(path, memory_budget_bytes=60000)  # same plan, no tiles kept

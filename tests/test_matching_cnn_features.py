@@ -185,3 +185,14 @@ def test_dsr_and_fpr_on_coherent_features(weighted):
     gallery = concat(cnn_like(rng, [110, 60], 256, 0.97), near_copy(rng, probe, 1e-5))
     got = fpr_distances(probe, gallery, backend="numpy", weighted=weighted)
     np.testing.assert_allclose(got, reference_matrix(probe, gallery, weighted=weighted), rtol=0, atol=CONTRACT)
+
+
+def test_tile_switches_to_float64_when_most_entries_need_it():
+    """Every gallery image holds every probe location: all residuals are tiny, the whole tile goes float64."""
+    rng = np.random.default_rng(7)
+    rows = rng.standard_normal((8, 2048)).astype(np.float32)
+    probe = SpatialFeatures(rows, np.arange(9), np.ones(8, np.float32))
+    gallery = SpatialFeatures(np.concatenate([rows[rng.permutation(8)] for _ in range(4)]), np.arange(5) * 8)
+    got, ref, stats = check_contract(probe, gallery)
+    assert stats.refined == stats.entries == 32
+    assert np.all(ref < 0.01)

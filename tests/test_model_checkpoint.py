@@ -9,7 +9,7 @@ import pytest
 import torch
 import torchvision
 
-from cli.main import main
+from reid_eval_cli.main import main
 from reid_eval.errors import ReidEvalError
 from reid_eval.model import ModelConfig, build_model, convert_checkpoint, file_sha256, load_checkpoint, save_checkpoint
 

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cli.main import main
+from reid_eval_cli.main import main
 from reid_eval.model import load_checkpoint
 
 BLOCKS_50 = (3, 4, 6, 3)

@@ -15,7 +15,7 @@ import pytest
 import torch
 import torchvision
 
-from cli.main import main
+from reid_eval_cli.main import main
 from reid_eval.model import load_checkpoint
 
 

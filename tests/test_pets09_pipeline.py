@@ -18,7 +18,7 @@ import pytest
 import torch
 from PIL import Image
 
-from cli.main import main
+from reid_eval_cli.main import main
 from reid_eval.datasets import load_manifest
 from reid_eval.features import SpatialFeatures, extract_dataset, read_distances, read_split
 from reid_eval.matching import fpr_distance_reference, fpr_distances

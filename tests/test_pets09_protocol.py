@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cli.main import main
+from reid_eval_cli.main import main
 from reid_eval.datasets import get_spec, load_manifest, load_spec_file, split_counts, validate_counts
 from reid_eval.datasets import spec as spec_module
 from reid_eval.errors import ReidEvalError

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cli.main import main
+from reid_eval_cli.main import main
 from test_report_helpers import make_cache, write_result
 
 

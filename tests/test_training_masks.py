@@ -17,7 +17,7 @@ import torch
 import torchvision
 from PIL import Image
 
-from cli.main import main
+from reid_eval_cli.main import main
 from reid_eval.datasets import load_manifest
 from reid_eval.datasets.synthetic import SyntheticConfig, generate_synthetic_dataset
 from reid_eval.errors import ReidEvalError
@@ -83,7 +83,7 @@ def test_masks_mirror_the_dataset_and_are_what_the_model_says(data_root, weights
 def test_resume_after_sigkill_writes_only_the_missing_masks(data_root, weights, tmp_path):
     out = tmp_path / "masks"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "cli", *_cli(data_root, out, weights, "--batch-size", "1")]
+    cmd = [sys.executable, "-m", "reid_eval_cli", *_cli(data_root, out, weights, "--batch-size", "1")]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and len(list(out.rglob("*.png"))) < 2 and proc.poll() is None:

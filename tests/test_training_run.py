@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cli.main import main
+from reid_eval_cli.main import main
 from reid_eval.datasets.synthetic import SyntheticConfig, generate_synthetic_dataset
 from reid_eval.errors import ReidEvalError
 from reid_eval.model import ModelConfig, build_model, load_checkpoint

@@ -28,7 +28,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
-SPEC_PACKAGE = "data_manifests"
+SPEC_PACKAGE = "reid_eval.manifests"
 SPLIT_ORDER: tuple[str, ...] = ("train", "query", "gallery")
 KINDS: tuple[str, ...] = ("holistic", "occluded")
 

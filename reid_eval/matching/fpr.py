@@ -42,8 +42,11 @@ small and to know a bound on it for every entry:
   entries; in the other pairs the entries with the largest h̃ δe are
   recomputed in float64, as few as bring the sum of the rest within
   ``float32_atol``: one float64 product per gallery image over its refined
-  locations, spread over threads. Which entries are refined depends only on
-  the tile's data, never on timing: the same blocks give the same bits.
+  locations, spread over threads. When more than
+  :data:`TILE_FLOAT64_SHARE` (0.5) of a tile's entries need it, the whole
+  tile is recomputed by one float64 GEMM instead. Which entries are refined,
+  and whether a tile goes float64, depends only on the tile's data, never on
+  timing: the same blocks give the same bits.
   :class:`RefinementStats` counts them (the refined share).
 
 Memory. Tiles are sized so that operands, the tile product and the epilogue
@@ -73,6 +76,7 @@ from reid_eval.matching.global_distance import global_distances
 __all__ = [
     "DEFAULT_MEMORY_BUDGET",
     "ERROR_KAPPA",
+    "TILE_FLOAT64_SHARE",
     "ProbeBlock",
     "GalleryBasis",
     "RefinementStats",
@@ -88,6 +92,13 @@ __all__ = [
 DEFAULT_MEMORY_BUDGET = 1_500_000_000
 #: Constant of the float32 error model of S (see module docstring).
 ERROR_KAPPA = 1.5
+#: Share of a float32 tile's entries to refine above which the whole tile is
+#: recomputed by one float64 GEMM instead (after its float32 GEMM, so the
+#: choice depends only on the tile's data). Per-entry refinement costs about a
+#: float64 GEMM row per entry plus each image's basis rebuild; 0.5 keeps a
+#: tile within ~1.5× the float64 path at worst on a CPU, where a float32 GEMM
+#: costs half a float64 one.
+TILE_FLOAT64_SHARE = 0.5
 #: Default absolute accuracy of each e (and so of each distance) in float32.
 DEFAULT_FLOAT32_ATOL = 9e-6
 _U32 = 2.0**-24
@@ -627,7 +638,12 @@ def fpr_tile(
     if probes.x.dtype == xp.float32:
         flagged = _entries_to_refine(xp, e2, probes, gallery, float32_atol)
         if flagged is not None:
-            refined = _refine(xp, e2, flagged, probes, gallery)
+            refined = int(flagged.sum())
+            if refined > TILE_FLOAT64_SHARE * flagged.size:
+                e2 = _float64_e2(xp, probes, gallery)
+                refined = int(flagged.size)
+            else:
+                _refine(xp, e2, flagged, probes, gallery)
     if stats is not None:
         stats.record(int(e2.shape[0]) * int(e2.shape[1]), refined)
     e = xp.sqrt(xp.maximum(e2, 0.0))
@@ -657,6 +673,15 @@ def _unrefined_e2(xp: ModuleType, probes: ProbeBlock, gallery: GalleryBasis) -> 
     s *= -1.0
     s += probes.sqnorm[None, :]
     return s
+
+
+def _float64_e2(xp: ModuleType, probes: ProbeBlock, gallery: GalleryBasis) -> Any:
+    """``[g, ΣN]`` e² of every entry from one float64 GEMM of the rebuilt float64 operands."""
+    x64 = probes.rows64(xp.arange(probes.local.shape[0]))
+    bt64 = xp.concatenate([gallery.basis64(g) for g in range(len(gallery))])
+    c = bt64 @ x64.T
+    del x64, bt64
+    return probes.sqnorm[None, :] - _squared_segment_sum(xp, c, gallery.offsets)
 
 
 def _squared_segment_sum(xp: ModuleType, c: Any, offsets: np.ndarray) -> Any:
