@@ -315,7 +315,7 @@ def test_nan_or_zero_features_in_the_cache(base, tmp_path, capsys, value, metric
     assert not list((tmp_path / "results").glob("*.json"))
 
 
-def test_query_without_a_match_is_counted_and_all_without_is_refused(base, tmp_path, capsys):
+def test_query_without_a_gallery_match_is_counted(base, tmp_path, capsys):
     tree = copy_tree(base, tmp_path)
     for p in (tree / "whole_body_images").glob("006_*.png"):
         p.unlink()  # person 6 is only among the probes
