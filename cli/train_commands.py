@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .options import data_root_option, parse_ints
+from .options import FiniteFloat, data_root_option, parse_ints
 from .progress import Bars, echo_err, set_threads, threads_option
 
 
@@ -32,7 +32,7 @@ _INIT_HELP = (
 @click.option("--batch-p", type=click.IntRange(min=2), default=16, show_default=True,
               help="Identities per batch (P), per process.")
 @click.option("--batch-k", type=click.IntRange(min=2), default=4, show_default=True, help="Images per identity (K).")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=3.5e-4, show_default=True,
+@click.option("--lr", type=FiniteFloat(min=0, min_open=True), default=3.5e-4, show_default=True,
               help="Adam's base learning rate.")
 @click.option("--lr-schedule", type=click.Choice(["cosine", "step", "constant"]), default="cosine", show_default=True,
               help="Decay after the warmup: half cosine to 0 at the last step, ×0.1 at each of --lr-milestones, or none "
@@ -41,10 +41,10 @@ _INIT_HELP = (
               help="Linear warmup from 0.1·lr to lr over these epochs (Bag of Tricks, Luo et al. 2019).")
 @click.option("--lr-milestones", default="", help="Epochs after which --lr-schedule step multiplies the rate by 0.1, "
                                                    "e.g. 40,70.")
-@click.option("--margin", type=click.FloatRange(min=0), default=0.1, show_default=True,
+@click.option("--margin", type=FiniteFloat(min=0), default=0.1, show_default=True,
               help="Triplet margin (FPR distances lie in [0, 1]).")
-@click.option("--alpha", type=click.FloatRange(min=0), default=0.02, show_default=True, help="Weight α of the foreground loss (Eq. 10).")
-@click.option("--tau", type=click.FloatRange(0, 1), default=0.35, show_default=True, help="Foreground label threshold τ (Eq. 8).")
+@click.option("--alpha", type=FiniteFloat(min=0), default=0.02, show_default=True, help="Weight α of the foreground loss (Eq. 10).")
+@click.option("--tau", type=FiniteFloat(0, 1), default=0.35, show_default=True, help="Foreground label threshold τ (Eq. 8).")
 @click.option("--no-foreground-loss", is_flag=True, help="Train without masks: triplet loss only.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its checkpoint.pt.")
 @click.option("--backbone", default="resnet50", show_default=True, help="torchvision ResNet when starting from random weights.")
@@ -54,7 +54,7 @@ _INIT_HELP = (
 @click.option("--flip", is_flag=True, help="Random horizontal flips (the paper uses no augmentation).")
 @click.option("--pad-crop", type=click.IntRange(min=0), default=0, show_default=True,
               help="Pad this many pixels, then crop a random window back (0: off; 10 is the usual choice).")
-@click.option("--random-erasing", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+@click.option("--random-erasing", type=FiniteFloat(0, 1), default=0.0, show_default=True,
               help="Probability of erasing a random rectangle (0: off; 0.5 is the usual choice).")
 @click.option("--workers", type=click.IntRange(min=0), default=None,
               help="Data-loading worker processes per training process (0: load in the training process) "
@@ -67,7 +67,7 @@ _INIT_HELP = (
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="Under torchrun, cuda means each process's own GPU (LOCAL_RANK).")
-@click.option("--max-minutes", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--max-minutes", type=FiniteFloat(min=0, min_open=True), default=None,
               help="Stop after this much wall time (a later --resume redoes the interrupted epoch).")
 @threads_option
 def train_command(dataset, root, data_root, masks, out_dir, init, epochs, batch_p, batch_k, lr, lr_schedule,

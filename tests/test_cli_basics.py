@@ -162,3 +162,13 @@ def test_byte_size_option_refuses_nan_infinity_and_nonsense():
     for bad in ("inf", "nan", "1e999", "0", "-5MB", "lots", "5XB"):
         result = CliRunner().invoke(command, ["--budget", bad])
         assert result.exit_code == 2 and "--budget" in result.output and "bytes" in result.output, bad
+
+
+@pytest.mark.parametrize("option", ["--lr", "--margin", "--alpha", "--tau", "--max-minutes"])
+@pytest.mark.parametrize("value", ["nan", "inf"])
+def test_train_numeric_options_refuse_nan_and_inf(option, value, capsys):
+    code = main(["train", "--dataset", "synthetic_occluded", option, value])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert option in err and "not a finite number" in err
+    assert "Traceback" not in err
