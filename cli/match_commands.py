@@ -94,10 +94,13 @@ def match_command(metric, dataset, beta, backend, shortlist, shortlist_metric, f
 
     FPR/DSR read the features block by block within --memory-budget, show
     progress on stderr and commit every finished tile: after Ctrl-C or a
-    crash the same command resumes. A matrix already in the cache for the
-    same parameters and features is reused (--recompute forces it).
+    crash the same command resumes. The share of entries refined in float64
+    is printed on stderr and recorded in the results JSON. A matrix already
+    in the cache for the same parameters and features is reused (--recompute
+    forces it).
     """
     from reid_eval.experiments import MatchExecution, match_cache, select_caches
+    from reid_eval.experiments.match import refinement_line
 
     try:  # the ranges and combinations are checked once, by the library, before any cache is read
         params = MatchParams(metric=metric, beta=beta, shortlist=shortlist, shortlist_metric=shortlist_metric,
@@ -136,6 +139,9 @@ def match_command(metric, dataset, beta, backend, shortlist, shortlist_metric, f
                 outcome = match_cache(path, params, results_dir, dataset=name, execution=execution)
         finally:
             bars.close()
+        refined = refinement_line(outcome.result.provenance)
+        if refined is not None:  # on stderr with the progress lines: stdout keeps one summary line per dataset
+            click.echo(f"match {name} {refined}", err=True)
         click.echo(outcome.summary)
 
 

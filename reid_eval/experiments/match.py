@@ -30,6 +30,14 @@ For one cache file (one dataset, checkpoint and preprocessing) and one
 5. write ``<results_dir>/<params.results_file_name(dataset)>`` (a
    :class:`~reid_eval.experiments.record.MatchResult`).
 
+The refined share (how many of the exact matrix's (probe location, gallery
+image) entries the engine recomputed in float64) is part of the provenance:
+``refined_entries``, ``computed_entries``, ``refined_share`` and
+``tiles_without_counts`` (see
+:meth:`reid_eval.matching.streaming.StreamResult.provenance`), in the results
+JSON's params and in the stored matrix's attributes; a reused matrix reports
+what its attributes recorded. :func:`refinement_line` words it for the log.
+
 Which cache a dataset is matched with is decided by :func:`select_cache`
 alone (the report uses it too).
 """
@@ -39,7 +47,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,6 +73,38 @@ from reid_eval.features.cache import read_global_block, split_fingerprint
 from reid_eval.matching import global_distances
 from reid_eval.matching.streaming import MatchProgress, fpr_distances_from_cache, fpr_shortlist_from_cache
 from reid_eval.matching.tile_store import TileStore, tile_dir
+
+#: Provenance fields of the refined share (StreamResult.provenance), copied from a reused matrix's attributes.
+REFINEMENT_FIELDS: tuple[str, ...] = ("refined_entries", "computed_entries", "refined_share", "tiles_without_counts")
+
+
+def _recorded_refinement(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """The refinement fields a stored matrix's attributes recorded (none for one stored before they were)."""
+    return {k: attrs[k] for k in REFINEMENT_FIELDS if k in attrs}
+
+
+def refinement_line(provenance: Mapping[str, Any]) -> str | None:
+    """``refined in float64: 12 of 5.28e+05 entries (share 2.27e-05)`` for the match log; None without counts.
+
+    ``provenance``: a results file's provenance. Entries are (probe location,
+    gallery image) residuals; tiles committed without counts (by an older
+    version, then resumed) are named, as the numbers leave them out.
+    """
+    if "refined_entries" not in provenance or "computed_entries" not in provenance:
+        return None  # global metrics, the shortlist path, matrices stored before the counts were recorded
+    try:
+        refined, entries = int(provenance["refined_entries"]), int(provenance["computed_entries"])
+        share = float(provenance.get("refined_share", refined / entries if entries else 0.0))
+        missing = int(provenance.get("tiles_without_counts") or 0)
+    except (TypeError, ValueError):
+        return None  # a hand-edited or damaged record: no line rather than a traceback
+    line = f"refined in float64: {refined} of {entries:.3g} entries (share {share:.2e})"
+    if missing:
+        line += f"; {missing} resumed tile(s) committed without counts are not included"
+    if "reused_matrix" in provenance:
+        line += f", as recorded with the stored matrix {provenance['reused_matrix']}"
+    return line
+
 
 class NoCacheError(ReidEvalError):
     """No cache fits the request (none, or none made with the checkpoint asked for)."""
@@ -162,7 +202,7 @@ def compute_distances(
     if params.fuse is not None and not execution.recompute and splits == ("query", "gallery"):  # the FPR part may be stored already
         reused = _stored_matrix(cache_file, exact, _features_fingerprint(cache_file), (n_q, n_g))
     if reused is not None:
-        local, how = reused[0], {"reused_matrix": exact.distance_name}
+        local, how = reused[0], {"reused_matrix": exact.distance_name, **_recorded_refinement(reused[1])}
     else:
         if params.shortlist is not None:
             if execution.workers is not None or execution.scheduler is not None:
@@ -229,7 +269,7 @@ def match_cache(
     kept = None if execution.recompute else _stored_matrix(cache_file, params, fingerprint, (len(query.pids), len(gallery.pids)))
     t0 = time.perf_counter()
     if kept is not None:
-        D, engine = kept[0], {"reused_matrix": name}
+        D, engine = kept[0], {"reused_matrix": name, **_recorded_refinement(kept[1])}
     else:
         D, engine = compute_distances(cache_file, params, execution)
     seconds = time.perf_counter() - t0

@@ -3,8 +3,10 @@
 How workers reach the data: through the file system. A task carries the
 cache's absolute path, its block indices and the FPR parameters (a few
 hundred bytes); the worker reads its blocks from the HDF5 file itself and
-commits each finished tile into the tile folder beside the cache
-(:mod:`reid_eval.matching.tile_store`). Blocks are not sent with the task
+commits each finished tile, with its refinement counts, into the tile folder
+beside the cache (:mod:`reid_eval.matching.tile_store`); this process reads
+the counts back from there when it assembles the matrix, so only the list of
+committed tiles comes back over the network. Blocks are not sent with the task
 because they are the large part: a tile's two blocks are hundreds of MB, so
 sending them would route every feature byte through this process (its
 memory would have to hold the blocks of every task in flight, breaking
@@ -26,6 +28,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from reid_eval.errors import ReidEvalError
+from reid_eval.matching.fpr import RefinementStats
 from reid_eval.matching.tile_store import TileStore
 from reid_eval.matching.tiles import TilePlan, TileSource, run_tile_task
 
@@ -43,12 +46,12 @@ def _import_distributed() -> Any:
 
 
 def _task(src: TileSource, plan: TilePlan, gallery_index: int, probe_indices: Sequence[int], store_dir: str) -> list[int]:
-    """Runs on a worker: the tiles of one task, each committed to the tile folder; returns their probe blocks."""
+    """Runs on a worker: the tiles of one task, each committed with its counts; returns their probe blocks."""
     store = TileStore(store_dir)
     committed: list[int] = []
 
-    def commit(gi: int, pi: int, tile: Any) -> None:
-        store.commit(gi, pi, tile)
+    def commit(gi: int, pi: int, tile: Any, counts: RefinementStats) -> None:
+        store.commit(gi, pi, tile, counts)
         committed.append(pi)
 
     run_tile_task(src, plan, gallery_index, probe_indices, commit)

@@ -52,6 +52,7 @@ from reid_eval.matching.definition import DEFAULT_BETA
 from reid_eval.matching.fpr import (
     DEFAULT_FLOAT32_ATOL,
     DEFAULT_MEMORY_BUDGET,
+    RefinementStats,
     fpr_tile,
     plan_blocks,
     prepare_gallery,
@@ -143,6 +144,13 @@ class StreamResult:
     tiles_resumed / tiles_computed: tiles found committed / computed now;
     seconds: wall time of this call; runner: ``"threads:N"``,
     ``"dask-local:N"`` or ``"dask:<address>"``.
+    refinement: the (probe location, gallery image) entries of the whole
+    matrix and how many were recomputed in float64, summed over every tile,
+    resumed ones included (read back from the tile store); None when the
+    path that made the matrix does not count them.
+    tiles_without_counts: tiles whose counts are unknown (committed by a
+    version that did not record them); ``refinement`` then covers only the
+    other tiles, and :meth:`provenance` says so.
     """
 
     distances: np.ndarray
@@ -151,16 +159,28 @@ class StreamResult:
     tiles_computed: int
     seconds: float
     runner: str
+    refinement: RefinementStats | None = None
+    tiles_without_counts: int = 0
 
     def provenance(self) -> dict[str, Any]:
-        """How the matrix was computed (not what it is): for the stored attributes."""
-        return {
+        """How the matrix was computed (not what it is): for the stored attributes and the results.
+
+        With counts: ``refined_entries`` (entries recomputed in float64),
+        ``computed_entries`` (entries counted), ``refined_share`` (their
+        ratio) and ``tiles_without_counts`` (tiles left out of both: when
+        nonzero, the first three cover only the other tiles).
+        """
+        how: dict[str, Any] = {
             "tile_block_rows": self.plan.block_rows,
             "tile_count": self.plan.num_tiles,
             "memory_budget_bytes": self.plan.memory_budget_bytes,
             "tiles_resumed": self.tiles_resumed,
             "runner": self.runner,
         }
+        if self.refinement is not None:
+            how.update(refined_entries=self.refinement.refined, computed_entries=self.refinement.entries,
+                       refined_share=self.refinement.refined_share, tiles_without_counts=self.tiles_without_counts)
+        return how
 
 
 class _Tracker:
@@ -224,8 +244,8 @@ def _task_groups(pending: list[tuple[int, int]], parallel: int) -> list[tuple[in
 def _run_threads(src: TileSource, plan: TilePlan, groups, store: TileStore, tracker: _Tracker, threads: int) -> None:
     stop = threading.Event()
 
-    def commit(gi: int, pi: int, tile: np.ndarray) -> None:
-        store.commit(gi, pi, tile)
+    def commit(gi: int, pi: int, tile: np.ndarray, counts: RefinementStats) -> None:
+        store.commit(gi, pi, tile, counts)  # the counts are summed from the store when the matrix is assembled
         tracker.tile_done(gi, pi)
 
     pool = ThreadPoolExecutor(max_workers=threads)
@@ -335,7 +355,8 @@ def fpr_distances_from_cache(
     runner = f"threads:{threads}" if workers is None and scheduler is None else (
         f"dask-local:{workers}" if workers is not None else f"dask:{scheduler}")
     if n_probe == 0 or n_gallery == 0:
-        return StreamResult(np.zeros((n_probe, n_gallery), out_dtype), plan, 0, 0, time.perf_counter() - t_start, runner)
+        return StreamResult(np.zeros((n_probe, n_gallery), out_dtype), plan, 0, 0, time.perf_counter() - t_start, runner,
+                            refinement=RefinementStats())
 
     attrs = read_attrs(cache_file)
     identity = {
@@ -365,17 +386,28 @@ def fpr_distances_from_cache(
     else:
         store.start({"identity": identity, "plan": plan.to_dict()})
     try:
-        D = _compute(src, plan, store, poff, goff, dim, n_probe, n_gallery, out_dtype, progress,
-                     threads, workers, scheduler, dask_processes)
+        done = _compute(src, plan, store, poff, goff, dim, n_probe, n_gallery, out_dtype, progress,
+                        threads, workers, scheduler, dask_processes)
     finally:
         if temporary:
             store.remove()
-    resumed, computed = D[1], D[2]
-    return StreamResult(D[0], plan, resumed, computed, time.perf_counter() - t_start, runner)
+    return StreamResult(done.distances, plan, done.resumed, done.computed, time.perf_counter() - t_start, runner,
+                        refinement=done.refinement, tiles_without_counts=done.without_counts)
+
+
+@dataclass(frozen=True)
+class _Assembled:
+    """What :func:`_compute` returns: the ``[P, G]`` matrix, tile counts and the summed refinement counts."""
+
+    distances: np.ndarray
+    resumed: int
+    computed: int
+    refinement: RefinementStats
+    without_counts: int
 
 
 def _compute(src, plan, store, poff, goff, dim, n_probe, n_gallery, out_dtype, progress, threads, workers, scheduler,
-             dask_processes):
+             dask_processes) -> _Assembled:
     pcounts = np.array([poff[b] - poff[a] for a, b in plan.probe_blocks], dtype=np.int64)
     gcounts = np.array([goff[b] - goff[a] for a, b in plan.gallery_blocks], dtype=np.int64)
     pimg = np.array([b - a for a, b in plan.probe_blocks], dtype=np.int64)
@@ -399,15 +431,23 @@ def _compute(src, plan, store, poff, goff, dim, n_probe, n_gallery, out_dtype, p
                             processes=dask_processes)
             computed += len(pending)
         # Assemble from the committed tiles; one that does not read back is computed again.
+        # The counts come from the store too, so resumed tiles and tiles that
+        # Dask workers committed are counted like this run's own.
         done = set()
+        refinement, without_counts = RefinementStats(), 0
         for gi, pi in plan.tiles():
             (pa, pb), (ga, gb) = plan.probe_blocks[pi], plan.gallery_blocks[gi]
             tile = store.load(gi, pi, (pb - pa, gb - ga))
             if tile is not None:
                 out[pa:pb, ga:gb] = tile
                 done.add((gi, pi))
+                counts = store.counts(gi, pi)
+                if counts is None:
+                    without_counts += 1
+                else:
+                    refinement.merge(counts)
         if len(done) == plan.num_tiles:
-            return out, resumed, computed
+            return _Assembled(out, resumed, computed, refinement, without_counts)
     raise ReidEvalError(f"tiles in {store.directory} could not be written and read back; check the disk")
 
 

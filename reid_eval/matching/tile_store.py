@@ -19,6 +19,15 @@ atomic on POSIX): a tile file exists completely or not at all, whatever
 moment the process dies at. The record of done tiles *is* the set of tile
 files; a tile file that cannot be read back (e.g. after a power loss that
 lost the unsynced folder entry's data) counts as not done and is recomputed.
+
+Refinement counts. Each tile carries the :class:`~reid_eval.matching.fpr.RefinementStats`
+of its computation (entries, and how many were recomputed in float64) in a
+sidecar ``g<gi>-p<pi>.counts.json``, committed the same way *before* the tile
+file: a committed tile therefore always has its counts, and the totals of a
+resumed matrix include the tiles an earlier run computed. The ``.npy`` alone
+stays the record of done-ness. A tile committed by an older version has no
+sidecar; :meth:`TileStore.counts` then returns None and the caller reports
+its totals as incomplete.
 Workers on other machines commit the same way into the same folder (it sits
 beside the cache, which they read through the same shared path).
 """
@@ -35,6 +44,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from reid_eval.matching.fpr import RefinementStats
 
 __all__ = ["TileStore", "tile_dir"]
 
@@ -91,7 +102,7 @@ class TileStore:
             return None
 
     def start(self, manifest: Mapping[str, Any]) -> None:
-        """Begin afresh: remove every tile and record ``manifest``."""
+        """Begin afresh: remove every tile (and its counts) and record ``manifest``."""
         self.remove()
         self.directory.mkdir(parents=True, exist_ok=True)
         blob = (json.dumps(dict(manifest), sort_keys=True, indent=1) + "\n").encode()
@@ -99,6 +110,10 @@ class TileStore:
 
     def _path(self, gi: int, pi: int) -> Path:
         return self.directory / f"g{gi}-p{pi}.npy"
+
+    def _counts_path(self, gi: int, pi: int) -> Path:
+        # not matched by _TILE, so done() never mistakes a sidecar for a tile
+        return self.directory / f"g{gi}-p{pi}.counts.json"
 
     def done(self) -> set[tuple[int, int]]:
         """``{(gallery block, probe block)}`` of the committed tiles."""
@@ -111,12 +126,40 @@ class TileStore:
                 out.add((int(m.group(1)), int(m.group(2))))
         return out
 
-    def commit(self, gi: int, pi: int, tile: np.ndarray) -> None:
-        """Write one finished tile (atomic: the file appears whole or not at all)."""
+    def commit(self, gi: int, pi: int, tile: np.ndarray, counts: RefinementStats) -> None:
+        """Write one finished ``[p, g]`` tile and its refinement ``counts`` (each atomic).
+
+        The counts go first: the tile file is what marks the tile done, so a
+        process killed between the two writes leaves a tile that is not done
+        (recomputed, its sidecar overwritten), never a done tile without counts.
+        """
+        blob = (json.dumps({"entries": int(counts.entries), "refined": int(counts.refined),
+                            "tiles": int(counts.tiles)}, sort_keys=True) + "\n").encode()
+        _write_atomic(self._counts_path(gi, pi), lambda fh: fh.write(blob))
         _write_atomic(self._path(gi, pi), lambda fh: np.save(fh, np.ascontiguousarray(tile), allow_pickle=False))
 
+    def counts(self, gi: int, pi: int) -> RefinementStats | None:
+        """The refinement counts committed with tile ``(gi, pi)``; None when it has none.
+
+        None means the tile was committed by a version that did not record
+        counts (or the sidecar does not read back as valid counts): the caller
+        leaves the tile out of the totals and says they are incomplete.
+        """
+        try:
+            raw = json.loads(self._counts_path(gi, pi).read_text())
+            entries, refined, tiles = (raw[k] for k in ("entries", "refined", "tiles"))
+        except (OSError, ValueError, TypeError, KeyError):
+            return None
+        if not all(type(v) is int for v in (entries, refined, tiles)) or not 0 <= refined <= entries or tiles < 0:
+            return None
+        return RefinementStats(entries=entries, refined=refined, tiles=tiles)
+
     def load(self, gi: int, pi: int, shape: tuple[int, int]) -> np.ndarray | None:
-        """The committed tile ``(gi, pi)`` if it reads back with ``shape``; otherwise None (and the file is dropped)."""
+        """The committed tile ``(gi, pi)`` if it reads back with ``shape``; otherwise None (and the file is dropped).
+
+        Its counts are read separately (:meth:`counts`); a dropped tile's
+        sidecar goes with it, as the tile is computed and committed again.
+        """
         path = self._path(gi, pi)
         try:
             tile = np.load(path, allow_pickle=False)
@@ -125,10 +168,11 @@ class TileStore:
         except (OSError, ValueError, EOFError):
             pass
         path.unlink(missing_ok=True)
+        self._counts_path(gi, pi).unlink(missing_ok=True)
         return None
 
     def remove(self) -> None:
-        """Delete the folder (and the ``.tiles`` parent when it is left empty)."""
+        """Delete the folder, tiles and counts alike (and the ``.tiles`` parent when it is left empty)."""
         shutil.rmtree(self.directory, ignore_errors=True)
         try:
             self.directory.parent.rmdir()

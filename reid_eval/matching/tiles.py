@@ -38,7 +38,14 @@ import numpy as np
 from reid_eval.errors import ReidEvalError
 from reid_eval.features.cache import open_cache, read_spatial_block
 from reid_eval.matching.backend import blas_threads, get_array_module, to_numpy
-from reid_eval.matching.fpr import GalleryBasis, fpr_tile, plan_blocks, prepare_gallery, prepare_probes
+from reid_eval.matching.fpr import (
+    GalleryBasis,
+    RefinementStats,
+    fpr_tile,
+    plan_blocks,
+    prepare_gallery,
+    prepare_probes,
+)
 
 __all__ = [
     "TilePlan",
@@ -257,13 +264,18 @@ def _gallery_basis(src: TileSource, f: Any, block: tuple[int, int], xp: Any) -> 
     )
 
 
-def _tile(src: TileSource, f: Any, basis: GalleryBasis, block: tuple[int, int], xp: Any) -> np.ndarray:
+def _tile(src: TileSource, f: Any, basis: GalleryBasis, block: tuple[int, int], xp: Any) -> tuple[np.ndarray, RefinementStats]:
+    """The ``[p, g]`` host tile of probe images ``block`` against ``basis``, and its own refinement counts."""
     a, b = block
     probes = prepare_probes(
         read_spatial_block(f, src.probe_split, a, b), weighted=src.weighted, normalize=src.normalize,
         precision=src.precision, backend=xp, index_base=a,
     )
-    return np.asarray(to_numpy(fpr_tile(probes, basis, float32_atol=src.float32_atol)))
+    # counts per tile, not per task: they are committed with the tile, so a
+    # resumed run sums the counts of tiles an earlier run computed too
+    stats = RefinementStats()
+    tile = np.asarray(to_numpy(fpr_tile(probes, basis, float32_atol=src.float32_atol, stats=stats)))
+    return tile, stats
 
 
 def run_tile_task(
@@ -271,14 +283,16 @@ def run_tile_task(
     plan: TilePlan,
     gallery_index: int,
     probe_indices: Sequence[int],
-    commit: Callable[[int, int, np.ndarray], None],
+    commit: Callable[[int, int, np.ndarray, RefinementStats], None],
     stop: threading.Event | None = None,
 ) -> int:
     """Compute tiles ``(gallery_index, pi)`` for ``pi`` in ``probe_indices`` and ``commit`` each as it is done.
 
     Reads the gallery block once and each probe block when its tile comes
-    (host → device as read on CuPy). ``commit(gi, pi, tile)`` receives the
-    ``[p, g]`` host array. Returns the number of tiles committed; stops early
+    (host → device as read on CuPy). ``commit(gi, pi, tile, counts)``
+    receives the ``[p, g]`` host array and the tile's own
+    :class:`~reid_eval.matching.fpr.RefinementStats` (entries: ``g`` × the
+    probe block's locations; refined: of them recomputed in float64). Returns the number of tiles committed; stops early
     (between tiles) when ``stop`` is set. A FPR input error (e.g. a probe
     whose foreground sums to 0) becomes ReidEvalError naming the cache.
     """
@@ -291,7 +305,8 @@ def run_tile_task(
             for pi in probe_indices:
                 if stop is not None and stop.is_set():
                     break
-                commit(gallery_index, int(pi), _tile(src, f, basis, plan.probe_blocks[pi], xp))
+                tile, counts = _tile(src, f, basis, plan.probe_blocks[pi], xp)
+                commit(gallery_index, int(pi), tile, counts)
                 done += 1
         except ValueError as exc:
             raise ReidEvalError(f"cache {Path(src.cache_file)}: {exc}") from None
