@@ -83,6 +83,8 @@ __all__ = [
     "prepare_probes",
     "prepare_gallery",
     "fpr_tile",
+    "fpr_pairs",
+    "gallery_centre_terms",
     "fpr_distances",
     "dsr_distances",
     "plan_blocks",
@@ -124,6 +126,10 @@ class ProbeBlock:
     along: ``[R]`` float64 α ≈ y·μ (float32 operands; else None).
     across: ``[R]`` float64 ‖x − ι·α·μ‖ = ι·‖r‖, ι = ``inv_norm`` (float32
         operands; else None).
+    row_map: None, or host int64 ``[R]`` for a selection of another block's
+        images (:meth:`take_images`): row i of this block is row
+        ``row_map[i]`` of ``x`` and ``local``, which stay the other block's
+        (no copy); the per-row arrays and ``offsets`` are this block's own.
     """
 
     x: Any
@@ -135,13 +141,46 @@ class ProbeBlock:
     center: Any = None
     along: Any = None
     across: Any = None
+    row_map: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.offsets.shape[0] - 1)
 
+    @property
+    def num_rows(self) -> int:
+        """R, the number of probe locations of this block."""
+        return int(self.offsets[-1])
+
     def rows64(self, rows: Any) -> Any:
         """``[k, d]`` float64 normalised rows ``rows`` (for refinement)."""
-        return self.local[rows].astype(self.inv_norm.dtype) * self.inv_norm[rows][:, None]
+        source = rows
+        if self.row_map is not None:
+            xp = _module_of(self.inv_norm)
+            source = xp.asarray(self.row_map)[rows]
+        return self.local[source].astype(self.inv_norm.dtype) * self.inv_norm[rows][:, None]
+
+    def take_images(self, images: np.ndarray) -> ProbeBlock:
+        """Probe images ``images`` (host int array, in that order) as a block that shares ``x`` and ``local``.
+
+        Only the per-row arrays ``[R']`` are gathered; the GEMM operand and
+        the input rows are reached through ``row_map`` (see the class
+        docstring), so selecting the same probes for many gallery images
+        copies no feature rows. Consumed by :func:`fpr_pairs`.
+        """
+        if self.row_map is not None:
+            raise ValueError("take_images of a selection: select from the original block")
+        xp = _module_of(self.inv_norm)
+        rows, offsets = _gather_segments(self.offsets, np.asarray(images, dtype=np.int64))
+        rows_x = xp.asarray(rows)
+
+        def pick(a: Any) -> Any:
+            return None if a is None else a[rows_x]
+
+        return ProbeBlock(
+            x=self.x, local=self.local, inv_norm=pick(self.inv_norm), sqnorm=pick(self.sqnorm),
+            weights=pick(self.weights), offsets=offsets, center=self.center, along=pick(self.along),
+            across=pick(self.across), row_map=rows,
+        )
 
     def take_image(self, i: int) -> ProbeBlock:
         """Probe image ``i`` of this block, as a block of its own."""
@@ -186,6 +225,15 @@ class GalleryBasis:
         return GalleryBasis(
             bt=self.bt[rows_x], local=self.local[rows_x], inv_norm=self.inv_norm[rows_x],
             factor=self.factor[frows_x], factor_offsets=factor_offsets, offsets=offsets,
+        )
+
+    def image(self, g: int) -> GalleryBasis:
+        """The basis of image ``g`` alone, as views of this one's arrays (no copy)."""
+        a, b = int(self.offsets[g]), int(self.offsets[g + 1])
+        fa, fb = int(self.factor_offsets[g]), int(self.factor_offsets[g + 1])
+        return GalleryBasis(
+            bt=self.bt[a:b], local=self.local[a:b], inv_norm=self.inv_norm[a:b], factor=self.factor[fa:fb],
+            factor_offsets=np.array([0, fb - fa], dtype=np.int64), offsets=np.array([0, b - a], dtype=np.int64),
         )
 
     def basis64(self, g: int) -> Any:
@@ -345,13 +393,13 @@ def prepare_probes(
     _check_precision(precision)
     _check_counts(features, "probe", index_base)
     local = xp.asarray(features.local)
-    sq = _row_sqnorms(xp, local)
-    _check_rows(xp, sq, 0, features, "probe", index_base, normalize)
-    inv_norm = 1.0 / xp.sqrt(sq) if normalize else xp.ones_like(sq)
     center = along = across = None
     if precision == "float32":
-        x, center, along, across = _centred_rows(xp, local, inv_norm)
+        sq, inv_norm, x, center, along, across = _centred_rows(xp, local, normalize, features, index_base)
     else:
+        sq = _row_sqnorms(xp, local)
+        _check_rows(xp, sq, 0, features, "probe", index_base, normalize)
+        inv_norm = 1.0 / xp.sqrt(sq) if normalize else xp.ones_like(sq)
         x = local.astype(xp.float64) * inv_norm[:, None]
     sqnorm = sq * inv_norm * inv_norm  # ‖x‖² of the exact normalised rows
     counts = features.counts
@@ -384,40 +432,95 @@ def _round_to_bits(xp: ModuleType, v: Any, bits: int) -> Any:
     return xp.ldexp(xp.rint(mantissa * 2.0**bits) / 2.0**bits, exponent).astype(xp.float32)
 
 
-def _centred_rows(xp: ModuleType, local: Any, inv_norm: Any) -> tuple[Any, Any, Any, Any]:
-    """Split the input rows y along a centre μ: returns r = y − α·μ (float32 ``[R, d]``), μ ``[d]``,
-    α ``[R]`` and ‖x − a·μ‖ = ι‖r‖ ``[R]`` (float64) for the normalised rows x = ι·y, a = ι·α.
+def _centred_rows(
+    xp: ModuleType, local: Any, normalize: bool, features: SpatialFeatures, index_base: int
+) -> tuple[Any, Any, Any, Any, Any, Any]:
+    """The float32 probe operand, in two passes over the input rows y ``[R, d]``.
 
-    μ (close to the direction of the sum of the normalised rows) and α ≈ y·μ
-    are rounded to 12 significant bits, so every product α·μ is exact in
-    float32 and r is rounded once, by at most u·|r|: the split
-    y = α·μ + r is exact up to a rounding proportional to |r|, in float32
-    passes (on a CPU in cache-sized row chunks over threads). ι is applied
-    to the tile's sums, not to r.
+    Returns ‖y‖² ``[R]`` (float64 accumulation), the row scales ι ``[R]``
+    (1/‖y‖, or 1 without ``normalize``), r = y − α·μ (float32 ``[R, d]``),
+    the centre μ ``[d]``, α ``[R]`` and ‖x − a·μ‖ = ι‖r‖ ``[R]`` (float64)
+    for the normalised rows x = ι·y, a = ι·α. Raises ValueError (naming the
+    image and location) for a NaN, infinite or, with ``normalize``, zero row.
+
+    μ is the direction of the sum of the normalised rows. It and α ≈ y·μ are
+    rounded to 12 significant bits, so every product α·μ is exact in
+    float32 and r is rounded once, by at most u·|r|: the split y = α·μ + r is
+    exact up to a rounding proportional to |r|. ι is applied to the tile's
+    sums, not to r.
+
+    On a CPU both passes run over fixed chunks of :data:`_CHUNK_ROWS` rows
+    spread over threads, so each chunk is read from memory once per pass and
+    worked on in cache; the partial sums behind μ are kept per chunk and
+    added in chunk order, so μ's bits do not depend on the thread count.
     """
     n_rows, d = local.shape
-    total = inv_norm.astype(xp.float32) @ local  # [d]
-    norm = float(xp.sqrt((total.astype(xp.float64) ** 2).sum()))
-    center32 = _round_to_bits(xp, total / xp.float32(norm), 12) if norm > 0 else xp.zeros(d, dtype=xp.float32)
-    alpha32 = _round_to_bits(xp, local @ center32, 12)  # [R]
     if xp is not np:
+        sq = _row_sqnorms(xp, local)
+        _check_rows(xp, sq, 0, features, "probe", index_base, normalize)
+        inv_norm = 1.0 / xp.sqrt(sq) if normalize else xp.ones_like(sq)
+        total = (inv_norm.astype(xp.float32) @ local).astype(xp.float64)
+    else:
+        sq = np.empty(n_rows, dtype=np.float64)
+        inv_norm = np.ones(n_rows, dtype=np.float64)
+        starts = list(range(0, n_rows, _CHUNK_ROWS))
+        partial = np.empty((len(starts), d), dtype=np.float32)
+
+        def norms(start: int, stop: int) -> None:
+            for a in range(start, stop, _CHUNK_ROWS):
+                b = min(stop, a + _CHUNK_ROWS)
+                rows = local[a:b]
+                # einsum casts in cache-sized pieces: no float64 copy of the rows.
+                np.einsum("ij,ij->i", rows, rows, dtype=np.float64, out=sq[a:b])
+                # A zero or non-finite row is reported after this pass.
+                with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+                    if normalize:
+                        np.divide(1.0, np.sqrt(sq[a:b]), out=inv_norm[a:b])
+                    np.matmul(inv_norm[a:b].astype(np.float32), rows, out=partial[a // _CHUNK_ROWS])
+
+        _over_chunk_ranges(n_rows, norms)
+        _check_rows(np, sq, 0, features, "probe", index_base, normalize)
+        total = partial.sum(axis=0, dtype=np.float64)
+    norm = float(xp.sqrt((total * total).sum()))
+    center32 = _round_to_bits(xp, (total / norm).astype(xp.float32), 12) if norm > 0 else xp.zeros(d, dtype=xp.float32)
+    if xp is not np:
+        alpha32 = _round_to_bits(xp, local @ center32, 12)
         r = local - alpha32[:, None] * center32[None, :]
         across = xp.sqrt((r.astype(xp.float64) ** 2).sum(axis=1))
     else:
         r = np.empty_like(local)
+        alpha32 = np.empty(n_rows, dtype=np.float32)
         across = np.empty(n_rows, dtype=np.float32)
 
         def centre(start: int, stop: int) -> None:
             for a in range(start, stop, _CHUNK_ROWS):
                 b = min(stop, a + _CHUNK_ROWS)
                 rows = r[a:b]
+                alpha32[a:b] = _round_to_bits(np, local[a:b] @ center32, 12)
                 np.multiply.outer(alpha32[a:b], center32, out=rows)  # exact products
                 np.subtract(local[a:b], rows, out=rows)
                 np.einsum("ij,ij->i", rows, rows, out=across[a:b])
 
-        _over_row_ranges(n_rows, centre)
+        _over_chunk_ranges(n_rows, centre)
         across = np.sqrt(across.astype(np.float64))
-    return r, center32.astype(xp.float64), alpha32.astype(xp.float64), across * inv_norm
+    return sq, inv_norm, r, center32.astype(xp.float64), alpha32.astype(xp.float64), across * inv_norm
+
+
+def _over_chunk_ranges(n_rows: int, fn: Any) -> None:
+    """:func:`_over_row_ranges` with range boundaries on multiples of :data:`_CHUNK_ROWS`."""
+    n_chunks = -(-n_rows // _CHUNK_ROWS)
+
+    def on_chunks(a: int, b: int) -> None:
+        fn(a * _CHUNK_ROWS, min(n_rows, b * _CHUNK_ROWS))
+
+    workers = max(1, min(os.cpu_count() or 1, n_rows // 1024))
+    if workers == 1 or n_chunks == 1:
+        on_chunks(0, n_chunks)
+        return
+    cuts = np.linspace(0, n_chunks, workers + 1).round().astype(int)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for future in [pool.submit(on_chunks, int(a), int(b)) for a, b in zip(cuts[:-1], cuts[1:]) if b > a]:
+            future.result()
 
 
 def _over_chunks(n: int, fn: Any) -> None:
@@ -629,14 +732,82 @@ def fpr_tile(
     refinement counts (:class:`RefinementStats`).
     """
     xp = _module_of(probes.x)
+    _check_pair(probes, gallery)
+    if probes.row_map is not None:
+        raise ValueError("fpr_tile needs a prepared block, not a selection of one (see fpr_pairs)")
+    return _finish(xp, _unrefined_e2(xp, probes, gallery), probes, gallery, float32_atol, stats)
+
+
+def fpr_pairs(
+    probes: ProbeBlock,
+    gallery: GalleryBasis,
+    gallery_index: int,
+    images: np.ndarray,
+    *,
+    centre_terms: tuple[Any, Any] | None = None,
+    float32_atol: float = DEFAULT_FLOAT32_ATOL,
+    stats: RefinementStats | None = None,
+) -> Any:
+    """Distances ``[k]`` of probe images ``images`` of ``probes`` to gallery image ``gallery_index`` of ``gallery``.
+
+    The shortlist's unit of work: one gallery image against the probes that
+    shortlist it. The same arithmetic and accuracy as :func:`fpr_tile` on
+    those images (same entries, same error bound and refinement), but the
+    probes' rows are multiplied where they lie in ``probes``: one small GEMM
+    per probe image, ``[N, d] @ [d, M(+1)]``, and nothing is gathered but
+    per-location scalars. ``centre_terms``: :func:`gallery_centre_terms` of
+    ``gallery`` for ``probes`` (computed here when None; pass it when many
+    calls share the two blocks). On a CPU call it under one BLAS thread and
+    spread gallery images over threads.
+    """
+    xp = _module_of(probes.x)
+    _check_pair(probes, gallery)
+    images = np.asarray(images, dtype=np.int64)
+    selection = probes.take_images(images)
+    g = int(gallery_index)
+    one = gallery.image(g)
+    operand = one.bt
+    beta_sq = None
+    if probes.center is not None:
+        w, beta_sq_all = centre_terms if centre_terms is not None else gallery_centre_terms(gallery, probes)
+        operand = xp.concatenate([operand, w[g : g + 1]])
+        beta_sq = beta_sq_all[g : g + 1]
+    product_t = xp.empty((selection.num_rows, operand.shape[0]), dtype=probes.x.dtype)  # [ΣN, M(+1)]
+    for k, i in enumerate(images.tolist()):
+        pa, pb = int(probes.offsets[i]), int(probes.offsets[i + 1])
+        sa = int(selection.offsets[k])
+        if xp is np:
+            np.matmul(probes.x[pa:pb], operand.T, out=product_t[sa : sa + pb - pa])
+        else:
+            product_t[sa : sa + pb - pa] = probes.x[pa:pb] @ operand.T
+    e2 = _e2_from_product(xp, product_t.T, selection, one, beta_sq)
+    return _finish(xp, e2, selection, one, float32_atol, stats)[:, 0]
+
+
+def gallery_centre_terms(gallery: GalleryBasis, probes: ProbeBlock) -> tuple[Any, Any]:
+    """``(w [g, d] float32, ‖β‖² [g] float64)`` of ``gallery`` for the centre of ``probes`` (float32 blocks).
+
+    What :func:`fpr_tile` computes for every tile; :func:`fpr_pairs` takes it
+    precomputed, since one gallery block meets one probe block many times.
+    """
+    if probes.center is None:
+        raise ValueError("centre terms exist only for float32 probe blocks")
+    return _centre_terms(_module_of(gallery.bt), gallery, probes.center)
+
+
+def _check_pair(probes: ProbeBlock, gallery: GalleryBasis) -> None:
     if probes.x.dtype != gallery.bt.dtype:
         raise ValueError("probe and gallery blocks were prepared with different precisions")
     if probes.x.shape[1] != gallery.bt.shape[1]:
         raise ValueError(f"probe dimension {probes.x.shape[1]} differs from gallery dimension {gallery.bt.shape[1]}")
-    e2 = _unrefined_e2(xp, probes, gallery)
+
+
+def _finish(xp: ModuleType, e2: Any, probes: ProbeBlock, gallery: GalleryBasis, atol: float,
+            stats: RefinementStats | None) -> Any:
+    """``[p, g]`` distances from the unrefined e² ``[g, R]`` of a tile: refinement, square root, weighted sums."""
     refined = 0
     if probes.x.dtype == xp.float32:
-        flagged = _entries_to_refine(xp, e2, probes, gallery, float32_atol)
+        flagged = _entries_to_refine(xp, e2, probes, gallery, atol)
         if flagged is not None:
             refined = int(flagged.sum())
             if refined > TILE_FLOAT64_SHARE * flagged.size:
@@ -656,12 +827,23 @@ def _unrefined_e2(xp: ModuleType, probes: ProbeBlock, gallery: GalleryBasis) -> 
     """``[g, ΣN]`` float64 e² = ‖x‖² − ‖Bt x‖² of every entry, from the tile GEMM (before refinement)."""
     if probes.center is None:
         c = gallery.bt @ probes.x.T  # [ΣM, ΣN], the one big GEMM
-        return probes.sqnorm[None, :] - _squared_segment_sum(xp, c, gallery.offsets)
-    # Probes split along μ, y = α·μ + r, x = ι·y:
-    # S = ι²·(‖Bt r‖² + 2α·(w·r) + α²‖β‖²); the g rows w ride along in the one GEMM.
+        return _e2_from_product(xp, c, probes, gallery, None)
     w32, beta_sq = _centre_terms(xp, gallery, probes.center)
-    n_rows = gallery.bt.shape[0]
-    c = xp.concatenate([gallery.bt, w32]) @ probes.x.T  # [ΣM + g, ΣN]
+    c = xp.concatenate([gallery.bt, w32]) @ probes.x.T  # [ΣM + g, ΣN]: the g rows w ride along
+    return _e2_from_product(xp, c, probes, gallery, beta_sq)
+
+
+def _e2_from_product(xp: ModuleType, c: Any, probes: ProbeBlock, gallery: GalleryBasis, beta_sq: Any) -> Any:
+    """``[g, ΣN]`` float64 e² from the product ``c`` of the gallery rows (then, centred, the g rows w) and the probe rows.
+
+    Uncentred (``beta_sq`` None): ``c`` = Bt Xᵀ ``[ΣM, ΣN]`` and
+    e² = ‖x‖² − S. Centred, the probes split along μ, y = α·μ + r, x = ι·y:
+    ``c`` = [Bt; W] Rᵀ ``[ΣM + g, ΣN]`` and
+    S = ι²·(‖Bt r‖² + 2α·(w·r) + α²‖β‖²).
+    """
+    if beta_sq is None:
+        return probes.sqnorm[None, :] - _squared_segment_sum(xp, c, gallery.offsets)
+    n_rows = gallery.offsets[-1]
     s = _squared_segment_sum(xp, c[:n_rows], gallery.offsets)  # [g, ΣN] float64
     cross = c[n_rows:].astype(xp.float64)
     del c
@@ -677,7 +859,7 @@ def _unrefined_e2(xp: ModuleType, probes: ProbeBlock, gallery: GalleryBasis) -> 
 
 def _float64_e2(xp: ModuleType, probes: ProbeBlock, gallery: GalleryBasis) -> Any:
     """``[g, ΣN]`` e² of every entry from one float64 GEMM of the rebuilt float64 operands."""
-    x64 = probes.rows64(xp.arange(probes.local.shape[0]))
+    x64 = probes.rows64(xp.arange(probes.num_rows))
     bt64 = xp.concatenate([gallery.basis64(g) for g in range(len(gallery))])
     c = bt64 @ x64.T
     del x64, bt64

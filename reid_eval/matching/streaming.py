@@ -38,7 +38,6 @@ from typing import Any
 import numpy as np
 
 from reid_eval.errors import ReidEvalError
-from reid_eval.features import SpatialFeatures
 from reid_eval.features.cache import (
     open_cache,
     read_attrs,
@@ -53,7 +52,8 @@ from reid_eval.matching.fpr import (
     DEFAULT_FLOAT32_ATOL,
     DEFAULT_MEMORY_BUDGET,
     RefinementStats,
-    fpr_tile,
+    fpr_pairs,
+    gallery_centre_terms,
     plan_blocks,
     prepare_gallery,
     prepare_probes,
@@ -477,12 +477,16 @@ def fpr_shortlist_from_cache(
     ``shortlist_metric`` on the global features, and for the others
     ``max(shortlisted FPR) + 1 + r`` (r = their rank by global distance).
     The global features of both splits are read whole (1/110 of the local
-    features at the paper's geometry). The probes' features are read in
-    passes of about 3/4 of the budget (one pass when they fit: the gallery is
-    read and prepared once per pass, so give Market-1501's 3 GB of query
-    features a budget of about 4 GB), the gallery streamed in small blocks,
-    and each gallery image reconstructs, in one GEMM, the probes of the pass
-    that shortlist it. Not resumable (minutes at Market-1501 scale).
+    features at the paper's geometry). The probes are read and prepared in
+    passes of about 3/4 of the budget (a pass holds the rows read and the
+    GEMM operand, twice the features; one pass when they fit, since the
+    gallery is read and prepared once per pass: Market-1501's 3 GB of query
+    features take one pass at 8 GB, two at 4 GB), the gallery is streamed in
+    small blocks, and each gallery image reconstructs the probes of the pass
+    that shortlist it where their rows lie
+    (:func:`~reid_eval.matching.fpr.fpr_pairs`: one small GEMM per pair, no
+    copies), on ``threads`` threads. The result's ``refinement`` counts the
+    entries refined in float64. Not resumable.
     """
     t_start = time.perf_counter()
     return_freed_blocks_to_the_os()
@@ -503,8 +507,9 @@ def fpr_shortlist_from_cache(
     counts = np.concatenate([np.diff(poff), np.diff(goff)])
     m_max = int(counts.max()) if counts.size else 1
     op = 4 if precision == "float32" else 8
-    # probe pass: raw rows (4 d + foreground); gallery block: rows, basis, factor, prepare's batches
-    probe_rows = max(m_max, int(0.75 * budget // (4 * dim + 8)))
+    # probe pass: raw rows (4 d + foreground) and the prepared operand (4 or 8 d + per-row scalars);
+    # gallery block: rows, basis, factor, prepare's batches
+    probe_rows = max(m_max, int(0.75 * budget // ((4 + op) * dim + 72)))
     gallery_rows = max(m_max, int((0.15 * budget - 16 * dim * _PREP_ROWS) // ((4 + op) * dim + 8 * m_max + 48)))
     plan = TilePlan(gallery_rows, tuple(plan_blocks(np.diff(poff), probe_rows)), tuple(plan_blocks(np.diff(goff), gallery_rows)),
                     precision, budget, threads)
@@ -533,9 +538,17 @@ def fpr_shortlist_from_cache(
     tracker.pairs_total = n_probe * k
     tracker.report()
     gstarts = np.array([a for a, _ in plan.gallery_blocks])
+    refinement, refinement_lock = RefinementStats(), threading.Lock()
+    opts = dict(normalize=normalize, precision=precision, backend=xp)
     with single_blas_thread(), open_cache(cache_file) as f, ThreadPoolExecutor(max_workers=threads) as pool:
         for pa, pb in plan.probe_blocks:
-            raw = read_spatial_block(f, probe_split, pa, pb)
+            # The pass's probes are prepared once; each gallery image then meets the
+            # probes that shortlist it where their rows lie (fpr_pairs: no copies).
+            try:
+                probes = prepare_probes(read_spatial_block(f, probe_split, pa, pb), weighted=weighted, index_base=pa,
+                                        **opts)
+            except ValueError as exc:
+                raise ReidEvalError(f"cache {cache_file}: {exc}") from None
             flat = np.arange(pa * k, pb * k)  # this pass's pairs, as flat indices into `short`
             by_gallery = flat[np.argsort(g_of[flat], kind="stable")]  # gallery-major, probes ascending
             block_of = np.searchsorted(gstarts, g_of[by_gallery], side="right") - 1
@@ -544,43 +557,39 @@ def fpr_shortlist_from_cache(
                 pairs = by_gallery[lo:hi]
                 flops = 0.0
                 if pairs.size:
-                    basis = prepare_gallery(read_spatial_block(f, gallery_split, ga, gb), beta=beta, normalize=normalize,
-                                            precision=precision, backend=xp, index_base=ga)
+                    try:
+                        basis = prepare_gallery(read_spatial_block(f, gallery_split, ga, gb), beta=beta, index_base=ga,
+                                                **opts)
+                    except ValueError as exc:
+                        raise ReidEvalError(f"cache {cache_file}: {exc}") from None
+                    terms = gallery_centre_terms(basis, probes) if probes.center is not None else None
                     cuts = np.flatnonzero(np.diff(g_of[pairs])) + 1
 
                     def run(group: np.ndarray) -> float:
-                        # one gallery image against every probe of the pass that shortlists it: one GEMM
+                        # one gallery image against every probe of the pass that shortlists it
                         g = int(g_of[group[0]])
                         images = group // k - pa
-                        sub = _select_images(raw, images)
-                        probes = prepare_probes(sub, weighted=weighted, normalize=normalize, precision=precision,
-                                                backend=xp, index_base=pa)
-                        d = to_numpy(fpr_tile(probes, basis.take(np.array([g - ga])), float32_atol=float32_atol))
-                        exact.reshape(-1)[group] = d[:, 0]
-                        return 2.0 * dim * float(goff[g + 1] - goff[g]) * float(sub.local.shape[0])
+                        counts = RefinementStats()
+                        d = to_numpy(fpr_pairs(probes, basis, g - ga, images, centre_terms=terms,
+                                               float32_atol=float32_atol, stats=counts))
+                        exact.reshape(-1)[group] = d
+                        with refinement_lock:
+                            refinement.merge(counts)
+                        rows = float(np.diff(probes.offsets)[images].sum())
+                        return 2.0 * dim * float(goff[g + 1] - goff[g]) * rows
 
                     flops = sum(pool.map(run, np.split(pairs, cuts)))
-                    del basis
+                    del basis, terms
                 with tracker.lock:
                     tracker.done += 1
                     tracker.pairs_done += int(pairs.size)
                     tracker.pairs_computed += int(pairs.size)
                     tracker.flops += flops
                     tracker.report()
-            del raw
+            del probes
     # 3. the rest behind the shortlist, in the in-memory engine's arithmetic: (max + 1) + r
     top = exact.max(axis=1) + 1.0
     for p in range(n_probe):
         out[p] = (top[p] + out[p].astype(np.float64)).astype(out_dtype)
     np.put_along_axis(out, short, exact.astype(out_dtype), axis=1)
-    return StreamResult(out, plan, 0, units, time.perf_counter() - t_start, runner)
-
-
-def _select_images(features: SpatialFeatures, images: np.ndarray) -> SpatialFeatures:
-    """The images ``images`` (indices, in that order) of ``features`` as SpatialFeatures of their own."""
-    counts = features.counts[images]
-    offsets = np.zeros(images.size + 1, dtype=np.int64)
-    np.cumsum(counts, out=offsets[1:])
-    rows = np.repeat(features.offsets[images] - offsets[:-1], counts) + np.arange(int(offsets[-1]))
-    fg = None if features.foreground is None else features.foreground[rows]
-    return SpatialFeatures(features.local[rows], offsets, foreground=fg)
+    return StreamResult(out, plan, 0, units, time.perf_counter() - t_start, runner, refinement=refinement)
