@@ -61,6 +61,8 @@ from __future__ import annotations
 
 import math
 import os
+import threading
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from types import ModuleType
@@ -84,6 +86,7 @@ __all__ = [
     "prepare_gallery",
     "fpr_tile",
     "fpr_pairs",
+    "fpr_shortlist_pass",
     "gallery_centre_terms",
     "fpr_distances",
     "dsr_distances",
@@ -1097,28 +1100,79 @@ def _shortlisted(
     order = np.argsort(global_distances(probe_global, gallery_global, metric=metric), axis=1, kind="stable")
     short = order[:, :k]  # [P, K] gallery indices
     exact = np.empty((n_probe, k), dtype=np.float64)
-    gallery_start = np.array([a for a, _ in gallery_blocks])
-    block_of = np.searchsorted(gallery_start, short, side="right") - 1  # [P, K]
-    for bi, (ga, gb) in enumerate(gallery_blocks):
-        basis = None
-        for pa, pb in probe_blocks:
-            rows, cols = np.nonzero(block_of[pa:pb] == bi)
-            if rows.size == 0:
-                continue
-            if basis is None:
-                basis = gallery_block(ga, gb)
-            block = probe_block(pa, pb)
-            for p in np.unique(rows):
-                sel = cols[rows == p]
-                sub = basis.take(short[pa + p, sel] - ga)
-                single = block.take_image(int(p))
-                exact[pa + p, sel] = to_numpy(fpr_tile(single, sub, float32_atol=atol, stats=stats))[0]
+    for pa, pb in probe_blocks:
+        fpr_shortlist_pass(probe_block(pa, pb), pa, short, gallery_blocks, gallery_block, exact,
+                           float32_atol=atol, stats=stats)
     out = np.empty((n_probe, n_gallery), dtype=np.float64)
     rest = order[:, k:]
     behind = exact.max(axis=1, keepdims=True) + 1.0 + np.arange(rest.shape[1])[None, :]
     np.put_along_axis(out, short, exact, axis=1)
     np.put_along_axis(out, rest, behind, axis=1)
     return out.astype(out_dtype)
+
+
+def fpr_shortlist_pass(
+    probes: ProbeBlock,
+    probe_start: int,
+    shortlist: np.ndarray,
+    gallery_blocks: Sequence[tuple[int, int]],
+    gallery_basis: Callable[[int, int], GalleryBasis],
+    exact: np.ndarray,
+    *,
+    float32_atol: float = DEFAULT_FLOAT32_ATOL,
+    stats: RefinementStats | None = None,
+    map_fn: Callable[..., Any] = map,
+    block_done: Callable[[int, float], None] | None = None,
+) -> None:
+    """Exact distances of one pass of probes to the gallery images that shortlist them, into ``exact``.
+
+    probes: the prepared probe images ``probe_start ... probe_start + p``;
+    shortlist: host int ``[P, K]`` gallery indices per probe (every probe);
+    gallery_blocks: ``[(start, stop)]`` image ranges covering the gallery;
+    gallery_basis(start, stop): the prepared basis of one range (called at
+    most once per range, only for ranges some probe of the pass shortlists);
+    exact: float64 ``[P, K]``, rows of this pass filled in place.
+    Each gallery image meets the probes of the pass that shortlist it in one
+    :func:`fpr_pairs` call; ``map_fn`` (e.g. a thread pool's ``map``, each
+    thread on one BLAS thread) runs those calls. ``block_done(pairs, flops)``
+    is called after each gallery range (for progress).
+    """
+    k = shortlist.shape[1]
+    p = len(probes)
+    g_of = shortlist.reshape(-1)
+    flat = np.arange(probe_start * k, (probe_start + p) * k)  # this pass's pairs, as flat indices
+    by_gallery = flat[np.argsort(g_of[flat], kind="stable")]  # gallery-major, probes ascending
+    starts = np.array([a for a, _ in gallery_blocks])
+    block_of = np.searchsorted(starts, g_of[by_gallery], side="right") - 1
+    rows = np.diff(probes.offsets)
+    lock = threading.Lock()
+    for bi, (ga, gb) in enumerate(gallery_blocks):
+        lo, hi = np.searchsorted(block_of, [bi, bi + 1])
+        pairs = by_gallery[lo:hi]
+        if pairs.size == 0:
+            if block_done is not None:
+                block_done(0, 0.0)
+            continue
+        basis = gallery_basis(ga, gb)
+        terms = gallery_centre_terms(basis, probes) if probes.center is not None else None
+        groups = np.split(pairs, np.flatnonzero(np.diff(g_of[pairs])) + 1)
+
+        def run(group: np.ndarray) -> float:
+            g = int(g_of[group[0]]) - ga
+            images = group // k - probe_start
+            counts = RefinementStats()
+            exact.reshape(-1)[group] = to_numpy(fpr_pairs(probes, basis, g, images, centre_terms=terms,
+                                                          float32_atol=float32_atol, stats=counts))
+            if stats is not None:
+                with lock:
+                    stats.merge(counts)
+            m = int(basis.offsets[g + 1] - basis.offsets[g])
+            return 2.0 * probes.x.shape[1] * m * float(rows[images].sum())
+
+        flops = float(sum(map_fn(run, groups)))
+        del basis, terms
+        if block_done is not None:
+            block_done(int(pairs.size), flops)
 
 
 def dsr_distances(probe: SpatialFeatures, gallery: SpatialFeatures, **kwargs: Any) -> np.ndarray:

@@ -46,14 +46,14 @@ from reid_eval.features.cache import (
     read_split_offsets,
     split_fingerprint,
 )
-from reid_eval.matching.backend import get_array_module, to_numpy
+from reid_eval.matching.backend import get_array_module
 from reid_eval.matching.definition import DEFAULT_BETA
 from reid_eval.matching.fpr import (
     DEFAULT_FLOAT32_ATOL,
     DEFAULT_MEMORY_BUDGET,
+    GalleryBasis,
     RefinementStats,
-    fpr_pairs,
-    gallery_centre_terms,
+    fpr_shortlist_pass,
     plan_blocks,
     prepare_gallery,
     prepare_probes,
@@ -530,63 +530,40 @@ def fpr_shortlist_from_cache(
     del pglob, gglob
     # 2. the exact distances of the shortlisted pairs
     exact = np.empty((n_probe, k), dtype=np.float64)
-    g_of = short.reshape(-1)
     units = len(plan.probe_blocks) * len(plan.gallery_blocks)
     tracker = _Tracker(plan, np.zeros(len(plan.probe_blocks)), np.zeros(len(plan.gallery_blocks)),
                        np.array([b - a for a, b in plan.probe_blocks]), np.array([b - a for a, b in plan.gallery_blocks]),
                        dim, set(), progress)
     tracker.pairs_total = n_probe * k
     tracker.report()
-    gstarts = np.array([a for a, _ in plan.gallery_blocks])
-    refinement, refinement_lock = RefinementStats(), threading.Lock()
+    refinement = RefinementStats()
     opts = dict(normalize=normalize, precision=precision, backend=xp)
+
+    def block_done(pairs: int, flops: float) -> None:
+        with tracker.lock:
+            tracker.done += 1
+            tracker.pairs_done += pairs
+            tracker.pairs_computed += pairs
+            tracker.flops += flops
+            tracker.report()
+
     with single_blas_thread(), open_cache(cache_file) as f, ThreadPoolExecutor(max_workers=threads) as pool:
-        for pa, pb in plan.probe_blocks:
-            # The pass's probes are prepared once; each gallery image then meets the
-            # probes that shortlist it where their rows lie (fpr_pairs: no copies).
-            try:
-                probes = prepare_probes(read_spatial_block(f, probe_split, pa, pb), weighted=weighted, index_base=pa,
-                                        **opts)
-            except ValueError as exc:
-                raise ReidEvalError(f"cache {cache_file}: {exc}") from None
-            flat = np.arange(pa * k, pb * k)  # this pass's pairs, as flat indices into `short`
-            by_gallery = flat[np.argsort(g_of[flat], kind="stable")]  # gallery-major, probes ascending
-            block_of = np.searchsorted(gstarts, g_of[by_gallery], side="right") - 1
-            for gi, (ga, gb) in enumerate(plan.gallery_blocks):
-                lo, hi = np.searchsorted(block_of, [gi, gi + 1])
-                pairs = by_gallery[lo:hi]
-                flops = 0.0
-                if pairs.size:
-                    try:
-                        basis = prepare_gallery(read_spatial_block(f, gallery_split, ga, gb), beta=beta, index_base=ga,
-                                                **opts)
-                    except ValueError as exc:
-                        raise ReidEvalError(f"cache {cache_file}: {exc}") from None
-                    terms = gallery_centre_terms(basis, probes) if probes.center is not None else None
-                    cuts = np.flatnonzero(np.diff(g_of[pairs])) + 1
 
-                    def run(group: np.ndarray) -> float:
-                        # one gallery image against every probe of the pass that shortlists it
-                        g = int(g_of[group[0]])
-                        images = group // k - pa
-                        counts = RefinementStats()
-                        d = to_numpy(fpr_pairs(probes, basis, g - ga, images, centre_terms=terms,
-                                               float32_atol=float32_atol, stats=counts))
-                        exact.reshape(-1)[group] = d
-                        with refinement_lock:
-                            refinement.merge(counts)
-                        rows = float(np.diff(probes.offsets)[images].sum())
-                        return 2.0 * dim * float(goff[g + 1] - goff[g]) * rows
+        def gallery_basis(ga: int, gb: int) -> GalleryBasis:
+            return prepare_gallery(read_spatial_block(f, gallery_split, ga, gb), beta=beta, index_base=ga, **opts)
 
-                    flops = sum(pool.map(run, np.split(pairs, cuts)))
-                    del basis, terms
-                with tracker.lock:
-                    tracker.done += 1
-                    tracker.pairs_done += int(pairs.size)
-                    tracker.pairs_computed += int(pairs.size)
-                    tracker.flops += flops
-                    tracker.report()
-            del probes
+        try:
+            for pa, pb in plan.probe_blocks:
+                # The pass's probes are prepared once; each gallery image then meets the
+                # probes that shortlist it where their rows lie (fpr_pairs: no copies).
+                probes = prepare_probes(read_spatial_block(f, probe_split, pa, pb), weighted=weighted,
+                                        index_base=pa, **opts)
+                fpr_shortlist_pass(probes, pa, short, plan.gallery_blocks, gallery_basis, exact,
+                                   float32_atol=float32_atol, stats=refinement, map_fn=pool.map,
+                                   block_done=block_done)
+                del probes
+        except ValueError as exc:  # a NaN, zero or foreground-less image: name the file
+            raise ReidEvalError(f"cache {cache_file}: {exc}") from None
     # 3. the rest behind the shortlist, in the in-memory engine's arithmetic: (max + 1) + r
     top = exact.max(axis=1) + 1.0
     for p in range(n_probe):
