@@ -196,3 +196,15 @@ def test_tile_switches_to_float64_when_most_entries_need_it():
     got, ref, stats = check_contract(probe, gallery)
     assert stats.refined == stats.entries == 32
     assert np.all(ref < 0.01)
+
+
+def test_a_weightless_location_does_not_hide_the_entries_that_need_float64():
+    """Foreground 0 on one self-matched location (unbounded error, weight 0) must not stop the refinement of another."""
+    rng = np.random.default_rng(9)
+    rows = np.abs(rng.standard_normal((2, 2048))).astype(np.float32) ** 3
+    probe = SpatialFeatures(rows, np.array([0, 2]), np.array([0.0, 1.0], np.float32))
+    # 60 copies of each location: the ridge leaves e ≈ β/60, below what float32 can bound (ê² ≤ δs)
+    gallery = SpatialFeatures(np.repeat(rows, 60, axis=0), np.array([0, 120]))
+    got, ref, stats = check_contract(probe, gallery)
+    assert ref[0, 0] < 1e-3
+    assert stats.refined >= 1  # the weighted location; inf · 0 = NaN used to make the pair look exact

@@ -63,7 +63,7 @@ import math
 import os
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -82,6 +82,7 @@ __all__ = [
     "ProbeBlock",
     "GalleryBasis",
     "RefinementStats",
+    "TileWorkspace",
     "prepare_probes",
     "prepare_gallery",
     "fpr_tile",
@@ -288,6 +289,29 @@ class RefinementStats:
         return {"entries": self.entries, "refined": self.refined, "tiles": self.tiles, "refined_share": self.refined_share}
 
 
+class TileWorkspace:
+    """A reusable buffer for the ``[ΣM, ΣN]`` product of the tiles computed one after another by one thread.
+
+    A tile's product is hundreds of MB; allocated afresh for every tile, its
+    pages are faulted in and zeroed by the kernel each time (glibc maps
+    every large block anew), which measured 8% of a d = 512 tile's time.
+    Pass one workspace to consecutive :func:`fpr_tile` calls of one thread
+    (never share it between threads); it grows to the largest tile and is
+    freed with the workspace.
+    """
+
+    def __init__(self) -> None:
+        self._buffer: Any = None
+
+    def array(self, xp: ModuleType, shape: tuple[int, int], dtype: Any) -> Any:
+        """An uninitialised C-contiguous array of ``shape`` and ``dtype`` on ``xp``, in the reused buffer."""
+        nbytes = int(shape[0]) * int(shape[1]) * np.dtype(dtype).itemsize
+        if self._buffer is None or self._buffer.nbytes < nbytes or _module_of(self._buffer) is not xp:
+            self._buffer = None  # free the old one first: never two at once
+            self._buffer = xp.empty(max(nbytes, 1), dtype=xp.uint8)
+        return self._buffer[:nbytes].view(dtype).reshape(shape)
+
+
 def _gather_segments(offsets: np.ndarray, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Row indices of segments ``indices`` of ``offsets``, and the new offsets."""
     counts = np.diff(offsets)[indices]
@@ -309,6 +333,42 @@ def _image_of_row(offsets: np.ndarray, row: int) -> int:
     return int(np.searchsorted(offsets, row, side="right") - 1)
 
 
+_pool: ThreadPoolExecutor | None = None
+_pool_pid = -1
+_pool_lock = threading.Lock()
+
+
+def _cpu_pool() -> ThreadPoolExecutor:
+    """The engine's CPU threads, one per core, started once per process (again after a fork).
+
+    Starting threads for every pass cost ~1.5% of a tile. The tasks run on
+    them never wait for other tasks of this pool, so callers from several
+    threads can share it without deadlock.
+    """
+    global _pool, _pool_pid
+    with _pool_lock:
+        if _pool is None or _pool_pid != os.getpid():
+            _pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="reid-eval-fpr")
+            _pool_pid = os.getpid()
+        return _pool
+
+
+def _parallel(fn: Any, calls: Sequence[tuple[Any, ...]]) -> None:
+    """``fn(*args)`` for every ``args`` of ``calls`` on :func:`_cpu_pool` (inline for one call).
+
+    Waits for all of them before re-raising the first error, so that no
+    task still writes into the caller's arrays afterwards.
+    """
+    if len(calls) <= 1:
+        for args in calls:
+            fn(*args)
+        return
+    futures = [_cpu_pool().submit(fn, *args) for args in calls]
+    wait(futures)
+    for future in futures:
+        future.result()
+
+
 def _over_row_ranges(n_rows: int, fn: Any) -> None:
     """Call ``fn(a, b)`` on consecutive row ranges covering ``n_rows``, one per CPU thread.
 
@@ -320,9 +380,7 @@ def _over_row_ranges(n_rows: int, fn: Any) -> None:
     if workers == 1:
         fn(0, n_rows)
         return
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        for future in [pool.submit(fn, int(a), int(b)) for a, b in zip(cuts[:-1], cuts[1:])]:
-            future.result()
+    _parallel(fn, [(int(a), int(b)) for a, b in zip(cuts[:-1], cuts[1:])])
 
 
 def _row_sqnorms(xp: ModuleType, rows: Any) -> Any:
@@ -521,9 +579,7 @@ def _over_chunk_ranges(n_rows: int, fn: Any) -> None:
         on_chunks(0, n_chunks)
         return
     cuts = np.linspace(0, n_chunks, workers + 1).round().astype(int)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        for future in [pool.submit(on_chunks, int(a), int(b)) for a, b in zip(cuts[:-1], cuts[1:]) if b > a]:
-            future.result()
+    _parallel(on_chunks, [(int(a), int(b)) for a, b in zip(cuts[:-1], cuts[1:]) if b > a])
 
 
 def _over_chunks(n: int, fn: Any) -> None:
@@ -534,9 +590,7 @@ def _over_chunks(n: int, fn: Any) -> None:
             for i in range(n):
                 fn(i)
             return
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            for future in [pool.submit(fn, i) for i in range(n)]:
-                future.result()
+        _parallel(fn, [(i,) for i in range(n)])
 
 
 def prepare_gallery(
@@ -614,9 +668,7 @@ def prepare_gallery(
     with blas_threads(1):
         workers = min(workers, len(jobs))
         if workers > 1:
-            with ThreadPoolExecutor(max_workers=workers) as pool:
-                for future in [pool.submit(run, job) for job in jobs]:
-                    future.result()
+            _parallel(run, [(job,) for job in jobs])
         else:
             for job in jobs:
                 run(job)
@@ -676,8 +728,8 @@ def _error_bound_s(xp: ModuleType, probes: ProbeBlock, gallery_counts: np.ndarra
     return xp.asarray(per_gallery)[:, None] * scale[None, :]
 
 
-def _entries_to_refine(xp: ModuleType, e2: Any, probes: ProbeBlock, gallery: GalleryBasis, atol: float) -> Any:
-    """``[g, R]`` bool: the entries of float32 ``e2`` to recompute in float64, or None.
+def _entries_to_refine(xp: ModuleType, e2: Any, probes: ProbeBlock, gallery: GalleryBasis, atol: float) -> tuple[Any, Any]:
+    """``([g, R]`` bool: the entries of float32 ``e2`` to recompute in float64, or None; ``[g, R]`` ê = √max(e², 0)).
 
     With δs the bound on the error of e² (:func:`_error_bound_s`) and ê the
     float32 e, the error of e is at most δe = δs / (ê + √(ê² − δs)) (from
@@ -687,17 +739,32 @@ def _entries_to_refine(xp: ModuleType, e2: Any, probes: ProbeBlock, gallery: Gal
     float32 entry; in the other pairs the entries with the largest h̃ δe are
     refined, as few as leave the sum of the rest within ``atol``.
     """
-    ds = _error_bound_s(xp, probes, np.diff(gallery.offsets))
-    e = xp.sqrt(xp.maximum(e2, 0.0))
-    bounded = e2 > ds
-    low = xp.sqrt(xp.maximum(e2 - ds, 0.0))
+    # In place on three [g, R] arrays: fresh ones per step would each be
+    # faulted in by the kernel, which costs as much as the arithmetic.
+    contrib = _error_bound_s(xp, probes, np.diff(gallery.offsets))  # δs for now
+    e = xp.maximum(e2, 0.0)
+    xp.sqrt(e, out=e)
+    low = e2 - contrib
+    unbounded = low <= 0  # ê² ≤ δs (for finite floats, a − b > 0 exactly when a > b)
+    xp.maximum(low, 0.0, out=low)
+    xp.sqrt(low, out=low)
+    low += e
     with np.errstate(divide="ignore", invalid="ignore"):
-        contrib = xp.where(bounded, ds / (e + low), xp.inf) * probes.weights[None, :]
-    del e, low, ds
+        xp.divide(contrib, low, out=contrib)
+    del low
+    contrib[unbounded] = xp.inf
+    del unbounded
+    with np.errstate(invalid="ignore"):
+        contrib *= probes.weights[None, :]
+    # A location of foreground weight 0 adds nothing to the distance, however
+    # large its error (inf · 0 would make the pair's sum NaN and hide the rest).
+    weightless = probes.weights == 0
+    if bool(weightless.any()):
+        contrib[:, weightless] = 0.0
     pair = segment_sum(xp, contrib, probes.offsets, axis=1)  # [g, p] bound on each distance's error
     fg, fp = xp.nonzero(pair > atol)
     if fg.shape[0] == 0:
-        return None
+        return None, e
     # Failing pairs: their entries' contributions padded with zeros to [F, n_max],
     # sorted; the smallest are kept while their running sum stays within atol,
     # and every entry at least as large as the first one not kept is refined.
@@ -715,7 +782,7 @@ def _entries_to_refine(xp: ModuleType, e2: Any, probes: ProbeBlock, gallery: Gal
     first_refined = ordered[xp.arange(ordered.shape[0]), kept]  # [F]
     threshold = xp.full(contrib.shape, xp.inf)
     threshold[fg[:, None], cols] = first_refined[:, None]
-    return contrib >= threshold
+    return contrib >= threshold, e
 
 
 def fpr_tile(
@@ -724,6 +791,7 @@ def fpr_tile(
     *,
     float32_atol: float = DEFAULT_FLOAT32_ATOL,
     stats: RefinementStats | None = None,
+    workspace: TileWorkspace | None = None,
 ) -> Any:
     """Distances of every probe of ``probes`` to every image of ``gallery``.
 
@@ -732,13 +800,14 @@ def fpr_tile(
     within ``float32_atol`` of the float64 definition, plus the float32
     rounding of the value itself), float64 when they are float64.
     ``stats``, when given, is updated in place with this tile's entry and
-    refinement counts (:class:`RefinementStats`).
+    refinement counts (:class:`RefinementStats`). ``workspace``: where the
+    tile's product goes (:class:`TileWorkspace`; the same bits either way).
     """
     xp = _module_of(probes.x)
     _check_pair(probes, gallery)
     if probes.row_map is not None:
         raise ValueError("fpr_tile needs a prepared block, not a selection of one (see fpr_pairs)")
-    return _finish(xp, _unrefined_e2(xp, probes, gallery), probes, gallery, float32_atol, stats)
+    return _finish(xp, _unrefined_e2(xp, probes, gallery, workspace), probes, gallery, float32_atol, stats)
 
 
 def fpr_pairs(
@@ -783,7 +852,9 @@ def fpr_pairs(
             np.matmul(probes.x[pa:pb], operand.T, out=product_t[sa : sa + pb - pa])
         else:
             product_t[sa : sa + pb - pa] = probes.x[pa:pb] @ operand.T
-    e2 = _e2_from_product(xp, product_t.T, selection, one, beta_sq)
+    product = product_t.T  # [M(+1), ΣN]
+    m = one.bt.shape[0]
+    e2 = _e2_from_product(xp, product[:m], selection, one, beta_sq, None if beta_sq is None else product[m:])
     return _finish(xp, e2, selection, one, float32_atol, stats)[:, 0]
 
 
@@ -809,9 +880,11 @@ def _finish(xp: ModuleType, e2: Any, probes: ProbeBlock, gallery: GalleryBasis, 
             stats: RefinementStats | None) -> Any:
     """``[p, g]`` distances from the unrefined e² ``[g, R]`` of a tile: refinement, square root, weighted sums."""
     refined = 0
+    e = None
     if probes.x.dtype == xp.float32:
-        flagged = _entries_to_refine(xp, e2, probes, gallery, atol)
+        flagged, e = _entries_to_refine(xp, e2, probes, gallery, atol)
         if flagged is not None:
+            e = None  # from the refined e² below
             refined = int(flagged.sum())
             if refined > TILE_FLOAT64_SHARE * flagged.size:
                 e2 = _float64_e2(xp, probes, gallery)
@@ -820,36 +893,41 @@ def _finish(xp: ModuleType, e2: Any, probes: ProbeBlock, gallery: GalleryBasis, 
                 _refine(xp, e2, flagged, probes, gallery)
     if stats is not None:
         stats.record(int(e2.shape[0]) * int(e2.shape[1]), refined)
-    e = xp.sqrt(xp.maximum(e2, 0.0))
+    if e is None:
+        e = xp.maximum(e2, 0.0)
+        xp.sqrt(e, out=e)
+    del e2
     e *= probes.weights[None, :]
     dist = segment_sum(xp, e, probes.offsets, axis=1)  # [g, p]
     return dist.T.astype(probes.x.dtype)
 
 
-def _unrefined_e2(xp: ModuleType, probes: ProbeBlock, gallery: GalleryBasis) -> Any:
+def _unrefined_e2(xp: ModuleType, probes: ProbeBlock, gallery: GalleryBasis, workspace: TileWorkspace | None = None) -> Any:
     """``[g, ΣN]`` float64 e² = ‖x‖² − ‖Bt x‖² of every entry, from the tile GEMM (before refinement)."""
+    out = None
+    if workspace is not None:
+        out = workspace.array(xp, (gallery.bt.shape[0], probes.x.shape[0]), probes.x.dtype)
+    c = xp.matmul(gallery.bt, probes.x.T, out=out)  # [ΣM, ΣN], the one big GEMM
     if probes.center is None:
-        c = gallery.bt @ probes.x.T  # [ΣM, ΣN], the one big GEMM
-        return _e2_from_product(xp, c, probes, gallery, None)
+        return _e2_from_product(xp, c, probes, gallery, None, None)
     w32, beta_sq = _centre_terms(xp, gallery, probes.center)
-    c = xp.concatenate([gallery.bt, w32]) @ probes.x.T  # [ΣM + g, ΣN]: the g rows w ride along
-    return _e2_from_product(xp, c, probes, gallery, beta_sq)
+    cross = w32 @ probes.x.T  # [g, ΣN]: 1/M of the big GEMM
+    return _e2_from_product(xp, c, probes, gallery, beta_sq, cross)
 
 
-def _e2_from_product(xp: ModuleType, c: Any, probes: ProbeBlock, gallery: GalleryBasis, beta_sq: Any) -> Any:
-    """``[g, ΣN]`` float64 e² from the product ``c`` of the gallery rows (then, centred, the g rows w) and the probe rows.
+def _e2_from_product(xp: ModuleType, c: Any, probes: ProbeBlock, gallery: GalleryBasis, beta_sq: Any, cross: Any) -> Any:
+    """``[g, ΣN]`` float64 e² from the product ``c`` ``[ΣM, ΣN]`` of the gallery's and the probes' rows.
 
-    Uncentred (``beta_sq`` None): ``c`` = Bt Xᵀ ``[ΣM, ΣN]`` and
-    e² = ‖x‖² − S. Centred, the probes split along μ, y = α·μ + r, x = ι·y:
-    ``c`` = [Bt; W] Rᵀ ``[ΣM + g, ΣN]`` and
-    S = ι²·(‖Bt r‖² + 2α·(w·r) + α²‖β‖²).
+    Uncentred (``beta_sq`` None): ``c`` = Bt Xᵀ and e² = ‖x‖² − S with S the
+    sum of squares of each gallery image's rows of ``c``. Centred, the probes
+    split along μ, y = α·μ + r, x = ι·y: ``c`` = Bt Rᵀ, ``cross`` = W Rᵀ
+    ``[g, ΣN]`` and S = ι²·(‖Bt r‖² + 2α·(w·r) + α²‖β‖²).
     """
     if beta_sq is None:
         return probes.sqnorm[None, :] - _squared_segment_sum(xp, c, gallery.offsets)
-    n_rows = gallery.offsets[-1]
-    s = _squared_segment_sum(xp, c[:n_rows], gallery.offsets)  # [g, ΣN] float64
-    cross = c[n_rows:].astype(xp.float64)
+    s = _squared_segment_sum(xp, c, gallery.offsets)  # [g, ΣN] float64
     del c
+    cross = cross.astype(xp.float64)
     cross *= 2.0 * probes.along[None, :]
     s += cross
     del cross
@@ -898,9 +976,7 @@ def _squared_segment_sum(xp: ModuleType, c: Any, offsets: np.ndarray) -> Any:
     if workers <= 1:
         run(0, g)
         return out
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        for future in [pool.submit(run, int(a), int(b)) for a, b in zip(cuts[:-1], cuts[1:]) if b > a]:
-            future.result()
+    _parallel(run, [(int(a), int(b)) for a, b in zip(cuts[:-1], cuts[1:]) if b > a])
     return out
 
 
@@ -932,9 +1008,7 @@ def _refine(xp: ModuleType, e2: Any, flagged: Any, probes: ProbeBlock, gallery: 
     workers = min(len(pieces), os.cpu_count() or 1) if xp is np else 1
     with blas_threads(1):
         if workers > 1:
-            with ThreadPoolExecutor(max_workers=workers) as pool:
-                for future in [pool.submit(run, a, b) for a, b in pieces]:
-                    future.result()
+            _parallel(run, pieces)
         else:
             for a, b in pieces:
                 run(a, b)
@@ -977,6 +1051,20 @@ def _max_tile_rows(d: int, budget: int, precision: str) -> int:
     per_entry = 12 if precision == "float32" else 16
     r = (-2 * per_row + math.sqrt((2 * per_row) ** 2 + 4 * per_entry * budget)) / (2 * per_entry)
     return max(1, int(r))
+
+
+def _in_memory_plan(probe_rows: int, d: int, budget: int, precision: str) -> tuple[int, bool]:
+    """(block rows, keep prepared probe blocks) of :func:`fpr_distances` for ``probe_rows`` probe locations.
+
+    Prepared probe blocks are kept for the next gallery block when all of
+    them take at most a quarter of the budget, and the tiles get the rest:
+    preparing them again for every gallery block cost ~4% of the time at
+    d = 512.
+    """
+    op = 4 if precision == "float32" else 8
+    prepared_bytes = probe_rows * (op * d + 48)
+    keep = prepared_bytes <= budget // 4 and _max_tile_rows(d, budget, precision) < probe_rows
+    return _max_tile_rows(d, budget - prepared_bytes if keep else budget, precision), keep
 
 
 def fpr_distances(
@@ -1056,12 +1144,18 @@ def fpr_distances(
     if n_probe == 0 or n_gallery == 0:
         return np.zeros((n_probe, n_gallery), dtype=out_dtype)
     opts = dict(normalize=normalize, precision=precision, backend=xp)
-    max_rows = _max_tile_rows(probe.dim, int(memory_budget_bytes), precision)
+    max_rows, keep = _in_memory_plan(int(probe.local.shape[0]), probe.dim, int(memory_budget_bytes), precision)
     probe_blocks = plan_blocks(probe.counts, max_rows)
     gallery_blocks = plan_blocks(gallery.counts, max_rows)
+    kept: dict[int, ProbeBlock] = {}
 
     def probe_block(a: int, b: int) -> ProbeBlock:
-        return prepare_probes(probe[a:b], weighted=weighted, index_base=a, **opts)
+        if a in kept:
+            return kept[a]
+        block = prepare_probes(probe[a:b], weighted=weighted, index_base=a, **opts)
+        if keep and len(gallery_blocks) > 1:
+            kept[a] = block
+        return block
 
     def gallery_block(a: int, b: int) -> GalleryBasis:
         return prepare_gallery(gallery[a:b], beta=beta, index_base=a, **opts)
@@ -1073,11 +1167,13 @@ def fpr_distances(
         )
     out = np.empty((n_probe, n_gallery), dtype=out_dtype)
     single = probe_block(*probe_blocks[0]) if len(probe_blocks) == 1 else None
+    workspace = TileWorkspace()
     for ga, gb in gallery_blocks:
         basis = gallery_block(ga, gb)
         for pa, pb in probe_blocks:
             block = single if single is not None else probe_block(pa, pb)
-            out[pa:pb, ga:gb] = to_numpy(fpr_tile(block, basis, float32_atol=float32_atol, stats=stats))
+            tile = fpr_tile(block, basis, float32_atol=float32_atol, stats=stats, workspace=workspace)
+            out[pa:pb, ga:gb] = to_numpy(tile)
     return out
 
 

@@ -41,6 +41,7 @@ from reid_eval.matching.backend import blas_threads, get_array_module, to_numpy
 from reid_eval.matching.fpr import (
     GalleryBasis,
     RefinementStats,
+    TileWorkspace,
     fpr_tile,
     plan_blocks,
     prepare_gallery,
@@ -264,7 +265,8 @@ def _gallery_basis(src: TileSource, f: Any, block: tuple[int, int], xp: Any) -> 
     )
 
 
-def _tile(src: TileSource, f: Any, basis: GalleryBasis, block: tuple[int, int], xp: Any) -> tuple[np.ndarray, RefinementStats]:
+def _tile(src: TileSource, f: Any, basis: GalleryBasis, block: tuple[int, int], xp: Any,
+          workspace: TileWorkspace) -> tuple[np.ndarray, RefinementStats]:
     """The ``[p, g]`` host tile of probe images ``block`` against ``basis``, and its own refinement counts."""
     a, b = block
     probes = prepare_probes(
@@ -274,7 +276,7 @@ def _tile(src: TileSource, f: Any, basis: GalleryBasis, block: tuple[int, int], 
     # counts per tile, not per task: they are committed with the tile, so a
     # resumed run sums the counts of tiles an earlier run computed too
     stats = RefinementStats()
-    tile = np.asarray(to_numpy(fpr_tile(probes, basis, float32_atol=src.float32_atol, stats=stats)))
+    tile = np.asarray(to_numpy(fpr_tile(probes, basis, float32_atol=src.float32_atol, stats=stats, workspace=workspace)))
     return tile, stats
 
 
@@ -302,10 +304,11 @@ def run_tile_task(
     with single_blas_thread(), open_cache(src.cache_file) as f:
         try:
             basis = _gallery_basis(src, f, plan.gallery_blocks[gallery_index], xp)
+            workspace = TileWorkspace()  # this task's tiles reuse one product buffer
             for pi in probe_indices:
                 if stop is not None and stop.is_set():
                     break
-                tile, counts = _tile(src, f, basis, plan.probe_blocks[pi], xp)
+                tile, counts = _tile(src, f, basis, plan.probe_blocks[pi], xp, workspace)
                 commit(gallery_index, int(pi), tile, counts)
                 done += 1
         except ValueError as exc:
