@@ -62,6 +62,7 @@ from __future__ import annotations
 import math
 import os
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -79,6 +80,9 @@ __all__ = [
     "DEFAULT_MEMORY_BUDGET",
     "ERROR_KAPPA",
     "TILE_FLOAT64_SHARE",
+    "AUTO_FLOAT64_RATIO",
+    "float64_slowdown",
+    "resolve_precision",
     "ProbeBlock",
     "GalleryBasis",
     "RefinementStats",
@@ -1020,6 +1024,48 @@ def _check_precision(precision: str) -> None:
         raise ValueError(f"precision must be 'float32' or 'float64', got {precision!r}")
 
 
+#: ``precision="auto"`` computes in float64 on a device whose float64 GEMM
+#: takes at most this many times the float32 one (H100/H200-class GPUs,
+#: ~1×): there the float32 path's error bound and refinement cost more than
+#: they save. CPUs and most GPUs (2× to 64×) get float32.
+AUTO_FLOAT64_RATIO = 1.3
+_slowdowns: dict[tuple[str, int], float] = {}
+
+
+def float64_slowdown(xp: ModuleType) -> float:
+    """Time of a float64 GEMM over that of a float32 GEMM of the same shape, measured once per device.
+
+    Square GEMMs of 1024 (CPU) or 4096 (GPU), best of three after a
+    warm-up; the ratio of the device's rates, about 2 on x86 CPUs and 1 on
+    GPUs with full-rate float64.
+    """
+    key = ("numpy", 0) if xp is np else ("cupy", int(xp.cuda.Device().id))
+    if key not in _slowdowns:
+        n = 1024 if xp is np else 4096
+        sync = (lambda: None) if xp is np else xp.cuda.Device().synchronize
+        best = {}
+        for dtype in (xp.float32, xp.float64):
+            a = xp.ones((n, n), dtype=dtype)
+            times = []
+            for _ in range(4):  # the first is a warm-up
+                sync()
+                t0 = time.perf_counter()
+                a @ a
+                sync()
+                times.append(time.perf_counter() - t0)
+            best[dtype] = min(times[1:])
+        _slowdowns[key] = best[xp.float64] / max(best[xp.float32], 1e-9)
+    return _slowdowns[key]
+
+
+def resolve_precision(precision: str, xp: ModuleType) -> str:
+    """``"float32"`` or ``"float64"``: ``precision`` itself, or for ``"auto"`` the faster on this device (:data:`AUTO_FLOAT64_RATIO`)."""
+    if precision == "auto":
+        return "float64" if float64_slowdown(xp) <= AUTO_FLOAT64_RATIO else "float32"
+    _check_precision(precision)
+    return precision
+
+
 def plan_blocks(counts: np.ndarray, max_rows: int) -> list[tuple[int, int]]:
     """Split images into consecutive ranges of at most ``max_rows`` locations.
 
@@ -1097,7 +1143,8 @@ def fpr_distances(
         L2-normalise each location first (the authors' code does).
     precision:
         ``"float32"`` (GEMM in float32, every distance within ``float32_atol``
-        of the float64 definition) or ``"float64"`` (for checks).
+        of the float64 definition), ``"float64"``, or ``"auto"``: float64 on
+        a device where it is about as fast (:func:`resolve_precision`).
     memory_budget_bytes:
         bound on the engine's working memory (tile size); results do not
         depend on it beyond GEMM rounding (BLAS may pick other kernels for
@@ -1125,7 +1172,8 @@ def fpr_distances(
     ``[P, G]`` host NumPy array, float32 (float64 with ``precision="float64"``).
     The distance is not symmetric: probes are reconstructed from gallery images.
     """
-    _check_precision(precision)
+    if precision != "auto":
+        _check_precision(precision)
     if not isinstance(probe, SpatialFeatures) or not isinstance(gallery, SpatialFeatures):
         raise ValueError("probe and gallery must be SpatialFeatures")
     if probe.dim != gallery.dim:
@@ -1139,6 +1187,7 @@ def fpr_distances(
     if not float32_atol > 0:
         raise ValueError(f"float32_atol must be positive, got {float32_atol}")
     xp = get_array_module(backend)
+    precision = resolve_precision(precision, xp)
     n_probe, n_gallery = len(probe), len(gallery)
     out_dtype = np.float32 if precision == "float32" else np.float64
     if n_probe == 0 or n_gallery == 0:

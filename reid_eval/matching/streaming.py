@@ -57,6 +57,7 @@ from reid_eval.matching.fpr import (
     plan_blocks,
     prepare_gallery,
     prepare_probes,
+    resolve_precision,
 )
 from reid_eval.matching.global_distance import global_distances
 from reid_eval.matching.tile_store import TileStore
@@ -171,6 +172,7 @@ class StreamResult:
         nonzero, the first three cover only the other tiles).
         """
         how: dict[str, Any] = {
+            "precision": self.plan.precision,
             "tile_block_rows": self.plan.block_rows,
             "tile_count": self.plan.num_tiles,
             "memory_budget_bytes": self.plan.memory_budget_bytes,
@@ -283,7 +285,7 @@ def fpr_distances_from_cache(
     beta: float = DEFAULT_BETA,
     weighted: bool = True,
     normalize: bool = True,
-    precision: str = "float32",
+    precision: str = "auto",
     float32_atol: float = DEFAULT_FLOAT32_ATOL,
     backend: str = "auto",
     memory_budget_bytes: int | None = None,
@@ -327,10 +329,11 @@ def fpr_distances_from_cache(
         raise ReidEvalError("--workers and --scheduler cannot be combined: --workers starts a cluster, --scheduler uses one")
     if workers is not None and workers < 1:
         raise ReidEvalError(f"--workers must be at least 1, got {workers}")
-    if precision not in ("float32", "float64"):
-        raise ValueError(f"precision must be 'float32' or 'float64', got {precision!r}")
+    if precision not in ("float32", "float64", "auto"):
+        raise ValueError(f"precision must be 'float32', 'float64' or 'auto', got {precision!r}")
     if not beta > 0:
         raise ReidEvalError(f"--beta must be positive, got {beta}")
+    precision = resolve_precision(precision, get_array_module(backend))
     cache_file = Path(cache_file).resolve()
     src = _source(cache_file, probe_split, gallery_split, beta, weighted, normalize, precision, float32_atol, backend)
     budget = default_memory_budget() if memory_budget_bytes is None else int(memory_budget_bytes)
@@ -464,7 +467,7 @@ def fpr_shortlist_from_cache(
     beta: float = DEFAULT_BETA,
     weighted: bool = True,
     normalize: bool = True,
-    precision: str = "float32",
+    precision: str = "auto",
     float32_atol: float = DEFAULT_FLOAT32_ATOL,
     backend: str = "auto",
     memory_budget_bytes: int | None = None,
@@ -491,6 +494,7 @@ def fpr_shortlist_from_cache(
     t_start = time.perf_counter()
     return_freed_blocks_to_the_os()
     cache_file = Path(cache_file).resolve()
+    precision = resolve_precision(precision, get_array_module(backend))
     src = _source(cache_file, probe_split, gallery_split, beta, weighted, normalize, precision, float32_atol, backend)
     xp = get_array_module(src.backend)
     budget = default_memory_budget() if memory_budget_bytes is None else int(memory_budget_bytes)
