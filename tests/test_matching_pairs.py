@@ -46,7 +46,7 @@ def test_pairs_equal_the_tile_of_the_same_block(atol):
     ref = reference_matrix(probe, gallery)
     pair_stats, tile_stats = RefinementStats(), RefinementStats()
     for g in range(len(gallery)):
-        tile = fpr_tile(pb, gb.take(np.array([g])), float32_atol=atol, stats=tile_stats)[:, 0]
+        tile = fpr_tile(pb, gb.image(g), float32_atol=atol, stats=tile_stats)[:, 0]
         whole = fpr_pairs(pb, gb, g, every, centre_terms=terms, float32_atol=atol, stats=pair_stats)
         picked = fpr_pairs(pb, gb, g, images, centre_terms=terms, float32_atol=atol)
         assert whole.shape == (len(probe),) and picked.shape == (images.size,) and picked.dtype == np.float32

@@ -83,6 +83,7 @@ __all__ = [
     "AUTO_FLOAT64_RATIO",
     "float64_slowdown",
     "resolve_precision",
+    "precision_for_slowdown",
     "ProbeBlock",
     "GalleryBasis",
     "RefinementStats",
@@ -190,16 +191,6 @@ class ProbeBlock:
             across=pick(self.across), row_map=rows,
         )
 
-    def take_image(self, i: int) -> ProbeBlock:
-        """Probe image ``i`` of this block, as a block of its own."""
-        a, b = int(self.offsets[i]), int(self.offsets[i + 1])
-        return ProbeBlock(
-            x=self.x[a:b], local=self.local[a:b], inv_norm=self.inv_norm[a:b], sqnorm=self.sqnorm[a:b],
-            weights=self.weights[a:b], offsets=np.array([0, b - a], dtype=np.int64), center=self.center,
-            along=None if self.along is None else self.along[a:b],
-            across=None if self.across is None else self.across[a:b],
-        )
-
 
 @dataclass(frozen=True)
 class GalleryBasis:
@@ -222,18 +213,6 @@ class GalleryBasis:
 
     def __len__(self) -> int:
         return int(self.offsets.shape[0] - 1)
-
-    def take(self, indices: np.ndarray) -> GalleryBasis:
-        """The basis of the images ``indices`` (host int array), in that order."""
-        xp = _module_of(self.bt)
-        indices = np.asarray(indices, dtype=np.int64)
-        rows, offsets = _gather_segments(self.offsets, indices)
-        frows, factor_offsets = _gather_segments(self.factor_offsets, indices)
-        rows_x, frows_x = xp.asarray(rows), xp.asarray(frows)
-        return GalleryBasis(
-            bt=self.bt[rows_x], local=self.local[rows_x], inv_norm=self.inv_norm[rows_x],
-            factor=self.factor[frows_x], factor_offsets=factor_offsets, offsets=offsets,
-        )
 
     def image(self, g: int) -> GalleryBasis:
         """The basis of image ``g`` alone, as views of this one's arrays (no copy)."""
@@ -1058,10 +1037,21 @@ def float64_slowdown(xp: ModuleType) -> float:
     return _slowdowns[key]
 
 
+def precision_for_slowdown(slowdown: float) -> str:
+    """The precision ``"auto"`` picks on a device whose float64 GEMM takes ``slowdown`` times the float32 one."""
+    return "float64" if slowdown <= AUTO_FLOAT64_RATIO else "float32"
+
+
 def resolve_precision(precision: str, xp: ModuleType) -> str:
-    """``"float32"`` or ``"float64"``: ``precision`` itself, or for ``"auto"`` the faster on this device (:data:`AUTO_FLOAT64_RATIO`)."""
+    """``"float32"`` or ``"float64"``: ``precision`` itself, or for ``"auto"`` the faster on this device.
+
+    On a GPU (CuPy) from the measured :func:`float64_slowdown`; on a CPU
+    always float32, without timing anything: CPU vector units run float64 at
+    half the float32 rate, and a timing on a shared machine could flip the
+    choice (and with it the bits of a resumed matrix) at random.
+    """
     if precision == "auto":
-        return "float64" if float64_slowdown(xp) <= AUTO_FLOAT64_RATIO else "float32"
+        return "float32" if xp is np else precision_for_slowdown(float64_slowdown(xp))
     _check_precision(precision)
     return precision
 

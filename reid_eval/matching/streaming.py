@@ -484,7 +484,7 @@ def fpr_shortlist_from_cache(
     passes of about 3/4 of the budget (a pass holds the rows read and the
     GEMM operand, twice the features; one pass when they fit, since the
     gallery is read and prepared once per pass: Market-1501's 3 GB of query
-    features take one pass at 8 GB, two at 4 GB), the gallery is streamed in
+    features take six passes at 1.5 GB, three at 4 GB, one from 8.2 GB), the gallery is streamed in
     small blocks, and each gallery image reconstructs the probes of the pass
     that shortlist it where their rows lie
     (:func:`~reid_eval.matching.fpr.fpr_pairs`: one small GEMM per pair, no

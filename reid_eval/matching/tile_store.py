@@ -28,6 +28,7 @@ resumed matrix include the tiles an earlier run computed. The ``.npy`` alone
 stays the record of done-ness. A tile committed by an older version has no
 sidecar; :meth:`TileStore.counts` then returns None and the caller reports
 its totals as incomplete.
+
 Workers on other machines commit the same way into the same folder (it sits
 beside the cache, which they read through the same shared path).
 """
