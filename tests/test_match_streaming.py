@@ -240,3 +240,24 @@ def test_cupy_runs_the_same_tile_plan_with_blocks_moved_to_the_device_as_read(ca
     np.testing.assert_allclose(device.distances, host.distances, rtol=0, atol=1e-5)
     short = fpr_shortlist_from_cache(cache, 4, backend="cupy", memory_budget_bytes=3_000_000)
     np.testing.assert_allclose(short.distances, fpr_shortlist_from_cache(cache, 4, backend="numpy", memory_budget_bytes=3_000_000).distances, atol=1e-5, rtol=0)
+
+
+def test_streamed_shortlist_resumes_from_its_committed_units(cache, tmp_path):
+    path = _copy(cache, tmp_path)
+    resume = tile_dir(path, "fpr__shortlist4")
+    first = fpr_shortlist_from_cache(path, 4, backend="numpy", memory_budget_bytes=3_000_000, threads=2,
+                                     resume_dir=resume, float32_atol=1e-9)
+    store = TileStore(resume)
+    units = store.done()
+    assert first.tiles_resumed == 0 and len(units) == first.tiles_computed > 4
+    assert first.refinement.refined > 0  # the tolerance forces some float64 entries, so the counts are not all zero
+    for gi, pi in sorted(units)[::2]:  # as if killed with half the units committed
+        store._path(gi, pi).unlink()
+    again = fpr_shortlist_from_cache(path, 4, backend="numpy", memory_budget_bytes=3_000_000, threads=2,
+                                     resume_dir=resume, float32_atol=1e-9)
+    assert again.tiles_resumed == len(units) - len(sorted(units)[::2]) and again.tiles_computed == len(sorted(units)[::2])
+    np.testing.assert_array_equal(again.distances, first.distances)
+    assert again.refinement.to_dict() == first.refinement.to_dict()
+    # another shortlist (K) or tolerance is another computation: nothing is resumed
+    other = fpr_shortlist_from_cache(path, 3, backend="numpy", memory_budget_bytes=3_000_000, threads=2, resume_dir=resume)
+    assert other.tiles_resumed == 0

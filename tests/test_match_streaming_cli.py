@@ -78,3 +78,31 @@ def test_kill_9_mid_match_then_the_same_command_resumes_bit_identical(tmp_path):
     assert f"({len(done)} resumed)" in run.stderr
     np.testing.assert_array_equal(read_distances(path, "fpr")[0], reference)
     assert read_distances(path, "fpr")[1]["tiles_resumed"] == len(done)  # and only the others were computed
+
+
+def test_kill_9_mid_shortlist_then_the_same_command_resumes_bit_identical(tmp_path):
+    cache_dir = tmp_path / "cache"
+    path = write_cache(cache_dir, n_query=16, n_gallery=60, d=48, m=8, seed=8)
+    cmd = [sys.executable, "-c", "import sys; from reid_eval_cli.main import main; sys.exit(main(sys.argv[1:]))", "match",
+           "--metric", "fpr", "--shortlist", "10", "--memory-budget", "60000", "--results-dir", str(tmp_path / "res"),
+           "--cache-dir", str(cache_dir)]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    from reid_eval.matching.streaming import fpr_shortlist_from_cache
+
+    uninterrupted = fpr_shortlist_from_cache(path, 10, memory_budget_bytes=60000)
+    store = TileStore(tile_dir(path, "fpr__shortlist10"))
+    child = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE)
+    deadline = time.time() + 60
+    while len(store.done()) < 10 and time.time() < deadline and child.poll() is None:
+        time.sleep(0.002)
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    done = store.done()
+    assert 10 <= len(done) < uninterrupted.plan.num_tiles, f"killed after {len(done)} of {uninterrupted.plan.num_tiles} units"
+    run = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert f"({len(done)} resumed)" in run.stderr
+    D, attrs = read_distances(path, "fpr__shortlist10")
+    np.testing.assert_array_equal(D, uninterrupted.distances)
+    assert attrs["tiles_resumed"] == len(done)  # only the other units were computed
+    assert not store.directory.exists()  # stored: its units are gone

@@ -111,7 +111,7 @@ def test_shortlist_pass_fills_every_shortlisted_pair_within_the_contract(seed, d
     for pa, pb in [(0, 2), (2, 6)]:  # two passes over the probes
         calls.clear()
         fpr_shortlist_pass(prepare_probes(probe[pa:pb], backend="numpy"), pa, shortlist, blocks, basis, exact,
-                           stats=stats, block_done=lambda pairs, flops: done.append((pairs, flops)))
+                           stats=stats, block_done=lambda bi, pairs, flops, counts: done.append((pairs.size, flops)))
         # each gallery range prepared once per pass, and only when a probe of the pass picks one of its images
         picked = [(a, b) for a, b in blocks if np.any((shortlist[pa:pb] >= a) & (shortlist[pa:pb] < b))]
         assert calls == picked

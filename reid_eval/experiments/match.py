@@ -204,16 +204,16 @@ def compute_distances(
     if reused is not None:
         local, how = reused[0], {"reused_matrix": exact.distance_name, **_recorded_refinement(reused[1])}
     else:
+        suffix = "" if splits == ("query", "gallery") else f"__aux-{probe_split}-{gallery_split}"
+        store = tile_dir(cache_file, exact.distance_name + suffix)
+        if execution.recompute:
+            TileStore(store).remove()
         if params.shortlist is not None:
             if execution.workers is not None or execution.scheduler is not None:
                 raise ReidEvalError("--shortlist runs in one process; leave out --workers and --scheduler")
             streamed = fpr_shortlist_from_cache(cache_file, params.shortlist, params.shortlist_metric, probe_split,
-                                                gallery_split, **engine)
+                                                gallery_split, resume_dir=store, **engine)
         else:
-            suffix = "" if splits == ("query", "gallery") else f"__aux-{probe_split}-{gallery_split}"
-            store = tile_dir(cache_file, exact.distance_name + suffix)
-            if execution.recompute:
-                TileStore(store).remove()
             streamed = fpr_distances_from_cache(cache_file, probe_split, gallery_split, workers=execution.workers,
                                                 scheduler=execution.scheduler, resume_dir=store, **engine)
         local, how = np.asarray(streamed.distances, np.float32), streamed.provenance()
@@ -291,7 +291,7 @@ def match_cache(
     if kept is None:
         write_distances(cache_file, name, D, {**provenance, **params.to_json(), "distance_name": name,
                                               "features_fingerprint": fingerprint})
-        if params.shortlist is None and params.metric not in GLOBAL_METRICS:
+        if params.metric not in GLOBAL_METRICS:  # the matrix is stored: its finished tiles are no longer needed
             TileStore(tile_dir(cache_file, dataclasses.replace(params, fuse=None).distance_name)).remove()
     scores = score_matrix(D, query.pids, gallery.pids, query.camids, gallery.camids, list(query.paths), params,
                           single_gallery_shot=single_gallery_shot)

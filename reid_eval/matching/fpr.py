@@ -93,6 +93,7 @@ __all__ = [
     "fpr_tile",
     "fpr_pairs",
     "fpr_shortlist_pass",
+    "shortlist_units",
     "gallery_centre_terms",
     "fpr_distances",
     "dsr_distances",
@@ -1246,6 +1247,26 @@ def _shortlisted(
     return out.astype(out_dtype)
 
 
+def shortlist_units(shortlist: np.ndarray, probe_start: int, n_probes: int,
+                    gallery_blocks: Sequence[tuple[int, int]]) -> list[np.ndarray]:
+    """The pairs of probes ``probe_start ... probe_start + n_probes`` per gallery range: one array per range.
+
+    shortlist: host int ``[P, K]`` gallery indices per probe. Each array
+    holds flat indices into ``shortlist.reshape(-1)`` (pair = probe·K + slot)
+    of the pairs whose gallery image lies in that range, gallery-major and
+    probes ascending: the unit of work (and of resume) of
+    :func:`fpr_shortlist_pass`.
+    """
+    k = shortlist.shape[1]
+    g_of = shortlist.reshape(-1)
+    flat = np.arange(probe_start * k, (probe_start + n_probes) * k)
+    by_gallery = flat[np.argsort(g_of[flat], kind="stable")]
+    starts = np.array([a for a, _ in gallery_blocks])
+    bounds = np.searchsorted(g_of[by_gallery], starts)  # by_gallery is sorted by gallery index
+    bounds = np.append(bounds, by_gallery.size)
+    return [by_gallery[bounds[i] : bounds[i + 1]] for i in range(len(gallery_blocks))]
+
+
 def fpr_shortlist_pass(
     probes: ProbeBlock,
     probe_start: int,
@@ -1257,7 +1278,8 @@ def fpr_shortlist_pass(
     float32_atol: float = DEFAULT_FLOAT32_ATOL,
     stats: RefinementStats | None = None,
     map_fn: Callable[..., Any] = map,
-    block_done: Callable[[int, float], None] | None = None,
+    blocks: Sequence[int] | None = None,
+    block_done: Callable[[int, np.ndarray, float, RefinementStats], None] | None = None,
 ) -> None:
     """Exact distances of one pass of probes to the gallery images that shortlist them, into ``exact``.
 
@@ -1266,48 +1288,47 @@ def fpr_shortlist_pass(
     gallery_blocks: ``[(start, stop)]`` image ranges covering the gallery;
     gallery_basis(start, stop): the prepared basis of one range (called at
     most once per range, only for ranges some probe of the pass shortlists);
-    exact: float64 ``[P, K]``, rows of this pass filled in place.
+    exact: float64 ``[P, K]``, the pass's pairs filled in place.
     Each gallery image meets the probes of the pass that shortlist it in one
     :func:`fpr_pairs` call; ``map_fn`` (e.g. a thread pool's ``map``, each
-    thread on one BLAS thread) runs those calls. ``block_done(pairs, flops)``
-    is called after each gallery range (for progress).
+    thread on one BLAS thread) runs those calls. ``blocks``: the indices of
+    the ranges to compute (default all; the others are left alone, e.g.
+    restored by a resume). ``block_done(index, pairs, flops, counts)`` is
+    called after each range with its pairs (:func:`shortlist_units`), the
+    multiply-adds ×2 and its own refinement counts (also added to ``stats``).
     """
     k = shortlist.shape[1]
-    p = len(probes)
     g_of = shortlist.reshape(-1)
-    flat = np.arange(probe_start * k, (probe_start + p) * k)  # this pass's pairs, as flat indices
-    by_gallery = flat[np.argsort(g_of[flat], kind="stable")]  # gallery-major, probes ascending
-    starts = np.array([a for a, _ in gallery_blocks])
-    block_of = np.searchsorted(starts, g_of[by_gallery], side="right") - 1
+    units = shortlist_units(shortlist, probe_start, len(probes), gallery_blocks)
     rows = np.diff(probes.offsets)
     lock = threading.Lock()
-    for bi, (ga, gb) in enumerate(gallery_blocks):
-        lo, hi = np.searchsorted(block_of, [bi, bi + 1])
-        pairs = by_gallery[lo:hi]
-        if pairs.size == 0:
-            if block_done is not None:
-                block_done(0, 0.0)
-            continue
-        basis = gallery_basis(ga, gb)
-        terms = gallery_centre_terms(basis, probes) if probes.center is not None else None
-        groups = np.split(pairs, np.flatnonzero(np.diff(g_of[pairs])) + 1)
+    for bi in range(len(gallery_blocks)) if blocks is None else blocks:
+        ga, gb = gallery_blocks[bi]
+        pairs = units[bi]
+        counts = RefinementStats()
+        flops = 0.0
+        if pairs.size:
+            basis = gallery_basis(ga, gb)
+            terms = gallery_centre_terms(basis, probes) if probes.center is not None else None
+            groups = np.split(pairs, np.flatnonzero(np.diff(g_of[pairs])) + 1)
 
-        def run(group: np.ndarray) -> float:
-            g = int(g_of[group[0]]) - ga
-            images = group // k - probe_start
-            counts = RefinementStats()
-            exact.reshape(-1)[group] = to_numpy(fpr_pairs(probes, basis, g, images, centre_terms=terms,
-                                                          float32_atol=float32_atol, stats=counts))
-            if stats is not None:
+            def run(group: np.ndarray) -> float:
+                g = int(g_of[group[0]]) - ga
+                images = group // k - probe_start
+                mine = RefinementStats()
+                exact.reshape(-1)[group] = to_numpy(fpr_pairs(probes, basis, g, images, centre_terms=terms,
+                                                              float32_atol=float32_atol, stats=mine))
                 with lock:
-                    stats.merge(counts)
-            m = int(basis.offsets[g + 1] - basis.offsets[g])
-            return 2.0 * probes.x.shape[1] * m * float(rows[images].sum())
+                    counts.merge(mine)
+                m = int(basis.offsets[g + 1] - basis.offsets[g])
+                return 2.0 * probes.x.shape[1] * m * float(rows[images].sum())
 
-        flops = float(sum(map_fn(run, groups)))
-        del basis, terms
+            flops = float(sum(map_fn(run, groups)))
+            del basis, terms
+        if stats is not None:
+            stats.merge(counts)
         if block_done is not None:
-            block_done(int(pairs.size), flops)
+            block_done(bi, pairs, flops, counts)
 
 
 def dsr_distances(probe: SpatialFeatures, gallery: SpatialFeatures, **kwargs: Any) -> np.ndarray:

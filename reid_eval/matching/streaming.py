@@ -24,6 +24,7 @@ or machines.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import tempfile
@@ -58,6 +59,7 @@ from reid_eval.matching.fpr import (
     prepare_gallery,
     prepare_probes,
     resolve_precision,
+    shortlist_units,
 )
 from reid_eval.matching.global_distance import global_distances
 from reid_eval.matching.tile_store import TileStore
@@ -472,6 +474,7 @@ def fpr_shortlist_from_cache(
     backend: str = "auto",
     memory_budget_bytes: int | None = None,
     threads: int | None = None,
+    resume_dir: str | os.PathLike | None = None,
     progress: Callable[[MatchProgress], None] | None = None,
 ) -> StreamResult:
     """The ``shortlist`` path of :func:`reid_eval.matching.fpr_distances`, streamed from the cache.
@@ -489,7 +492,15 @@ def fpr_shortlist_from_cache(
     that shortlist it where their rows lie
     (:func:`~reid_eval.matching.fpr.fpr_pairs`: one small GEMM per pair, no
     copies), on ``threads`` threads. The result's ``refinement`` counts the
-    entries refined in float64. Not resumable.
+    entries refined in float64.
+
+    Resume: the unit of work is one probe pass against one gallery block
+    (:func:`~reid_eval.matching.fpr.shortlist_units`); each finished unit's
+    distances are committed to the :class:`~reid_eval.matching.tile_store.TileStore`
+    at ``resume_dir`` (as for :func:`fpr_distances_from_cache`: kept when
+    they belong to the same computation and the very same shortlist, then
+    only the other units are computed; left in place for the caller to
+    remove; None: a temporary folder removed at the end).
     """
     t_start = time.perf_counter()
     return_freed_blocks_to_the_os()
@@ -532,45 +543,89 @@ def fpr_shortlist_from_cache(
         np.put_along_axis(out[a:b], order[:, k:], np.broadcast_to(rest_rank, (b - a, n_gallery - k)), axis=1)
         del order
     del pglob, gglob
-    # 2. the exact distances of the shortlisted pairs
+    # 2. the exact distances of the shortlisted pairs, unit by unit (probe pass × gallery block);
+    # each finished unit is committed to the tile store, so an interrupted run resumes
     exact = np.empty((n_probe, k), dtype=np.float64)
+    flat_exact = exact.reshape(-1)
     units = len(plan.probe_blocks) * len(plan.gallery_blocks)
+    identity = {
+        "cache_key": str(read_attrs(cache_file).get("cache_key", "")), "probe_split": probe_split,
+        "gallery_split": gallery_split,
+        "features": [split_fingerprint(cache_file, probe_split), split_fingerprint(cache_file, gallery_split)],
+        "beta": float(beta), "weighted": bool(weighted), "normalize": bool(normalize), "precision": precision,
+        "float32_atol": float(float32_atol), "backend": src.backend, "shortlist": k,
+        "shortlist_metric": shortlist_metric,
+        # the units are lists of pairs: resume only onto the very same shortlist
+        "shortlist_sha256": hashlib.sha256(np.ascontiguousarray(short).tobytes()).hexdigest(),
+    }
+    temporary = resume_dir is None
+    store = TileStore(resume_dir if resume_dir is not None else tempfile.mkdtemp(prefix=".tiles-", dir=cache_file.parent))
+    recorded = store.manifest()
+    if recorded is None or recorded.get("identity") != identity or not TilePlan.from_dict(recorded["plan"]).same_tiles(plan):
+        store.start({"identity": identity, "plan": plan.to_dict()})
+    committed = store.done()
     tracker = _Tracker(plan, np.zeros(len(plan.probe_blocks)), np.zeros(len(plan.gallery_blocks)),
                        np.array([b - a for a, b in plan.probe_blocks]), np.array([b - a for a, b in plan.gallery_blocks]),
                        dim, set(), progress)
     tracker.pairs_total = n_probe * k
-    tracker.report()
-    refinement = RefinementStats()
+    refinement, without_counts, resumed = RefinementStats(), 0, 0
     opts = dict(normalize=normalize, precision=precision, backend=xp)
+    try:
+        with single_blas_thread(), open_cache(cache_file) as f, ThreadPoolExecutor(max_workers=threads) as pool:
 
-    def block_done(pairs: int, flops: float) -> None:
-        with tracker.lock:
-            tracker.done += 1
-            tracker.pairs_done += pairs
-            tracker.pairs_computed += pairs
-            tracker.flops += flops
-            tracker.report()
+            def gallery_basis(ga: int, gb: int) -> GalleryBasis:
+                return prepare_gallery(read_spatial_block(f, gallery_split, ga, gb), beta=beta, index_base=ga, **opts)
 
-    with single_blas_thread(), open_cache(cache_file) as f, ThreadPoolExecutor(max_workers=threads) as pool:
+            for pi, (pa, pb) in enumerate(plan.probe_blocks):
+                pass_units = shortlist_units(short, pa, pb - pa, plan.gallery_blocks)
+                todo = []
+                for gi, pairs in enumerate(pass_units):
+                    values = store.load(gi, pi, (pairs.size,)) if (gi, pi) in committed else None
+                    if values is None:
+                        todo.append(gi)
+                        continue
+                    flat_exact[pairs] = values
+                    resumed += 1
+                    unit_counts = store.counts(gi, pi)
+                    if unit_counts is None:
+                        without_counts += 1
+                    else:
+                        refinement.merge(unit_counts)
+                    with tracker.lock:
+                        tracker.done += 1
+                        tracker.resumed += 1
+                        tracker.pairs_done += int(pairs.size)
+                tracker.report()
+                if not todo:
+                    continue
 
-        def gallery_basis(ga: int, gb: int) -> GalleryBasis:
-            return prepare_gallery(read_spatial_block(f, gallery_split, ga, gb), beta=beta, index_base=ga, **opts)
+                def unit_done(gi: int, pairs: np.ndarray, flops: float, counts: RefinementStats, pi: int = pi) -> None:
+                    store.commit(gi, pi, flat_exact[pairs], counts)
+                    with tracker.lock:
+                        tracker.done += 1
+                        tracker.pairs_done += int(pairs.size)
+                        tracker.pairs_computed += int(pairs.size)
+                        tracker.flops += flops
+                        tracker.report()
 
-        try:
-            for pa, pb in plan.probe_blocks:
                 # The pass's probes are prepared once; each gallery image then meets the
                 # probes that shortlist it where their rows lie (fpr_pairs: no copies).
-                probes = prepare_probes(read_spatial_block(f, probe_split, pa, pb), weighted=weighted,
-                                        index_base=pa, **opts)
-                fpr_shortlist_pass(probes, pa, short, plan.gallery_blocks, gallery_basis, exact,
-                                   float32_atol=float32_atol, stats=refinement, map_fn=pool.map,
-                                   block_done=block_done)
+                try:
+                    probes = prepare_probes(read_spatial_block(f, probe_split, pa, pb), weighted=weighted,
+                                            index_base=pa, **opts)
+                    fpr_shortlist_pass(probes, pa, short, plan.gallery_blocks, gallery_basis, exact,
+                                       float32_atol=float32_atol, stats=refinement, map_fn=pool.map, blocks=todo,
+                                       block_done=unit_done)
+                except ValueError as exc:  # a NaN, zero or foreground-less image: name the file
+                    raise ReidEvalError(f"cache {cache_file}: {exc}") from None
                 del probes
-        except ValueError as exc:  # a NaN, zero or foreground-less image: name the file
-            raise ReidEvalError(f"cache {cache_file}: {exc}") from None
+    finally:
+        if temporary:
+            store.remove()
     # 3. the rest behind the shortlist, in the in-memory engine's arithmetic: (max + 1) + r
     top = exact.max(axis=1) + 1.0
     for p in range(n_probe):
         out[p] = (top[p] + out[p].astype(np.float64)).astype(out_dtype)
     np.put_along_axis(out, short, exact.astype(out_dtype), axis=1)
-    return StreamResult(out, plan, 0, units, time.perf_counter() - t_start, runner, refinement=refinement)
+    return StreamResult(out, plan, resumed, units - resumed, time.perf_counter() - t_start, runner,
+                        refinement=refinement, tiles_without_counts=without_counts)
