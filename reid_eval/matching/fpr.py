@@ -285,15 +285,16 @@ class TileWorkspace:
     """
 
     def __init__(self) -> None:
-        self._buffer: Any = None
+        self._buffers: dict[str, Any] = {}
 
-    def array(self, xp: ModuleType, shape: tuple[int, int], dtype: Any) -> Any:
-        """An uninitialised C-contiguous array of ``shape`` and ``dtype`` on ``xp``, in the reused buffer."""
+    def array(self, xp: ModuleType, shape: tuple[int, int], dtype: Any, slot: str = "product") -> Any:
+        """An uninitialised C-contiguous array of ``shape`` and ``dtype`` on ``xp``, in the reused buffer ``slot``."""
         nbytes = int(shape[0]) * int(shape[1]) * np.dtype(dtype).itemsize
-        if self._buffer is None or self._buffer.nbytes < nbytes or _module_of(self._buffer) is not xp:
-            self._buffer = None  # free the old one first: never two at once
-            self._buffer = xp.empty(max(nbytes, 1), dtype=xp.uint8)
-        return self._buffer[:nbytes].view(dtype).reshape(shape)
+        buffer = self._buffers.get(slot)
+        if buffer is None or buffer.nbytes < nbytes or _module_of(buffer) is not xp:
+            self._buffers.pop(slot, None)  # free the old one first: never two at once
+            buffer = self._buffers[slot] = xp.empty(max(nbytes, 1), dtype=xp.uint8)
+        return buffer[:nbytes].view(dtype).reshape(shape)
 
 
 def _gather_segments(offsets: np.ndarray, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -888,15 +889,17 @@ def _finish(xp: ModuleType, e2: Any, probes: ProbeBlock, gallery: GalleryBasis, 
 
 def _unrefined_e2(xp: ModuleType, probes: ProbeBlock, gallery: GalleryBasis, workspace: TileWorkspace | None = None) -> Any:
     """``[g, ΣN]`` float64 e² = ‖x‖² − ‖Bt x‖² of every entry, from the tile GEMM (before refinement)."""
-    out = None
-    if workspace is not None:
-        out = workspace.array(xp, (gallery.bt.shape[0], probes.x.shape[0]), probes.x.dtype)
-    c = xp.matmul(gallery.bt, probes.x.T, out=out)  # [ΣM, ΣN], the one big GEMM
-    if probes.center is None:
-        return _e2_from_product(xp, c, probes, gallery, None, None)
-    w32, beta_sq = _centre_terms(xp, gallery, probes.center)
-    cross = w32 @ probes.x.T  # [g, ΣN]: 1/M of the big GEMM
-    return _e2_from_product(xp, c, probes, gallery, beta_sq, cross)
+    operand, beta_sq = gallery.bt, None
+    n_rows, n_cols = gallery.bt.shape[0], probes.x.shape[0]
+    if probes.center is not None:
+        # the g rows w ride along in the one GEMM (cheaper than a GEMM of their own over the probe rows)
+        w32, beta_sq = _centre_terms(xp, gallery, probes.center)
+        shape = (n_rows + w32.shape[0], gallery.bt.shape[1])
+        stacked = None if workspace is None else workspace.array(xp, shape, gallery.bt.dtype, slot="operand")
+        operand = xp.concatenate([gallery.bt, w32], out=stacked)
+    out = None if workspace is None else workspace.array(xp, (operand.shape[0], n_cols), probes.x.dtype)
+    c = xp.matmul(operand, probes.x.T, out=out)  # [ΣM (+ g), ΣN], the one big GEMM
+    return _e2_from_product(xp, c[:n_rows], probes, gallery, beta_sq, None if beta_sq is None else c[n_rows:])
 
 
 def _e2_from_product(xp: ModuleType, c: Any, probes: ProbeBlock, gallery: GalleryBasis, beta_sq: Any, cross: Any) -> Any:
