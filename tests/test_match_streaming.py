@@ -142,6 +142,20 @@ def test_the_budget_sets_the_blocks_and_a_budget_too_small_is_one_line(cache, mo
         fpr_distances_from_cache(cache, backend="numpy")
 
 
+def kill_after_tiles(args: list[str], store: TileStore, n: int, env: dict | None = None) -> set[tuple[int, int]]:
+    """Run ``args`` as a child process, kill it with SIGKILL once ``store`` holds ``n`` tiles (or after 60 s).
+
+    Returns the tiles committed when it died.
+    """
+    child = subprocess.Popen(args, env=env, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while len(store.done()) < n and time.time() < deadline and child.poll() is None:
+        time.sleep(0.002)
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    return store.done()
+
+
 def _copy(src: Path, dst_dir: Path) -> Path:
     dst = dst_dir / src.parent.name / src.name
     dst.parent.mkdir(parents=True, exist_ok=True)
@@ -179,14 +193,8 @@ def test_sigkill_mid_match_resumes_bit_identical_without_recomputing_finished_ti
     reference = fpr_distances_from_cache(path, backend="numpy", block_rows=12, threads=1)
     total = reference.plan.num_tiles
     assert total >= 12
-    child = subprocess.Popen([sys.executable, "-c", CHILD, str(path), str(resume)])
     store = TileStore(resume)
-    deadline = time.time() + 60
-    while len(store.done()) < 4 and time.time() < deadline and child.poll() is None:
-        time.sleep(0.02)
-    os.kill(child.pid, signal.SIGKILL)
-    child.wait()
-    done = store.done()
+    done = kill_after_tiles([sys.executable, "-c", CHILD, str(path), str(resume)], store, 4)
     assert 4 <= len(done) < total, "the child must be killed after some tiles and before the end"
     before = {t: os.stat(store._path(*t)) for t in done}
     result = fpr_distances_from_cache(path, backend="numpy", block_rows=12, threads=1, resume_dir=resume)

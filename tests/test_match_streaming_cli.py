@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +15,7 @@ from reid_eval_cli.main import main
 from reid_eval.features import read_distances
 from reid_eval.matching.streaming import fpr_distances_from_cache
 from reid_eval.matching.tile_store import TileStore, tile_dir
-from test_match_streaming import write_cache
+from test_match_streaming import kill_after_tiles, write_cache
 
 
 def test_match_prints_progress_stores_reuses_and_recomputes(tmp_path, capsys):
@@ -64,13 +62,7 @@ def test_kill_9_mid_match_then_the_same_command_resumes_bit_identical(tmp_path):
     uninterrupted = fpr_distances_from_cache(path, memory_budget_bytes=60000)  # same plan, no tiles kept
     reference = uninterrupted.distances
     store = TileStore(tile_dir(path, "fpr"))
-    child = subprocess.Popen([*cmd, "--cache-dir", str(cache_dir)], env=env, stderr=subprocess.PIPE)
-    deadline = time.time() + 60
-    while len(store.done()) < 10 and time.time() < deadline and child.poll() is None:
-        time.sleep(0.005)
-    os.kill(child.pid, signal.SIGKILL)
-    child.wait()
-    done = store.done()
+    done = kill_after_tiles([*cmd, "--cache-dir", str(cache_dir)], store, 10, env)
     total = len(TileStore(store.directory).manifest()["plan"]["gallery_blocks"]) * len(store.manifest()["plan"]["probe_blocks"])
     assert 10 <= len(done) < total == uninterrupted.plan.num_tiles, f"killed after {len(done)} of {total} tiles"
     run = subprocess.run([*cmd, "--cache-dir", str(cache_dir)], env=env, capture_output=True, text=True)
@@ -91,13 +83,7 @@ def test_kill_9_mid_shortlist_then_the_same_command_resumes_bit_identical(tmp_pa
 
     uninterrupted = fpr_shortlist_from_cache(path, 10, memory_budget_bytes=60000)
     store = TileStore(tile_dir(path, "fpr__shortlist10"))
-    child = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE)
-    deadline = time.time() + 60
-    while len(store.done()) < 10 and time.time() < deadline and child.poll() is None:
-        time.sleep(0.002)
-    os.kill(child.pid, signal.SIGKILL)
-    child.wait()
-    done = store.done()
+    done = kill_after_tiles(cmd, store, 10, env)
     assert 10 <= len(done) < uninterrupted.plan.num_tiles, f"killed after {len(done)} of {uninterrupted.plan.num_tiles} units"
     run = subprocess.run(cmd, env=env, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
