@@ -361,14 +361,14 @@ def _over_row_ranges(n_rows: int, fn: Any) -> None:
     """Call ``fn(a, b)`` on consecutive row ranges covering ``n_rows``, one per CPU thread.
 
     For NumPy passes over large operands: NumPy releases the GIL in ufunc and
-    einsum loops, so a pass over probe rows uses every core.
+    einsum loops, so a pass over probe rows uses every core. The boundaries
+    fall on multiples of :data:`_CHUNK_ROWS`, so a pass that keeps one
+    partial result per chunk gets the same chunks whatever the thread count.
     """
-    workers = max(1, min(os.cpu_count() or 1, n_rows // 1024))
-    cuts = np.linspace(0, n_rows, workers + 1).round().astype(int)
-    if workers == 1:
-        fn(0, n_rows)
-        return
-    _parallel(fn, [(int(a), int(b)) for a, b in zip(cuts[:-1], cuts[1:])])
+    n_chunks = -(-n_rows // _CHUNK_ROWS)
+    workers = max(1, min(os.cpu_count() or 1, n_rows // 1024, n_chunks))
+    cuts = (np.linspace(0, n_chunks, workers + 1).round().astype(int) * _CHUNK_ROWS).clip(max=n_rows)
+    _parallel(fn, [(int(a), int(b)) for a, b in zip(cuts[:-1], cuts[1:]) if b > a])
 
 
 def _row_sqnorms(xp: ModuleType, rows: Any) -> Any:
@@ -527,7 +527,7 @@ def _centred_rows(
                         np.divide(1.0, np.sqrt(sq[a:b]), out=inv_norm[a:b])
                     np.matmul(inv_norm[a:b].astype(np.float32), rows, out=partial[a // _CHUNK_ROWS])
 
-        _over_chunk_ranges(n_rows, norms)
+        _over_row_ranges(n_rows, norms)
         _check_rows(np, sq, 0, features, "probe", index_base, normalize)
         total = partial.sum(axis=0, dtype=np.float64)
     norm = float(xp.sqrt((total * total).sum()))
@@ -550,24 +550,9 @@ def _centred_rows(
                 np.subtract(local[a:b], rows, out=rows)
                 np.einsum("ij,ij->i", rows, rows, out=across[a:b])
 
-        _over_chunk_ranges(n_rows, centre)
+        _over_row_ranges(n_rows, centre)
         across = np.sqrt(across.astype(np.float64))
     return sq, inv_norm, r, center32.astype(xp.float64), alpha32.astype(xp.float64), across * inv_norm
-
-
-def _over_chunk_ranges(n_rows: int, fn: Any) -> None:
-    """:func:`_over_row_ranges` with range boundaries on multiples of :data:`_CHUNK_ROWS`."""
-    n_chunks = -(-n_rows // _CHUNK_ROWS)
-
-    def on_chunks(a: int, b: int) -> None:
-        fn(a * _CHUNK_ROWS, min(n_rows, b * _CHUNK_ROWS))
-
-    workers = max(1, min(os.cpu_count() or 1, n_rows // 1024))
-    if workers == 1 or n_chunks == 1:
-        on_chunks(0, n_chunks)
-        return
-    cuts = np.linspace(0, n_chunks, workers + 1).round().astype(int)
-    _parallel(on_chunks, [(int(a), int(b)) for a, b in zip(cuts[:-1], cuts[1:]) if b > a])
 
 
 def _over_chunks(n: int, fn: Any) -> None:
@@ -1059,7 +1044,8 @@ def resolve_precision(precision: str, xp: ModuleType) -> str:
     """
     if precision == "auto":
         return "float32" if xp is np else precision_for_slowdown(float64_slowdown(xp))
-    _check_precision(precision)
+    if precision not in _PRECISIONS:
+        raise ValueError(f"precision must be 'float32', 'float64' or 'auto', got {precision!r}")
     return precision
 
 
@@ -1169,8 +1155,6 @@ def fpr_distances(
     ``[P, G]`` host NumPy array, float32 (float64 with ``precision="float64"``).
     The distance is not symmetric: probes are reconstructed from gallery images.
     """
-    if precision != "auto":
-        _check_precision(precision)
     if not isinstance(probe, SpatialFeatures) or not isinstance(gallery, SpatialFeatures):
         raise ValueError("probe and gallery must be SpatialFeatures")
     if probe.dim != gallery.dim:

@@ -279,6 +279,19 @@ def _source(cache_file: Path, probe_split: str, gallery_split: str, beta: float,
     )
 
 
+def _identity(src: TileSource, attrs: dict[str, Any]) -> dict[str, Any]:
+    """What a tile folder's tiles are made from: the cache's key and the two splits' fingerprints
+    (``attrs``: the cache's attributes), and the FPR parameters of ``src``. Recorded in the folder's
+    manifest; tiles are resumed only under an equal identity."""
+    cache_file = Path(src.cache_file)
+    return {
+        "cache_key": str(attrs.get("cache_key", "")), "probe_split": src.probe_split, "gallery_split": src.gallery_split,
+        "features": [split_fingerprint(cache_file, src.probe_split), split_fingerprint(cache_file, src.gallery_split)],
+        "beta": src.beta, "weighted": src.weighted, "normalize": src.normalize, "precision": src.precision,
+        "float32_atol": src.float32_atol, "backend": src.backend,
+    }
+
+
 def fpr_distances_from_cache(
     cache_file: str | os.PathLike,
     probe_split: str = "query",
@@ -331,8 +344,6 @@ def fpr_distances_from_cache(
         raise ReidEvalError("--workers and --scheduler cannot be combined: --workers starts a cluster, --scheduler uses one")
     if workers is not None and workers < 1:
         raise ReidEvalError(f"--workers must be at least 1, got {workers}")
-    if precision not in ("float32", "float64", "auto"):
-        raise ValueError(f"precision must be 'float32', 'float64' or 'auto', got {precision!r}")
     if not beta > 0:
         raise ReidEvalError(f"--beta must be positive, got {beta}")
     precision = resolve_precision(precision, get_array_module(backend))
@@ -364,13 +375,7 @@ def fpr_distances_from_cache(
                             refinement=RefinementStats())
 
     attrs = read_attrs(cache_file)
-    identity = {
-        "cache_key": str(attrs.get("cache_key", "")), "probe_split": probe_split, "gallery_split": gallery_split,
-        "features": [split_fingerprint(cache_file, probe_split), split_fingerprint(cache_file, gallery_split)],
-        "num_probe": n_probe, "num_gallery": n_gallery, "beta": float(beta), "weighted": bool(weighted),
-        "normalize": bool(normalize), "precision": precision, "float32_atol": float(float32_atol),
-        "backend": src.backend,
-    }
+    identity = {**_identity(src, attrs), "num_probe": n_probe, "num_gallery": n_gallery}
     temporary = resume_dir is None
     store = TileStore(resume_dir if resume_dir is not None else tempfile.mkdtemp(prefix=".tiles-", dir=cache_file.parent))
     recorded = store.manifest()
@@ -549,12 +554,7 @@ def fpr_shortlist_from_cache(
     flat_exact = exact.reshape(-1)
     units = len(plan.probe_blocks) * len(plan.gallery_blocks)
     identity = {
-        "cache_key": str(read_attrs(cache_file).get("cache_key", "")), "probe_split": probe_split,
-        "gallery_split": gallery_split,
-        "features": [split_fingerprint(cache_file, probe_split), split_fingerprint(cache_file, gallery_split)],
-        "beta": float(beta), "weighted": bool(weighted), "normalize": bool(normalize), "precision": precision,
-        "float32_atol": float(float32_atol), "backend": src.backend, "shortlist": k,
-        "shortlist_metric": shortlist_metric,
+        **_identity(src, read_attrs(cache_file)), "shortlist": k, "shortlist_metric": shortlist_metric,
         # the units are lists of pairs: resume only onto the very same shortlist
         "shortlist_sha256": hashlib.sha256(np.ascontiguousarray(short).tobytes()).hexdigest(),
     }
