@@ -26,7 +26,7 @@ from reid_eval.features.cache import (
     read_split,
     read_split_offsets,
 )
-from reid_eval.matching import fpr_distances, fpr_tile, prepare_gallery, prepare_probes
+from reid_eval.matching import fpr_distances, fpr_tile, prepare_gallery, prepare_probes, probe_centre
 from reid_eval.matching.fpr import plan_blocks
 from reid_eval.matching.streaming import fpr_distances_from_cache, fpr_shortlist_from_cache
 from reid_eval.matching.tile_store import TileStore, tile_dir
@@ -82,11 +82,13 @@ def cache(tmp_path_factory) -> Path:
 def in_memory_tiles(query: SpatialFeatures, gallery: SpatialFeatures, block_rows: int, weighted: bool = True) -> np.ndarray:
     """fpr_distances' loop over the same blocks, in memory, one BLAS thread (the streaming tile definition)."""
     out = np.empty((len(query), len(gallery)), np.float32)
+    blocks = plan_blocks(query.counts, block_rows)
+    center = probe_centre(query[blocks[0][0] : blocks[0][1]], backend="numpy")  # every block shares the first one's
     with single_blas_thread():
         for ga, gb in plan_blocks(gallery.counts, block_rows):
             basis = prepare_gallery(gallery[ga:gb], backend="numpy")
-            for pa, pb in plan_blocks(query.counts, block_rows):
-                probes = prepare_probes(query[pa:pb], weighted=weighted, backend="numpy")
+            for pa, pb in blocks:
+                probes = prepare_probes(query[pa:pb], weighted=weighted, backend="numpy", center=center)
                 out[pa:pb, ga:gb] = fpr_tile(probes, basis)
     return out
 

@@ -208,3 +208,62 @@ def test_a_weightless_location_does_not_hide_the_entries_that_need_float64():
     got, ref, stats = check_contract(probe, gallery)
     assert ref[0, 0] < 1e-3
     assert stats.refined >= 1  # the weighted location; inf · 0 = NaN used to make the pair look exact
+
+
+def test_a_given_centre_equal_to_the_blocks_own_gives_the_same_bits():
+    rng = np.random.default_rng(7)
+    probe, gallery = cnn_like(rng, [9, 14, 6], 96, 0.9), cnn_like(rng, [11, 5], 96, 0.9)
+    basis = prepare_gallery(gallery, backend="numpy")
+    own = prepare_probes(probe, backend="numpy")
+    given = prepare_probes(probe, backend="numpy", center=engine.probe_centre(probe, backend="numpy"))
+    np.testing.assert_array_equal(given.center, own.center)
+    for name in ("x", "sqnorm", "inv_norm", "along", "across"):
+        np.testing.assert_array_equal(getattr(given, name), getattr(own, name), err_msg=name)
+    np.testing.assert_array_equal(fpr_tile(given, basis), fpr_tile(own, basis))
+
+
+@pytest.mark.parametrize("kind", ["other block", "orthogonal", "zero", "unrounded"])
+def test_the_contract_holds_whatever_centre_a_block_is_split_along(kind):
+    """A shared centre only changes how many entries need float64, never the accuracy."""
+    rng = np.random.default_rng(3)
+    probe = cnn_like(rng, [20, 7, 13], 128, 0.95)
+    gallery = concat(concat(probe, near_copy(rng, probe, 1e-4)), cnn_like(rng, [9, 30], 128, 0.95))
+    other = engine.probe_centre(cnn_like(rng, [15], 128, 0.6), backend="numpy")
+    centre = {
+        "other block": other,
+        "orthogonal": np.linalg.qr(np.stack([other, rng.standard_normal(128)], axis=1))[0][:, 1],
+        "zero": np.zeros(128),
+        "unrounded": rng.standard_normal(128),  # rounded to 12 bits inside, so α·μ stays exact
+    }[kind]
+    block = prepare_probes(probe, backend="numpy", center=centre)
+    assert np.all(engine._round_to_bits(np, block.center.astype(np.float32), 12) == block.center)
+    stats = RefinementStats()
+    got = fpr_tile(block, prepare_gallery(gallery, backend="numpy"), stats=stats)
+    np.testing.assert_allclose(got, reference_matrix(probe, gallery), rtol=0, atol=CONTRACT)
+    assert stats.entries == int(probe.local.shape[0]) * len(gallery)
+
+
+def test_probe_blocks_share_the_first_blocks_centre_and_each_gallery_block_its_terms(monkeypatch):
+    rng = np.random.default_rng(11)
+    probe, gallery = cnn_like(rng, [10] * 12, 64, 0.9), cnn_like(rng, [10] * 8, 64, 0.9)
+    calls = []
+    real = engine._centre_terms
+    monkeypatch.setattr(engine, "_centre_terms", lambda xp, g, c: calls.append(c.copy()) or real(xp, g, c))
+    budget = 60_000  # blocks of a few images: several probe and gallery blocks
+    rows, _ = engine._in_memory_plan(int(probe.local.shape[0]), 64, budget, "float32")
+    probe_blocks, gallery_blocks = engine.plan_blocks(probe.counts, rows), engine.plan_blocks(gallery.counts, rows)
+    assert len(probe_blocks) > 2 and len(gallery_blocks) > 1
+    got = fpr_distances(probe, gallery, backend="numpy", memory_budget_bytes=budget)
+    np.testing.assert_allclose(got, reference_matrix(probe, gallery), rtol=0, atol=CONTRACT)
+    first = engine.probe_centre(probe[probe_blocks[0][0] : probe_blocks[0][1]], backend="numpy")
+    assert len(calls) == len(gallery_blocks)  # once per gallery block, not once per tile
+    for c in calls:
+        np.testing.assert_array_equal(c, first)
+
+
+def test_a_bad_centre_is_refused():
+    probe = cnn_like(np.random.default_rng(0), [4], 16, 0.9)
+    with pytest.raises(ValueError, match=r"shape \(8,\), expected \(16,\)"):
+        prepare_probes(probe, backend="numpy", center=np.ones(8))
+    with pytest.raises(ValueError, match="NaN or infinity"):
+        prepare_probes(probe, backend="numpy", center=np.full(16, np.nan))

@@ -14,7 +14,7 @@ from test_matching_cnn_features import cnn_like, near_copy
 from test_matching_helpers import concat, reference_matrix
 from reid_eval.features import SpatialFeatures
 from reid_eval.matching import RefinementStats, fpr_tile, prepare_gallery, prepare_probes
-from reid_eval.matching.fpr import fpr_pairs, fpr_shortlist_pass, gallery_centre_terms
+from reid_eval.matching.fpr import fpr_pairs, fpr_shortlist_pass
 
 CONTRACT = 1e-5
 
@@ -40,15 +40,14 @@ def test_pairs_equal_the_tile_of_the_same_block(atol):
     """Default tolerance (no refinement), partial refinement, and every entry refined (float64 switch)."""
     probe, gallery = _blocks(0)
     pb, gb = prepare_probes(probe, backend="numpy"), prepare_gallery(gallery, backend="numpy")
-    terms = gallery_centre_terms(gb, pb)
     every = np.arange(len(probe))
     images = np.array([5, 0, 2, 2, 6])  # any order, repeats allowed
     ref = reference_matrix(probe, gallery)
     pair_stats, tile_stats = RefinementStats(), RefinementStats()
     for g in range(len(gallery)):
         tile = fpr_tile(pb, gb.image(g), float32_atol=atol, stats=tile_stats)[:, 0]
-        whole = fpr_pairs(pb, gb, g, every, centre_terms=terms, float32_atol=atol, stats=pair_stats)
-        picked = fpr_pairs(pb, gb, g, images, centre_terms=terms, float32_atol=atol)
+        whole = fpr_pairs(pb, gb, g, every, float32_atol=atol, stats=pair_stats)
+        picked = fpr_pairs(pb, gb, g, images, float32_atol=atol)
         assert whole.shape == (len(probe),) and picked.shape == (images.size,) and picked.dtype == np.float32
         # Same entries, same bounds, same refinement: only the GEMM's blocking differs.
         np.testing.assert_allclose(whole, tile, rtol=0, atol=2e-7)
@@ -64,7 +63,7 @@ def test_pairs_equal_the_tile_of_the_same_block(atol):
         assert pair_stats.refined == pair_stats.entries
 
 
-def test_pairs_without_precomputed_terms_and_in_float64():
+def test_pairs_in_float32_and_float64_agree_with_the_definition():
     probe, gallery = _blocks(1)
     images = np.array([1, 3])
     ref = reference_matrix(_select(probe, images), gallery)

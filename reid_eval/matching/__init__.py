@@ -18,6 +18,7 @@ from reid_eval.matching.fpr import (
     fpr_tile,
     prepare_gallery,
     prepare_probes,
+    probe_centre,
 )
 from reid_eval.matching.global_distance import global_distances
 from reid_eval.matching.reference import fpr_distance_reference
@@ -38,4 +39,5 @@ __all__ = [
     "global_distances",
     "prepare_gallery",
     "prepare_probes",
+    "probe_centre",
 ]

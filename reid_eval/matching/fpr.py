@@ -65,7 +65,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
@@ -89,12 +89,12 @@ __all__ = [
     "RefinementStats",
     "TileWorkspace",
     "prepare_probes",
+    "probe_centre",
     "prepare_gallery",
     "fpr_tile",
     "fpr_pairs",
     "fpr_shortlist_pass",
     "shortlist_units",
-    "gallery_centre_terms",
     "fpr_distances",
     "dsr_distances",
     "plan_blocks",
@@ -116,6 +116,8 @@ DEFAULT_FLOAT32_ATOL = 9e-6
 _U32 = 2.0**-24
 _ACROSS_FLOOR = 1e-4
 _PRECISIONS = ("float32", "float64")
+# Guards GalleryBasis centre-term caches: the threads of a shortlist pass share one basis.
+_centre_lock = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -211,9 +213,27 @@ class GalleryBasis:
     factor: Any
     factor_offsets: np.ndarray
     offsets: np.ndarray
+    _centre_cache: dict[bytes, tuple[Any, Any]] = field(default_factory=dict, compare=False, repr=False)
 
     def __len__(self) -> int:
         return int(self.offsets.shape[0] - 1)
+
+    def centre_terms(self, center: Any) -> tuple[Any, Any]:
+        """``(w [g, d] float32, ‖β‖² [g] float64)`` of every image for the probe centre ``center`` ``[d]``.
+
+        β = Bt μ and w = Btᵀ β (module docstring, "Centring"), from the
+        float64 factor and rows. Kept for the last centre asked for: the
+        probe blocks of one run share their centre (:func:`prepare_probes`),
+        so a gallery block computes them once for all its tiles.
+        """
+        key = to_numpy(center).tobytes()
+        with _centre_lock:
+            terms = self._centre_cache.get(key)
+            if terms is None:
+                terms = _centre_terms(_module_of(self.bt), self, center)
+                self._centre_cache.clear()
+                self._centre_cache[key] = terms
+        return terms
 
     def image(self, g: int) -> GalleryBasis:
         """The basis of image ``g`` alone, as views of this one's arrays (no copy)."""
@@ -276,15 +296,17 @@ class RefinementStats:
 class TileWorkspace:
     """Reusable buffers for the tiles computed one after another by one thread.
 
-    Slots: ``"product"``, the ``[ΣM + g, ΣN]`` tile product, and
-    ``"operand"``, the gallery rows with the centre rows w stacked below.
-    A tile's product is hundreds of MB; allocated afresh for every tile, its
-    pages are faulted in and zeroed by the kernel each time (glibc maps
-    every large block anew): measured, 25 ms to fault in 194 MB against a
-    290 ms GEMM of that output at d = 512, about 8%. Pass one workspace to
-    consecutive :func:`fpr_tile` calls of one thread (never share it between
-    threads); each slot grows to the largest tile and is freed with the
-    workspace.
+    Slots: ``"product"``, the ``[ΣM + g, ΣN]`` tile product;
+    ``"operand"``, the gallery rows with the centre rows w stacked below;
+    ``"probes"``, the probe operand of :func:`prepare_probes`. A tile's
+    product and operands are hundreds of MB; allocated afresh for every
+    tile, their pages are faulted in and zeroed by the kernel each time
+    (glibc maps every large block anew): measured, 25 ms to fault in 194 MB
+    against a 290 ms GEMM of that output at d = 512, about 8%, and on a
+    virtual machine that hands freed memory back to its host, several times
+    that. Pass one workspace to consecutive :func:`prepare_probes` and
+    :func:`fpr_tile` calls of one thread (never share it between threads);
+    each slot grows to the largest tile and is freed with the workspace.
     """
 
     def __init__(self) -> None:
@@ -430,6 +452,8 @@ def prepare_probes(
     precision: str = "float32",
     backend: str | ModuleType = "auto",
     index_base: int = 0,
+    center: Any = None,
+    workspace: TileWorkspace | None = None,
 ) -> ProbeBlock:
     """Normalise and weight probe images for :func:`fpr_tile`.
 
@@ -437,19 +461,37 @@ def prepare_probes(
     be present, non-negative, with a positive sum per image); ``False`` gives
     every location of an image the same weight (DSR, Eq. 4). ``index_base``
     only shifts the image indices quoted in error messages.
+
+    ``center`` (float32 operands only): the ``[d]`` direction μ to split the
+    rows along (module docstring, "Centring"), e.g. the first block's
+    ``center`` or :func:`probe_centre`. Blocks that share it share their
+    gallery blocks' centre terms (:meth:`GalleryBasis.centre_terms`, then
+    computed once per gallery block instead of once per tile), and take one
+    pass over their rows instead of two. None: the block's own. Accuracy does
+    not depend on it (the error bound uses each row's own ‖x − a·μ‖), only
+    how many entries need float64 refinement.
+
+    ``workspace``: the GEMM operand ``x`` is written into its ``"probes"``
+    slot (:class:`TileWorkspace`) instead of fresh memory, so the block is
+    valid only until the next call with the same workspace: for blocks
+    prepared, used and dropped one after another. A fresh operand of
+    hundreds of MB is faulted in page by page: measured at d = 2048, that
+    made the preparation 2-3 times slower than the arithmetic.
     """
     xp = backend if isinstance(backend, ModuleType) else get_array_module(backend)
     _check_precision(precision)
     _check_counts(features, "probe", index_base)
     local = xp.asarray(features.local)
-    center = along = across = None
+    along = across = None
     if precision == "float32":
-        sq, inv_norm, x, center, along, across = _centred_rows(xp, local, normalize, features, index_base)
+        out = None if workspace is None else workspace.array(xp, local.shape, xp.float32, slot="probes")
+        sq, inv_norm, x, center, along, across = _centred_rows(xp, local, normalize, features, index_base, center, out)
     else:
-        sq = _row_sqnorms(xp, local)
-        _check_rows(xp, sq, 0, features, "probe", index_base, normalize)
-        inv_norm = 1.0 / xp.sqrt(sq) if normalize else xp.ones_like(sq)
-        x = local.astype(xp.float64) * inv_norm[:, None]
+        center = None
+        sq, inv_norm = _row_scales(xp, local, normalize, features, index_base)
+        x = xp.empty(local.shape, dtype=xp.float64) if workspace is None else workspace.array(
+            xp, local.shape, xp.float64, slot="probes")
+        xp.multiply(local, inv_norm[:, None], out=x)
     sqnorm = sq * inv_norm * inv_norm  # ‖x‖² of the exact normalised rows
     counts = features.counts
     if weighted:
@@ -482,9 +524,10 @@ def _round_to_bits(xp: ModuleType, v: Any, bits: int) -> Any:
 
 
 def _centred_rows(
-    xp: ModuleType, local: Any, normalize: bool, features: SpatialFeatures, index_base: int
+    xp: ModuleType, local: Any, normalize: bool, features: SpatialFeatures, index_base: int, center: Any = None,
+    out: Any = None,
 ) -> tuple[Any, Any, Any, Any, Any, Any]:
-    """The float32 probe operand, in two passes over the input rows y ``[R, d]``.
+    """The float32 probe operand from the input rows y ``[R, d]`` (into ``out`` when given).
 
     Returns ‖y‖² ``[R]`` (float64 accumulation), the row scales ι ``[R]``
     (1/‖y‖, or 1 without ``normalize``), r = y − α·μ (float32 ``[R, d]``),
@@ -492,22 +535,95 @@ def _centred_rows(
     for the normalised rows x = ι·y, a = ι·α. Raises ValueError (naming the
     image and location) for a NaN, infinite or, with ``normalize``, zero row.
 
-    μ is the direction of the sum of the normalised rows. It and α ≈ y·μ are
-    rounded to 12 significant bits, so every product α·μ is exact in
-    float32 and r is rounded once, by at most u·|r|: the split y = α·μ + r is
-    exact up to a rounding proportional to |r|. ι is applied to the tile's
-    sums, not to r.
+    μ: ``center`` rounded to 12 significant bits, or when None the direction
+    of the sum of the normalised rows (:func:`_row_scales_and_centre`, one
+    more pass). μ and α ≈ y·μ are rounded to 12 significant bits, so every
+    product α·μ is exact in float32 and r is rounded once, by at most u·|r|:
+    the split y = α·μ + r is exact up to a rounding proportional to |r|,
+    whatever μ is. ι is applied to the tile's sums, not to r.
 
-    On a CPU both passes run over fixed chunks of :data:`_CHUNK_ROWS` rows
-    spread over threads, so each chunk is read from memory once per pass and
-    worked on in cache; the partial sums behind μ are kept per chunk and
-    added in chunk order, so μ's bits do not depend on the thread count.
+    On a CPU the pass runs over fixed chunks of :data:`_CHUNK_ROWS` rows
+    spread over threads, so each chunk is read from memory once and worked
+    on in cache.
+    """
+    n_rows, d = local.shape
+    if center is None:
+        sq, inv_norm, center32 = _row_scales_and_centre(xp, local, normalize, features, index_base)
+    else:
+        center = xp.asarray(center)
+        if center.shape != (d,):
+            raise ValueError(f"probe centre has shape {tuple(center.shape)}, expected ({d},)")
+        if not bool(xp.isfinite(center).all()):
+            raise ValueError("probe centre contains NaN or infinity")
+        center32 = _round_to_bits(xp, center.astype(xp.float32), 12)
+        sq = inv_norm = None  # in the same pass as the centring
+    if xp is not np:
+        if sq is None:
+            sq, inv_norm = _row_scales(xp, local, normalize, features, index_base)
+        alpha32 = _round_to_bits(xp, local @ center32, 12)
+        r = xp.empty_like(local) if out is None else out
+        xp.multiply(alpha32[:, None], center32[None, :], out=r)
+        xp.subtract(local, r, out=r)
+        across = xp.sqrt((r.astype(xp.float64) ** 2).sum(axis=1))
+    else:
+        fused = sq is None
+        if fused:
+            sq = np.empty(n_rows, dtype=np.float64)
+            inv_norm = np.ones(n_rows, dtype=np.float64)
+        r = np.empty_like(local) if out is None else out
+        alpha32 = np.empty(n_rows, dtype=np.float32)
+        across = np.empty(n_rows, dtype=np.float32)
+
+        def centre(start: int, stop: int) -> None:
+            for a in range(start, stop, _CHUNK_ROWS):
+                b = min(stop, a + _CHUNK_ROWS)
+                if fused:
+                    _chunk_scales(local[a:b], normalize, sq[a:b], inv_norm[a:b])
+                rows = r[a:b]
+                alpha32[a:b] = _round_to_bits(np, local[a:b] @ center32, 12)
+                np.multiply.outer(alpha32[a:b], center32, out=rows)  # exact products
+                np.subtract(local[a:b], rows, out=rows)
+                np.einsum("ij,ij->i", rows, rows, out=across[a:b])
+
+        # A zero or non-finite row only makes NaNs here; it is reported below.
+        with np.errstate(invalid="ignore", over="ignore"):
+            _over_row_ranges(n_rows, centre)
+        if fused:
+            _check_rows(np, sq, 0, features, "probe", index_base, normalize)
+        across = np.sqrt(across.astype(np.float64))
+    return sq, inv_norm, r, center32.astype(xp.float64), alpha32.astype(xp.float64), across * inv_norm
+
+
+def _chunk_scales(rows: np.ndarray, normalize: bool, sq: np.ndarray, inv_norm: np.ndarray) -> None:
+    """‖y‖² (float64 accumulation) and ι of a chunk of float32 rows, into ``sq`` and ``inv_norm``."""
+    # einsum casts in cache-sized pieces: no float64 copy of the rows.
+    np.einsum("ij,ij->i", rows, rows, dtype=np.float64, out=sq)
+    if normalize:
+        # A zero or non-finite row is reported by the caller.
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            np.divide(1.0, np.sqrt(sq), out=inv_norm)
+
+
+def _row_scales(xp: ModuleType, local: Any, normalize: bool, features: SpatialFeatures, index_base: int) -> tuple[Any, Any]:
+    """(‖y‖² ``[R]``, ι ``[R]``) of float32 rows ``[R, d]``, checked (see :func:`_centred_rows`)."""
+    sq = _row_sqnorms(xp, local)
+    _check_rows(xp, sq, 0, features, "probe", index_base, normalize)
+    return sq, (1.0 / xp.sqrt(sq) if normalize else xp.ones_like(sq))
+
+
+def _row_scales_and_centre(
+    xp: ModuleType, local: Any, normalize: bool, features: SpatialFeatures, index_base: int
+) -> tuple[Any, Any, Any]:
+    """(‖y‖² ``[R]``, ι ``[R]``, μ ``[d]`` float32): a block's own centre, in one pass over its rows.
+
+    μ is the direction of the sum of the normalised rows, rounded to 12
+    significant bits (zeros if they sum to 0). On a CPU the partial sums are
+    kept per chunk of :data:`_CHUNK_ROWS` rows and added in chunk order, so
+    μ's bits do not depend on the thread count.
     """
     n_rows, d = local.shape
     if xp is not np:
-        sq = _row_sqnorms(xp, local)
-        _check_rows(xp, sq, 0, features, "probe", index_base, normalize)
-        inv_norm = 1.0 / xp.sqrt(sq) if normalize else xp.ones_like(sq)
+        sq, inv_norm = _row_scales(xp, local, normalize, features, index_base)
         total = (inv_norm.astype(xp.float32) @ local).astype(xp.float64)
     else:
         sq = np.empty(n_rows, dtype=np.float64)
@@ -518,41 +634,30 @@ def _centred_rows(
         def norms(start: int, stop: int) -> None:
             for a in range(start, stop, _CHUNK_ROWS):
                 b = min(stop, a + _CHUNK_ROWS)
-                rows = local[a:b]
-                # einsum casts in cache-sized pieces: no float64 copy of the rows.
-                np.einsum("ij,ij->i", rows, rows, dtype=np.float64, out=sq[a:b])
-                # A zero or non-finite row is reported after this pass.
-                with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-                    if normalize:
-                        np.divide(1.0, np.sqrt(sq[a:b]), out=inv_norm[a:b])
-                    np.matmul(inv_norm[a:b].astype(np.float32), rows, out=partial[a // _CHUNK_ROWS])
+                _chunk_scales(local[a:b], normalize, sq[a:b], inv_norm[a:b])
+                with np.errstate(invalid="ignore", over="ignore"):
+                    np.matmul(inv_norm[a:b].astype(np.float32), local[a:b], out=partial[a // _CHUNK_ROWS])
 
         _over_row_ranges(n_rows, norms)
         _check_rows(np, sq, 0, features, "probe", index_base, normalize)
         total = partial.sum(axis=0, dtype=np.float64)
     norm = float(xp.sqrt((total * total).sum()))
     center32 = _round_to_bits(xp, (total / norm).astype(xp.float32), 12) if norm > 0 else xp.zeros(d, dtype=xp.float32)
-    if xp is not np:
-        alpha32 = _round_to_bits(xp, local @ center32, 12)
-        r = local - alpha32[:, None] * center32[None, :]
-        across = xp.sqrt((r.astype(xp.float64) ** 2).sum(axis=1))
-    else:
-        r = np.empty_like(local)
-        alpha32 = np.empty(n_rows, dtype=np.float32)
-        across = np.empty(n_rows, dtype=np.float32)
+    return sq, inv_norm, center32
 
-        def centre(start: int, stop: int) -> None:
-            for a in range(start, stop, _CHUNK_ROWS):
-                b = min(stop, a + _CHUNK_ROWS)
-                rows = r[a:b]
-                alpha32[a:b] = _round_to_bits(np, local[a:b] @ center32, 12)
-                np.multiply.outer(alpha32[a:b], center32, out=rows)  # exact products
-                np.subtract(local[a:b], rows, out=rows)
-                np.einsum("ij,ij->i", rows, rows, out=across[a:b])
 
-        _over_row_ranges(n_rows, centre)
-        across = np.sqrt(across.astype(np.float64))
-    return sq, inv_norm, r, center32.astype(xp.float64), alpha32.astype(xp.float64), across * inv_norm
+def probe_centre(
+    features: SpatialFeatures, *, normalize: bool = True, backend: str | ModuleType = "auto", index_base: int = 0
+) -> Any:
+    """``[d]`` float64 centre μ that :func:`prepare_probes` would choose for ``features`` on its own.
+
+    Pass it as ``center`` to the other probe blocks of a run (from its first
+    block, so that every way of running the tiles gets the same bits); one
+    pass over the rows.
+    """
+    xp = backend if isinstance(backend, ModuleType) else get_array_module(backend)
+    _check_counts(features, "probe", index_base)
+    return _row_scales_and_centre(xp, xp.asarray(features.local), normalize, features, index_base)[2].astype(xp.float64)
 
 
 def _over_chunks(n: int, fn: Any) -> None:
@@ -789,7 +894,6 @@ def fpr_pairs(
     gallery_index: int,
     images: np.ndarray,
     *,
-    centre_terms: tuple[Any, Any] | None = None,
     float32_atol: float = DEFAULT_FLOAT32_ATOL,
     stats: RefinementStats | None = None,
 ) -> Any:
@@ -800,9 +904,9 @@ def fpr_pairs(
     those images (same entries, same error bound and refinement), but the
     probes' rows are multiplied where they lie in ``probes``: one small GEMM
     per probe image, ``[N, d] @ [d, M(+1)]``, and nothing is gathered but
-    per-location scalars. ``centre_terms``: :func:`gallery_centre_terms` of
-    ``gallery`` for ``probes`` (computed here when None; pass it when many
-    calls share the two blocks). On a CPU call it under one BLAS thread and
+    per-location scalars; the centre terms come from ``gallery``'s cache
+    (:meth:`GalleryBasis.centre_terms`), computed once for the many calls
+    that share the two blocks. On a CPU call it under one BLAS thread and
     spread gallery images over threads.
     """
     xp = _module_of(probes.x)
@@ -814,7 +918,7 @@ def fpr_pairs(
     operand = one.bt
     beta_sq = None
     if probes.center is not None:
-        w, beta_sq_all = centre_terms if centre_terms is not None else gallery_centre_terms(gallery, probes)
+        w, beta_sq_all = gallery.centre_terms(probes.center)
         operand = xp.concatenate([operand, w[g : g + 1]])
         beta_sq = beta_sq_all[g : g + 1]
     product_t = xp.empty((selection.num_rows, operand.shape[0]), dtype=probes.x.dtype)  # [ΣN, M(+1)]
@@ -829,17 +933,6 @@ def fpr_pairs(
     m = one.bt.shape[0]
     e2 = _e2_from_product(xp, product[:m], selection, one, beta_sq, None if beta_sq is None else product[m:])
     return _finish(xp, e2, selection, one, float32_atol, stats)[:, 0]
-
-
-def gallery_centre_terms(gallery: GalleryBasis, probes: ProbeBlock) -> tuple[Any, Any]:
-    """``(w [g, d] float32, ‖β‖² [g] float64)`` of ``gallery`` for the centre of ``probes`` (float32 blocks).
-
-    What :func:`fpr_tile` computes for every tile; :func:`fpr_pairs` takes it
-    precomputed, since one gallery block meets one probe block many times.
-    """
-    if probes.center is None:
-        raise ValueError("centre terms exist only for float32 probe blocks")
-    return _centre_terms(_module_of(gallery.bt), gallery, probes.center)
 
 
 def _check_pair(probes: ProbeBlock, gallery: GalleryBasis) -> None:
@@ -881,7 +974,7 @@ def _unrefined_e2(xp: ModuleType, probes: ProbeBlock, gallery: GalleryBasis, wor
     n_rows, n_cols = gallery.bt.shape[0], probes.x.shape[0]
     if probes.center is not None:
         # the g rows w ride along in the one GEMM (cheaper than a GEMM of their own over the probe rows)
-        w32, beta_sq = _centre_terms(xp, gallery, probes.center)
+        w32, beta_sq = gallery.centre_terms(probes.center)
         shape = (n_rows + w32.shape[0], gallery.bt.shape[1])
         stacked = None if workspace is None else workspace.array(xp, shape, gallery.bt.dtype, slot="operand")
         operand = xp.concatenate([gallery.bt, w32], out=stacked)
@@ -1178,12 +1271,21 @@ def fpr_distances(
     probe_blocks = plan_blocks(probe.counts, max_rows)
     gallery_blocks = plan_blocks(gallery.counts, max_rows)
     kept: dict[int, ProbeBlock] = {}
+    workspace = TileWorkspace()
+    # Every block is split along the first block's centre (as the streamed tiles are).
+    center = None
+    if precision == "float32" and len(probe_blocks) > 1:
+        first = probe_blocks[0]
+        center = probe_centre(probe[first[0] : first[1]], normalize=normalize, backend=xp)
 
     def probe_block(a: int, b: int) -> ProbeBlock:
         if a in kept:
             return kept[a]
-        block = prepare_probes(probe[a:b], weighted=weighted, index_base=a, **opts)
-        if keep and len(gallery_blocks) > 1:
+        keep_this = keep and len(gallery_blocks) > 1
+        # a block used once goes into the workspace, where the previous one was
+        block = prepare_probes(probe[a:b], weighted=weighted, index_base=a, center=center,
+                               workspace=None if keep_this else workspace, **opts)
+        if keep_this:
             kept[a] = block
         return block
 
@@ -1197,7 +1299,6 @@ def fpr_distances(
         )
     out = np.empty((n_probe, n_gallery), dtype=out_dtype)
     single = probe_block(*probe_blocks[0]) if len(probe_blocks) == 1 else None
-    workspace = TileWorkspace()
     for ga, gb in gallery_blocks:
         basis = gallery_block(ga, gb)
         for pa, pb in probe_blocks:
@@ -1299,14 +1400,15 @@ def fpr_shortlist_pass(
         flops = 0.0
         if pairs.size:
             basis = gallery_basis(ga, gb)
-            terms = gallery_centre_terms(basis, probes) if probes.center is not None else None
+            if probes.center is not None:
+                basis.centre_terms(probes.center)  # once, before the threads share the basis
             groups = np.split(pairs, np.flatnonzero(np.diff(g_of[pairs])) + 1)
 
             def run(group: np.ndarray) -> float:
                 g = int(g_of[group[0]]) - ga
                 images = group // k - probe_start
                 mine = RefinementStats()
-                exact.reshape(-1)[group] = to_numpy(fpr_pairs(probes, basis, g, images, centre_terms=terms,
+                exact.reshape(-1)[group] = to_numpy(fpr_pairs(probes, basis, g, images,
                                                               float32_atol=float32_atol, stats=mine))
                 with lock:
                     counts.merge(mine)
@@ -1314,7 +1416,7 @@ def fpr_shortlist_pass(
                 return 2.0 * probes.x.shape[1] * m * float(rows[images].sum())
 
             flops = float(sum(map_fn(run, groups)))
-            del basis, terms
+            del basis
         if stats is not None:
             stats.merge(counts)
         if block_done is not None:

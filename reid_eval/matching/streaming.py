@@ -32,7 +32,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +70,7 @@ from reid_eval.matching.tiles import (
     plan_tiles,
     return_freed_blocks_to_the_os,
     run_tile_task,
+    shared_probe_centre,
     single_blas_thread,
 )
 
@@ -395,6 +396,8 @@ def fpr_distances_from_cache(
                 plan = old
     else:
         store.start({"identity": identity, "plan": plan.to_dict()})
+    with open_cache(cache_file) as f:
+        src = replace(src, probe_center=shared_probe_centre(f, src, plan))  # of the plan the tiles are made with
     try:
         done = _compute(src, plan, store, poff, goff, dim, n_probe, n_gallery, out_dtype, progress,
                         threads, workers, scheduler, dask_processes)
@@ -576,6 +579,8 @@ def fpr_shortlist_from_cache(
             def gallery_basis(ga: int, gb: int) -> GalleryBasis:
                 return prepare_gallery(read_spatial_block(f, gallery_split, ga, gb), beta=beta, index_base=ga, **opts)
 
+            center = shared_probe_centre(f, src, plan)  # every pass is split along the first one's centre
+
             for pi, (pa, pb) in enumerate(plan.probe_blocks):
                 pass_units = shortlist_units(short, pa, pb - pa, plan.gallery_blocks)
                 todo = []
@@ -612,7 +617,7 @@ def fpr_shortlist_from_cache(
                 # probes that shortlist it where their rows lie (fpr_pairs: no copies).
                 try:
                     probes = prepare_probes(read_spatial_block(f, probe_split, pa, pb), weighted=weighted,
-                                            index_base=pa, **opts)
+                                            index_base=pa, center=center, **opts)
                     fpr_shortlist_pass(probes, pa, short, plan.gallery_blocks, gallery_basis, exact,
                                        float32_atol=float32_atol, stats=refinement, map_fn=pool.map, blocks=todo,
                                        block_done=unit_done)

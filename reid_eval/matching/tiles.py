@@ -29,7 +29,7 @@ import os
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,7 @@ from reid_eval.matching.fpr import (
     plan_blocks,
     prepare_gallery,
     prepare_probes,
+    probe_centre,
 )
 
 __all__ = [
@@ -55,6 +56,7 @@ __all__ = [
     "tile_task_bytes",
     "run_tile_task",
     "single_blas_thread",
+    "shared_probe_centre",
     "MEMORY_BUDGET_ENV",
 ]
 
@@ -243,7 +245,9 @@ class TileSource:
     cache_file: absolute path of the HDF5 cache, reachable by whoever runs
     the task; probe_split / gallery_split: split names; the FPR parameters of
     :func:`reid_eval.matching.fpr_distances`; backend: ``"numpy"`` or
-    ``"cupy"`` (already resolved, so every worker computes the same way).
+    ``"cupy"`` (already resolved, so every worker computes the same way);
+    probe_center: host float64 ``[d]``, the centre every probe block is
+    split along (:func:`shared_probe_centre`), or None (each block its own).
     """
 
     cache_file: str
@@ -255,6 +259,28 @@ class TileSource:
     precision: str
     float32_atol: float
     backend: str
+    probe_center: np.ndarray | None = field(default=None, compare=False)
+
+
+def shared_probe_centre(f: Any, src: TileSource, plan: TilePlan) -> np.ndarray | None:
+    """The centre of the first probe block of ``plan`` in the open cache ``f``, for every block to share.
+
+    Float32 operands with several probe blocks only (else None: a single
+    block takes its own, the same one). Sharing it lets each gallery block
+    compute its centre terms once for all its tiles
+    (:meth:`~reid_eval.matching.fpr.GalleryBasis.centre_terms`) and gives the
+    tiles the bits of :func:`~reid_eval.matching.fpr.fpr_distances`, which
+    shares its first block's centre too.
+    """
+    if src.precision != "float32" or len(plan.probe_blocks) < 2:
+        return None
+    a, b = plan.probe_blocks[0]
+    try:
+        center = probe_centre(read_spatial_block(f, src.probe_split, a, b), normalize=src.normalize,
+                              backend=get_array_module(src.backend))
+    except ValueError as exc:
+        raise ReidEvalError(f"cache {Path(src.cache_file)}: {exc}") from None
+    return np.asarray(to_numpy(center), dtype=np.float64)
 
 
 def _gallery_basis(src: TileSource, f: Any, block: tuple[int, int], xp: Any) -> GalleryBasis:
@@ -271,7 +297,7 @@ def _tile(src: TileSource, f: Any, basis: GalleryBasis, block: tuple[int, int], 
     a, b = block
     probes = prepare_probes(
         read_spatial_block(f, src.probe_split, a, b), weighted=src.weighted, normalize=src.normalize,
-        precision=src.precision, backend=xp, index_base=a,
+        precision=src.precision, backend=xp, index_base=a, center=src.probe_center, workspace=workspace,
     )
     # counts per tile, not per task: they are committed with the tile, so a
     # resumed run sums the counts of tiles an earlier run computed too
