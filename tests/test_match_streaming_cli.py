@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from reid_eval_cli.main import main
 from reid_eval.features import read_distances

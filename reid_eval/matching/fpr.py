@@ -793,56 +793,66 @@ def _centre_terms(xp: ModuleType, gallery: GalleryBasis, center: Any) -> tuple[A
     return w.astype(xp.float32), beta_sq
 
 
+def _bound_factors(d: int, gallery_counts: np.ndarray) -> np.ndarray:
+    """``[g]`` host float64 κ·u·(0.7·√d + √M + 5): the per-gallery-image factor of δs (module docstring)."""
+    return ERROR_KAPPA * _U32 * (0.7 * math.sqrt(d) + np.sqrt(gallery_counts) + 5.0)
+
+
+def _bound_scale(xp: ModuleType, probes: ProbeBlock) -> Any:
+    """``[R]`` float64 per-location factor of δs: ‖x‖·‖x'‖ (‖x'‖ floored), or ‖x‖² uncentred."""
+    if probes.across is None:
+        return probes.sqnorm
+    # ‖x‖·‖x'‖, floored for rows along μ (x' = 0), where only float64 rounding remains.
+    norm = xp.sqrt(probes.sqnorm)
+    return norm * xp.maximum(probes.across, _ACROSS_FLOOR * norm)
+
+
 def _error_bound_s(xp: ModuleType, probes: ProbeBlock, gallery_counts: np.ndarray) -> Any:
     """``[g, R]`` float64 δs: bound on |float32 S − exact S| of each entry (module docstring)."""
-    d = probes.x.shape[1]
-    per_gallery = ERROR_KAPPA * _U32 * (0.7 * math.sqrt(d) + np.sqrt(gallery_counts) + 5.0)  # [g]
-    if probes.across is None:
-        scale = probes.sqnorm
-    else:
-        # ‖x‖·‖x'‖, floored for rows along μ (x' = 0), where only float64 rounding remains.
-        norm = xp.sqrt(probes.sqnorm)
-        scale = norm * xp.maximum(probes.across, _ACROSS_FLOOR * norm)
-    return xp.asarray(per_gallery)[:, None] * scale[None, :]
+    return xp.asarray(_bound_factors(probes.x.shape[1], gallery_counts))[:, None] * _bound_scale(xp, probes)[None, :]
 
 
-def _entries_to_refine(xp: ModuleType, e2: Any, probes: ProbeBlock, gallery: GalleryBasis, atol: float) -> tuple[Any, Any]:
-    """``([g, R]`` bool: the entries of float32 ``e2`` to recompute in float64, or None; ``[g, R]`` ê = √max(e², 0)).
+def _weighted_error_bounds(xp: ModuleType, e2: Any, e: Any, ds: Any, weights: Any) -> Any:
+    """h̃·δe ``[k, R]`` of float32 entries e² ``[k, R]`` (ê = ``e``), given δs ``ds`` ``[k, R]`` (overwritten: the result).
 
-    With δs the bound on the error of e² (:func:`_error_bound_s`) and ê the
-    float32 e, the error of e is at most δe = δs / (ê + √(ê² − δs)) (from
-    |ê − e| = |ê² − e²| / (ê + e) and e ≥ √(ê² − δs)); entries with
-    ê² ≤ δs have no such bound. A pair's distance Σ h̃ e then errs by at most
-    Σ h̃ δe over its entries. Pairs whose sum is within ``atol`` keep every
-    float32 entry; in the other pairs the entries with the largest h̃ δe are
-    refined, as few as leave the sum of the rest within ``atol``.
+    With δs the bound on the error of e² and ê the float32 e, the error of e
+    is at most δe = δs / (ê + √(ê² − δs)) (from |ê − e| = |ê² − e²| / (ê + e)
+    and e ≥ √(ê² − δs)); entries with ê² ≤ δs have no such bound (inf).
     """
-    # In place on three [g, R] arrays: fresh ones per step would each be
-    # faulted in by the kernel, which costs as much as the arithmetic.
-    contrib = _error_bound_s(xp, probes, np.diff(gallery.offsets))  # δs for now
-    e = xp.maximum(e2, 0.0)
-    xp.sqrt(e, out=e)
-    low = e2 - contrib
+    # In place: fresh [k, R] arrays per step would each be faulted in.
+    low = e2 - ds
     unbounded = low <= 0  # ê² ≤ δs (for finite floats, a − b > 0 exactly when a > b)
     xp.maximum(low, 0.0, out=low)
     xp.sqrt(low, out=low)
     low += e
     with np.errstate(divide="ignore", invalid="ignore"):
-        xp.divide(contrib, low, out=contrib)
+        xp.divide(ds, low, out=ds)
     del low
-    contrib[unbounded] = xp.inf
-    del unbounded
+    ds[unbounded] = xp.inf
     with np.errstate(invalid="ignore"):
-        contrib *= probes.weights[None, :]
+        ds *= weights[None, :]
     # A location of foreground weight 0 adds nothing to the distance, however
     # large its error (inf · 0 would make the pair's sum NaN and hide the rest).
-    weightless = probes.weights == 0
+    weightless = weights == 0
     if bool(weightless.any()):
-        contrib[:, weightless] = 0.0
-    pair = segment_sum(xp, contrib, probes.offsets, axis=1)  # [g, p] bound on each distance's error
+        ds[:, weightless] = 0.0
+    return ds
+
+
+def _entries_to_refine(xp: ModuleType, e2: Any, pair: Any, probes: ProbeBlock, gallery: GalleryBasis, atol: float) -> Any:
+    """``[g, R]`` bool: the entries of float32 ``e2`` ``[g, R]`` to recompute in float64.
+
+    ``pair`` ``[g, p]``: each distance's error bound Σ h̃ δe
+    (:func:`_weighted_error_bounds`), some above ``atol``. Pairs within
+    ``atol`` keep every float32 entry; in the others the entries with the
+    largest h̃ δe are refined, as few as leave the sum of the rest within
+    ``atol``.
+    """
+    e = xp.maximum(e2, 0.0)
+    xp.sqrt(e, out=e)
+    contrib = _weighted_error_bounds(xp, e2, e, _error_bound_s(xp, probes, np.diff(gallery.offsets)), probes.weights)
+    del e
     fg, fp = xp.nonzero(pair > atol)
-    if fg.shape[0] == 0:
-        return None, e
     # Failing pairs: their entries' contributions padded with zeros to [F, n_max],
     # sorted; the smallest are kept while their running sum stays within atol,
     # and every entry at least as large as the first one not kept is refined.
@@ -860,7 +870,7 @@ def _entries_to_refine(xp: ModuleType, e2: Any, probes: ProbeBlock, gallery: Gal
     first_refined = ordered[xp.arange(ordered.shape[0]), kept]  # [F]
     threshold = xp.full(contrib.shape, xp.inf)
     threshold[fg[:, None], cols] = first_refined[:, None]
-    return contrib >= threshold, e
+    return contrib >= threshold
 
 
 def fpr_tile(
@@ -885,7 +895,23 @@ def fpr_tile(
     _check_pair(probes, gallery)
     if probes.row_map is not None:
         raise ValueError("fpr_tile needs a prepared block, not a selection of one (see fpr_pairs)")
-    return _finish(xp, _unrefined_e2(xp, probes, gallery, workspace), probes, gallery, float32_atol, stats)
+    return _tile_distances(xp, *_tile_product(xp, probes, gallery, workspace), probes, gallery, float32_atol, stats)
+
+
+def _tile_product(xp: ModuleType, probes: ProbeBlock, gallery: GalleryBasis,
+                  workspace: TileWorkspace | None) -> tuple[Any, Any, Any]:
+    """(c = Bt Xᵀ ``[ΣM, ΣN]``, cross = W Rᵀ ``[g, ΣN]`` or None, ‖β‖² ``[g]`` or None): the tile's one GEMM."""
+    operand, beta_sq = gallery.bt, None
+    n_rows = gallery.bt.shape[0]
+    if probes.center is not None:
+        # the g rows w ride along in the one GEMM (cheaper than a GEMM of their own over the probe rows)
+        w32, beta_sq = gallery.centre_terms(probes.center)
+        shape = (n_rows + w32.shape[0], gallery.bt.shape[1])
+        stacked = None if workspace is None else workspace.array(xp, shape, gallery.bt.dtype, slot="operand")
+        operand = xp.concatenate([gallery.bt, w32], out=stacked)
+    out = None if workspace is None else workspace.array(xp, (operand.shape[0], probes.x.shape[0]), probes.x.dtype)
+    c = xp.matmul(operand, probes.x.T, out=out)  # [ΣM (+ g), ΣN], the one big GEMM
+    return c[:n_rows], (None if beta_sq is None else c[n_rows:]), beta_sq
 
 
 def fpr_pairs(
@@ -931,8 +957,8 @@ def fpr_pairs(
             product_t[sa : sa + pb - pa] = probes.x[pa:pb] @ operand.T
     product = product_t.T  # [M(+1), ΣN]
     m = one.bt.shape[0]
-    e2 = _e2_from_product(xp, product[:m], selection, one, beta_sq, None if beta_sq is None else product[m:])
-    return _finish(xp, e2, selection, one, float32_atol, stats)[:, 0]
+    cross = None if beta_sq is None else product[m:]
+    return _tile_distances(xp, product[:m], cross, beta_sq, selection, one, float32_atol, stats)[:, 0]
 
 
 def _check_pair(probes: ProbeBlock, gallery: GalleryBasis) -> None:
@@ -942,68 +968,82 @@ def _check_pair(probes: ProbeBlock, gallery: GalleryBasis) -> None:
         raise ValueError(f"probe dimension {probes.x.shape[1]} differs from gallery dimension {gallery.bt.shape[1]}")
 
 
-def _finish(xp: ModuleType, e2: Any, probes: ProbeBlock, gallery: GalleryBasis, atol: float,
-            stats: RefinementStats | None) -> Any:
-    """``[p, g]`` distances from the unrefined e² ``[g, R]`` of a tile: refinement, square root, weighted sums."""
+def _tile_distances(xp: ModuleType, c: Any, cross: Any, beta_sq: Any, probes: ProbeBlock, gallery: GalleryBasis,
+                    atol: float, stats: RefinementStats | None) -> Any:
+    """``[p, g]`` distances of a tile from its product ``c`` = Bt Xᵀ ``[ΣM, ΣN]`` (module docstring, steps 2-4).
+
+    ``cross`` ``[g, ΣN]`` (W Rᵀ) and ``beta_sq`` ``[g]``: the centre terms
+    of a centred (float32) block, else None. Every gallery image's rows are
+    finished where its sums are made (:func:`_squared_segment_sum`): e²,
+    ê, each pair's error bound (float32) and the weighted sums, on ``[k, ΣN]``
+    rows that stay in cache. Only when some pair's bound exceeds ``atol``
+    are entries chosen (:func:`_entries_to_refine`) and recomputed in
+    float64 (:func:`_refine`, or one float64 GEMM for the whole tile past
+    :data:`TILE_FLOAT64_SHARE`), and the distances summed again.
+    """
+    g, p, n_cols = len(gallery), len(probes), probes.num_rows
+    checked = probes.x.dtype == xp.float32
+    e2 = xp.empty((g, n_cols), dtype=xp.float64)
+    dist = xp.empty((g, p), dtype=xp.float64)
+    pair = xp.empty((g, p), dtype=xp.float64) if checked else None
+    if checked:
+        factors = xp.asarray(_bound_factors(probes.x.shape[1], np.diff(gallery.offsets)))
+        scale = _bound_scale(xp, probes)
+    def finish_rows(a: int, b: int) -> None:
+        s = e2[a:b]
+        _e2_in_place(xp, s, None if cross is None else cross[a:b], None if beta_sq is None else beta_sq[a:b], probes)
+        e = xp.maximum(s, 0.0)
+        xp.sqrt(e, out=e)
+        if checked:
+            contrib = _weighted_error_bounds(xp, s, e, factors[a:b, None] * scale[None, :], probes.weights)
+            pair[a:b] = segment_sum(xp, contrib, probes.offsets, axis=1)
+            del contrib
+        e *= probes.weights[None, :]
+        dist[a:b] = segment_sum(xp, e, probes.offsets, axis=1)
+
+    _squared_segment_sum(xp, c, gallery.offsets, out=e2, then=finish_rows)
     refined = 0
-    e = None
-    if probes.x.dtype == xp.float32:
-        flagged, e = _entries_to_refine(xp, e2, probes, gallery, atol)
-        if flagged is not None:
-            e = None  # from the refined e² below
-            refined = int(flagged.sum())
-            if refined > TILE_FLOAT64_SHARE * flagged.size:
-                e2 = _float64_e2(xp, probes, gallery)
-                refined = int(flagged.size)
-            else:
-                _refine(xp, e2, flagged, probes, gallery)
-    if stats is not None:
-        stats.record(int(e2.shape[0]) * int(e2.shape[1]), refined)
-    if e is None:
+    if checked and bool((pair > atol).any()):
+        flagged = _entries_to_refine(xp, e2, pair, probes, gallery, atol)
+        refined = int(flagged.sum())
+        if refined > TILE_FLOAT64_SHARE * flagged.size:
+            e2 = _float64_e2(xp, probes, gallery)
+            refined = int(flagged.size)
+        else:
+            _refine(xp, e2, flagged, probes, gallery)
+        del flagged
         e = xp.maximum(e2, 0.0)
         xp.sqrt(e, out=e)
-    del e2
-    e *= probes.weights[None, :]
-    dist = segment_sum(xp, e, probes.offsets, axis=1)  # [g, p]
+        e *= probes.weights[None, :]
+        dist = segment_sum(xp, e, probes.offsets, axis=1)
+    if stats is not None:
+        stats.record(g * n_cols, refined)
     return dist.T.astype(probes.x.dtype)
 
 
-def _unrefined_e2(xp: ModuleType, probes: ProbeBlock, gallery: GalleryBasis, workspace: TileWorkspace | None = None) -> Any:
-    """``[g, ΣN]`` float64 e² = ‖x‖² − ‖Bt x‖² of every entry, from the tile GEMM (before refinement)."""
-    operand, beta_sq = gallery.bt, None
-    n_rows, n_cols = gallery.bt.shape[0], probes.x.shape[0]
-    if probes.center is not None:
-        # the g rows w ride along in the one GEMM (cheaper than a GEMM of their own over the probe rows)
-        w32, beta_sq = gallery.centre_terms(probes.center)
-        shape = (n_rows + w32.shape[0], gallery.bt.shape[1])
-        stacked = None if workspace is None else workspace.array(xp, shape, gallery.bt.dtype, slot="operand")
-        operand = xp.concatenate([gallery.bt, w32], out=stacked)
-    out = None if workspace is None else workspace.array(xp, (operand.shape[0], n_cols), probes.x.dtype)
-    c = xp.matmul(operand, probes.x.T, out=out)  # [ΣM (+ g), ΣN], the one big GEMM
-    return _e2_from_product(xp, c[:n_rows], probes, gallery, beta_sq, None if beta_sq is None else c[n_rows:])
+def _e2_in_place(xp: ModuleType, s: Any, cross: Any, beta_sq: Any, probes: ProbeBlock) -> None:
+    """e² = ‖x‖² − S ``[k, ΣN]`` in place of the sums of squares ``s`` of k gallery images' product rows.
 
-
-def _e2_from_product(xp: ModuleType, c: Any, probes: ProbeBlock, gallery: GalleryBasis, beta_sq: Any, cross: Any) -> Any:
-    """``[g, ΣN]`` float64 e² from the product ``c`` ``[ΣM, ΣN]`` of the gallery's and the probes' rows.
-
-    Uncentred (``beta_sq`` None): ``c`` = Bt Xᵀ and e² = ‖x‖² − S with S the
-    sum of squares of each gallery image's rows of ``c``. Centred, the probes
-    split along μ, y = α·μ + r, x = ι·y: ``c`` = Bt Rᵀ, ``cross`` = W Rᵀ
-    ``[g, ΣN]`` and S = ι²·(‖Bt r‖² + 2α·(w·r) + α²‖β‖²).
+    Uncentred (``beta_sq`` None): S = ``s``. Centred, the probes split
+    along μ, y = α·μ + r, x = ι·y, with ``cross`` = W Rᵀ ``[k, ΣN]``:
+    S = ι²·(‖Bt r‖² + 2α·(w·r) + α²‖β‖²).
     """
-    if beta_sq is None:
-        return probes.sqnorm[None, :] - _squared_segment_sum(xp, c, gallery.offsets)
-    s = _squared_segment_sum(xp, c, gallery.offsets)  # [g, ΣN] float64
-    del c
-    cross = cross.astype(xp.float64)
-    cross *= 2.0 * probes.along[None, :]
-    s += cross
-    del cross
-    s += beta_sq[:, None] * (probes.along * probes.along)[None, :]
-    s *= (probes.inv_norm * probes.inv_norm)[None, :]
-    s *= -1.0
-    s += probes.sqnorm[None, :]
-    return s
+    if beta_sq is not None:
+        t = cross.astype(xp.float64)
+        t *= 2.0 * probes.along[None, :]
+        s += t
+        del t
+        s += beta_sq[:, None] * (probes.along * probes.along)[None, :]
+        s *= (probes.inv_norm * probes.inv_norm)[None, :]
+    xp.subtract(probes.sqnorm[None, :], s, out=s)
+
+
+def _unrefined_e2(xp: ModuleType, probes: ProbeBlock, gallery: GalleryBasis) -> Any:
+    """``[g, ΣN]`` float64 e² of every entry of a tile before refinement: what δs bounds (tests, calibration)."""
+    c, cross, beta_sq = _tile_product(xp, probes, gallery, None)
+    e2 = _squared_segment_sum(xp, c, gallery.offsets)
+    _e2_in_place(xp, e2, cross, beta_sq, probes)
+    return e2
 
 
 def _float64_e2(xp: ModuleType, probes: ProbeBlock, gallery: GalleryBasis) -> Any:
@@ -1015,31 +1055,48 @@ def _float64_e2(xp: ModuleType, probes: ProbeBlock, gallery: GalleryBasis) -> An
     return probes.sqnorm[None, :] - _squared_segment_sum(xp, c, gallery.offsets)
 
 
-def _squared_segment_sum(xp: ModuleType, c: Any, offsets: np.ndarray) -> Any:
-    """Sum of squares of each gallery image's rows of ``c`` ``[ΣM, ΣN]``: ``[g, ΣN]`` float64.
+#: Bytes of float64 rows ``[k, ΣN]`` that :func:`_squared_segment_sum` hands to ``then`` at once (in L2).
+_ROWS_IN_CACHE_BYTES = 256 * 1024
+
+
+def _squared_segment_sum(xp: ModuleType, c: Any, offsets: np.ndarray, out: Any = None,
+                         then: Callable[[int, int], None] | None = None) -> Any:
+    """Sum of squares of each gallery image's rows of ``c`` ``[ΣM, ΣN]``: ``[g, ΣN]`` float64 (into ``out``).
 
     On a CPU each image's ``[M, ΣN]`` rows are squared into a small scratch
     buffer that stays in cache and summed from there, so the product is read
     from memory once; the images are split over threads (NumPy releases the
     GIL in ufunc loops), so this memory-bound pass uses every core like the
-    GEMM before it, and ``c`` is left unchanged. On a GPU ``c`` is squared in
-    place (no second product-sized buffer) and summed by segment.
+    GEMM before it, and ``c`` is left unchanged. ``then(a, b)``, when given,
+    is called on the same thread as soon as the sums of images a..b are
+    made (a few images at a time, while their rows are in cache), to finish
+    those rows. On a GPU ``c`` is squared in place (no second product-sized
+    buffer), summed by segment, and ``then(0, g)`` follows.
     """
     g = offsets.shape[0] - 1
+    if out is None:
+        out = xp.empty((g, c.shape[1]), dtype=xp.float64)
     if xp is not np:
         c *= c
-        return segment_sum(xp, c, offsets, axis=0)
-    out = np.empty((g, c.shape[1]), dtype=np.float64)
+        out[...] = segment_sum(xp, c, offsets, axis=0)
+        if then is not None:
+            then(0, g)
+        return out
     workers = min(g, os.cpu_count() or 1)
     cuts = np.linspace(0, g, workers + 1).round().astype(int)
+    per_call = max(1, _ROWS_IN_CACHE_BYTES // (8 * max(1, c.shape[1])))
 
     def run(a: int, b: int) -> None:
         scratch = np.empty((int(np.diff(offsets[a : b + 1]).max()), c.shape[1]), dtype=c.dtype)
-        for i in range(a, b):
-            rows = c[offsets[i] : offsets[i + 1]]
-            squares = scratch[: rows.shape[0]]
-            np.multiply(rows, rows, out=squares)
-            np.add.reduce(squares, axis=0, dtype=np.float64, out=out[i])
+        for i0 in range(a, b, per_call):
+            i1 = min(b, i0 + per_call)
+            for i in range(i0, i1):
+                rows = c[offsets[i] : offsets[i + 1]]
+                squares = scratch[: rows.shape[0]]
+                np.multiply(rows, rows, out=squares)
+                np.add.reduce(squares, axis=0, dtype=np.float64, out=out[i])
+            if then is not None:
+                then(i0, i1)
 
     if workers <= 1:
         run(0, g)

@@ -363,7 +363,6 @@ def fpr_distances_from_cache(
             raise ReidEvalError(f"cache {cache_file} has no foreground probabilities for FPR; use --metric dsr or re-extract")
     n_probe, n_gallery = len(poff) - 1, len(goff) - 1
     out_dtype = np.float32 if precision == "float32" else np.float64
-    parallel = workers if workers is not None else threads
     if block_rows is not None:
         plan = TilePlan(int(block_rows), tuple(plan_blocks(np.diff(poff), block_rows)),
                         tuple(plan_blocks(np.diff(goff), block_rows)), precision, budget, threads)

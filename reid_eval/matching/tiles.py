@@ -24,7 +24,6 @@ interrupted run resumes with its recorded plan.
 
 from __future__ import annotations
 
-import math
 import os
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
