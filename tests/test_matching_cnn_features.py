@@ -250,7 +250,7 @@ def test_probe_blocks_share_the_first_blocks_centre_and_each_gallery_block_its_t
     real = engine._centre_terms
     monkeypatch.setattr(engine, "_centre_terms", lambda xp, g, c: calls.append(c.copy()) or real(xp, g, c))
     budget = 60_000  # blocks of a few images: several probe and gallery blocks
-    rows, _ = engine._in_memory_plan(int(probe.local.shape[0]), 64, budget, "float32")
+    rows = engine._max_tile_rows(64, budget, "float32")
     probe_blocks, gallery_blocks = engine.plan_blocks(probe.counts, rows), engine.plan_blocks(gallery.counts, rows)
     assert len(probe_blocks) > 2 and len(gallery_blocks) > 1
     got = fpr_distances(probe, gallery, backend="numpy", memory_budget_bytes=budget)
@@ -267,3 +267,17 @@ def test_a_bad_centre_is_refused():
         prepare_probes(probe, backend="numpy", center=np.ones(8))
     with pytest.raises(ValueError, match="NaN or infinity"):
         prepare_probes(probe, backend="numpy", center=np.full(16, np.nan))
+
+
+@pytest.mark.parametrize("precision", ["float32", "float64"])
+def test_probe_blocks_prepared_into_a_workspace_equal_fresh_ones_and_reuse_its_memory(precision):
+    rng = np.random.default_rng(5)
+    first, second = cnn_like(rng, [12, 9], 48, 0.9), cnn_like(rng, [7, 7, 3], 48, 0.9)
+    basis = prepare_gallery(cnn_like(rng, [10, 6], 48, 0.9), backend="numpy", precision=precision)
+    workspace = engine.TileWorkspace()
+    for probe in (first, second):
+        fresh = prepare_probes(probe, backend="numpy", precision=precision)
+        reused = prepare_probes(probe, backend="numpy", precision=precision, workspace=workspace)
+        np.testing.assert_array_equal(reused.x, fresh.x)
+        np.testing.assert_array_equal(fpr_tile(reused, basis), fpr_tile(fresh, basis))
+        assert np.shares_memory(reused.x, workspace.array(np, (1, 48), reused.x.dtype, slot="probes"))

