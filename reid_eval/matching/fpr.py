@@ -1067,8 +1067,10 @@ def _float64_e2(xp: ModuleType, probes: ProbeBlock, gallery: GalleryBasis) -> An
     return probes.sqnorm[None, :] - _squared_segment_sum(xp, c, gallery.offsets)
 
 
-#: Bytes of float64 rows ``[k, ΣN]`` that :func:`_squared_segment_sum` hands to ``then`` at once (in L2).
-_ROWS_IN_CACHE_BYTES = 256 * 1024
+#: Bytes of float64 rows ``[k, ΣN]`` that :func:`_squared_segment_sum` hands to ``then`` at once: with
+#: their temporaries they stay in cache; measured on a d = 512 tile, 1 MiB took 10-20% less time
+#: than 128-256 KiB (fewer NumPy calls) and no more than 4 MiB.
+_ROWS_IN_CACHE_BYTES = 1 << 20
 
 
 def _squared_segment_sum(xp: ModuleType, c: Any, offsets: np.ndarray, out: Any = None,
