@@ -180,6 +180,18 @@ def test_damaged_or_old_cache_is_refused_in_one_line(cache, tmp_path, damage, me
     assert "\n" not in str(err.value)
 
 
+def test_a_nan_in_the_first_probe_block_is_named_and_leaves_no_tile_folder(cache, tmp_path):
+    """The shared centre is taken from the first probe block: a bad row there fails in one line, nothing left behind."""
+    path = _copy(cache, tmp_path)
+    with h5py.File(path, "r+") as f:
+        f["query"]["local"][1, 0] = np.nan
+    before = set(path.parent.iterdir())
+    with pytest.raises(ReidEvalError, match=r"cache .* split query is damaged .*NaN or infinity") as err:
+        fpr_distances_from_cache(path, backend="numpy", block_rows=12, threads=1)
+    assert "\n" not in str(err.value)
+    assert set(path.parent.iterdir()) == before
+
+
 CHILD = textwrap.dedent("""
     import sys, time
     from reid_eval.matching.streaming import fpr_distances_from_cache

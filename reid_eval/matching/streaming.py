@@ -395,9 +395,9 @@ def fpr_distances_from_cache(
                 plan = old
     else:
         store.start({"identity": identity, "plan": plan.to_dict()})
-    with open_cache(cache_file) as f:
-        src = replace(src, probe_center=shared_probe_centre(f, src, plan))  # of the plan the tiles are made with
     try:
+        with open_cache(cache_file) as f:
+            src = replace(src, probe_center=shared_probe_centre(f, src, plan))  # of the plan the tiles are made with
         done = _compute(src, plan, store, poff, goff, dim, n_probe, n_gallery, out_dtype, progress,
                         threads, workers, scheduler, dask_processes)
     finally:
