@@ -38,7 +38,8 @@ definition. Targets: float32 <= 1.2x the GEMM and <= the float64 path, every
 distance within 1e-5; the time ratios are judged by the median over the
 repeats of the ratio within each repeat (the runs of a repeat go back to
 back, so they share the machine's load; on a shared VM its speed drifts by
-10-20% between runs), and the ratio of the best times is printed beside it. The fixed cost of preparing each gallery image (its
+10-20% between runs), and the ratio of the best times is printed beside it.
+The fixed cost of preparing each gallery image (its
 float64 Gram matrix and basis) is paid once per gallery image and amortised
 over all probes; ``--probe-repeat`` stacks the probe images that many times
 to reach a realistic number of probe locations per gallery image without
@@ -351,7 +352,7 @@ def bench_source(name: str, probe: SpatialFeatures, gallery: SpatialFeatures, ar
         runs.append((min(t_s, t_t, t_r), t_s, t_t, t_r, t, t_64))
     # t_mm, the floor: the fastest way to do the same multiply-adds
     t_mm, t_stack, t_tiled, t_rows, t32, t64 = np.min(np.array(runs), axis=0)
-    # The same ratios within each repeat (the four runs of a repeat ran back to back, under the
+    # The same ratios within each repeat (the runs of a repeat go back to back, under the
     # same load), and their median: on a machine whose speed drifts by 10-20% between runs, the
     # paired ratio moves far less than a ratio of two separate minima.
     paired_mm = float(np.median([r[4] / r[0] for r in runs]))
