@@ -96,6 +96,7 @@ __all__ = [
     "TileWorkspace",
     "prepare_probes",
     "probe_centre",
+    "shared_probe_centre",
     "prepare_gallery",
     "fpr_tile",
     "fpr_pairs",
@@ -667,6 +668,23 @@ def probe_centre(
     xp = backend if isinstance(backend, ModuleType) else get_array_module(backend)
     _check_counts(features, "probe", index_base)
     return _row_scales_and_centre(xp, xp.asarray(features.local), normalize, features, index_base)[2].astype(xp.float64)
+
+
+def shared_probe_centre(
+    first_block: Callable[[], SpatialFeatures], num_blocks: int, precision: str, *, normalize: bool = True,
+    backend: str | ModuleType = "auto",
+) -> Any:
+    """The centre every probe block of a run is split along: the first block's own, or None.
+
+    ``first_block()`` returns the features of the run's first probe block;
+    it is called only when the centre is shared: float32 operands and
+    several blocks (a single block takes its own, the same one). Every way of
+    running the tiles (in memory, streamed, on Dask) takes it from here, so
+    they get the same bits.
+    """
+    if precision != "float32" or num_blocks < 2:
+        return None
+    return probe_centre(first_block(), normalize=normalize, backend=backend)
 
 
 def _over_chunks(n: int, fn: Any) -> None:
@@ -1330,10 +1348,9 @@ def fpr_distances(
     gallery_blocks = plan_blocks(gallery.counts, max_rows)
     workspace = TileWorkspace()
     # Every block is split along the first block's centre (as the streamed tiles are).
-    center = None
-    if precision == "float32" and len(probe_blocks) > 1:
-        first = probe_blocks[0]
-        center = probe_centre(probe[first[0] : first[1]], normalize=normalize, backend=xp)
+    first = probe_blocks[0]
+    center = shared_probe_centre(lambda: probe[first[0] : first[1]], len(probe_blocks), precision,
+                                 normalize=normalize, backend=xp)
 
     def probe_block(a: int, b: int) -> ProbeBlock:
         # Prepared again for every gallery block, into the memory of the previous one: a

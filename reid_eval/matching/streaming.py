@@ -70,7 +70,7 @@ from reid_eval.matching.tiles import (
     plan_tiles,
     return_freed_blocks_to_the_os,
     run_tile_task,
-    shared_probe_centre,
+    run_probe_centre,
     single_blas_thread,
 )
 
@@ -397,7 +397,7 @@ def fpr_distances_from_cache(
         store.start({"identity": identity, "plan": plan.to_dict()})
     try:
         with open_cache(cache_file) as f:
-            src = replace(src, probe_center=shared_probe_centre(f, src, plan))  # of the plan the tiles are made with
+            src = replace(src, probe_center=run_probe_centre(f, src, plan))  # of the plan the tiles are made with
         done = _compute(src, plan, store, poff, goff, dim, n_probe, n_gallery, out_dtype, progress,
                         threads, workers, scheduler, dask_processes)
     finally:
@@ -578,7 +578,7 @@ def fpr_shortlist_from_cache(
             def gallery_basis(ga: int, gb: int) -> GalleryBasis:
                 return prepare_gallery(read_spatial_block(f, gallery_split, ga, gb), beta=beta, index_base=ga, **opts)
 
-            center = shared_probe_centre(f, src, plan)  # every pass is split along the first one's centre
+            center = run_probe_centre(f, src, plan)  # every pass is split along the first one's centre
 
             for pi, (pa, pb) in enumerate(plan.probe_blocks):
                 pass_units = shortlist_units(short, pa, pb - pa, plan.gallery_blocks)

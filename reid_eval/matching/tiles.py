@@ -45,7 +45,7 @@ from reid_eval.matching.fpr import (
     plan_blocks,
     prepare_gallery,
     prepare_probes,
-    probe_centre,
+    shared_probe_centre,
 )
 
 __all__ = [
@@ -55,7 +55,7 @@ __all__ = [
     "tile_task_bytes",
     "run_tile_task",
     "single_blas_thread",
-    "shared_probe_centre",
+    "run_probe_centre",
     "MEMORY_BUDGET_ENV",
 ]
 
@@ -246,7 +246,7 @@ class TileSource:
     :func:`reid_eval.matching.fpr_distances`; backend: ``"numpy"`` or
     ``"cupy"`` (already resolved, so every worker computes the same way);
     probe_center: host float64 ``[d]``, the centre every probe block is
-    split along (:func:`shared_probe_centre`), or None (each block its own).
+    split along (:func:`run_probe_centre`), or None (each block its own).
     """
 
     cache_file: str
@@ -261,25 +261,20 @@ class TileSource:
     probe_center: np.ndarray | None = field(default=None, compare=False)
 
 
-def shared_probe_centre(f: Any, src: TileSource, plan: TilePlan) -> np.ndarray | None:
-    """The centre of the first probe block of ``plan`` in the open cache ``f``, for every block to share.
+def run_probe_centre(f: Any, src: TileSource, plan: TilePlan) -> np.ndarray | None:
+    """:func:`~reid_eval.matching.fpr.shared_probe_centre` of ``plan``'s probe blocks in the open cache ``f`` (host float64).
 
-    Float32 operands with several probe blocks only (else None: a single
-    block takes its own, the same one). Sharing it lets each gallery block
-    compute its centre terms once for all its tiles
-    (:meth:`~reid_eval.matching.fpr.GalleryBasis.centre_terms`) and gives the
-    tiles the bits of :func:`~reid_eval.matching.fpr.fpr_distances`, which
-    shares its first block's centre too.
+    Sharing it lets each gallery block compute its centre terms once for all
+    its tiles (:meth:`~reid_eval.matching.fpr.GalleryBasis.centre_terms`) and
+    gives the tiles the bits of :func:`~reid_eval.matching.fpr.fpr_distances`.
     """
-    if src.precision != "float32" or len(plan.probe_blocks) < 2:
-        return None
     a, b = plan.probe_blocks[0]
     try:
-        center = probe_centre(read_spatial_block(f, src.probe_split, a, b), normalize=src.normalize,
-                              backend=get_array_module(src.backend))
+        center = shared_probe_centre(lambda: read_spatial_block(f, src.probe_split, a, b), len(plan.probe_blocks),
+                                     src.precision, normalize=src.normalize, backend=get_array_module(src.backend))
     except ValueError as exc:
         raise ReidEvalError(f"cache {Path(src.cache_file)}: {exc}") from None
-    return np.asarray(to_numpy(center), dtype=np.float64)
+    return None if center is None else np.asarray(to_numpy(center), dtype=np.float64)
 
 
 def _gallery_basis(src: TileSource, f: Any, block: tuple[int, int], xp: Any) -> GalleryBasis:
