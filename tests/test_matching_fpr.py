@@ -320,3 +320,36 @@ def test_large_buffers_are_huge_page_mappings_that_live_as_long_as_their_views()
     gc.collect()
     view[...] = 7.0  # still mapped while a view lives
     assert float(view.sum()) == 70.0
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 7, 8, 9, 16, 17, 58, 110])
+def test_add_halves_sums_every_row_once_in_groups_of_at_most_eight(n):
+    """Row i is the indicator of column i: each partial sum's ones name the rows it gathered."""
+    from reid_eval.matching.fpr import _add_halves
+
+    rows = np.eye(n, dtype=np.float32)
+    left = _add_halves(rows, 3)
+    assert left == -(-n // 8)
+    assert np.array_equal(rows[:left].sum(axis=0), np.ones(n))  # every row exactly once
+    assert rows[:left].sum(axis=1).max() <= 8
+
+
+def test_squared_segment_sum_is_within_its_float32_rounding_of_float64():
+    """Ragged images (M = 1..110): at most 4u of each sum (squares, then 3 levels of pairwise adds)."""
+    from reid_eval.matching.fpr import _squared_segment_sum
+
+    rng = np.random.default_rng(13)
+    counts = np.array([1, 7, 8, 9, 58, 110, 3])
+    offsets = np.concatenate([[0], np.cumsum(counts)])
+    c = (rng.standard_normal((offsets[-1], 301)) * rng.uniform(0.1, 10, (offsets[-1], 1))).astype(np.float32)
+    c64 = c.astype(np.float64)
+    exact = np.stack([(c64[a:b] ** 2).sum(axis=0) for a, b in zip(offsets[:-1], offsets[1:])])
+    before = c.copy()
+    got = _squared_segment_sum(np, c, offsets)
+    assert np.array_equal(c, before)  # the product is left unchanged
+    assert got.dtype == np.float64
+    assert np.all(np.abs(got - exact) <= 4 * 2.0**-24 * exact)
+    # the float32 adds are really there: a float64 sum of the rounded squares differs somewhere
+    squares64 = (c * c).astype(np.float64)
+    plain = np.stack([squares64[a:b].sum(axis=0) for a, b in zip(offsets[:-1], offsets[1:])])
+    assert np.abs(got - plain).max() > 0
