@@ -31,7 +31,9 @@ of both operands, into one output buffer that the run allocates and its
 tiles reuse, like the engine's workspace; at large shapes the one product
 also pays for writing and faulting in a result of gigabytes), and as those
 tiles with the probe operand laid out as the engine lays it (rows
-``[N, d]``, multiplied transposed): the fastest of the three is the floor;
+``[N, d]``, multiplied transposed): the floor is the one of the three with
+the lowest median time over the repeats (not the fastest of the three within
+each repeat, which a lull in the machine's load would pick, biasing it low);
 the refined share (``RefinementStats``), the maximum difference to the
 float64 path and, on ``--check-pairs`` pairs, to the float64 one-pair
 definition. Targets: float32 <= 1.2x the GEMM and <= the float64 path, every
@@ -45,11 +47,18 @@ over all probes; ``--probe-repeat`` stacks the probe images that many times
 to reach a realistic number of probe locations per gallery image without
 extracting more images (repeats change no distance). By default the 40
 probe images are stacked to about 70,000 probe locations (16 times at
-384x128, 32 times at 128x64) against 100 gallery images: several tiles of
-the default budget, and enough probes per gallery image that the gallery's
+384x128, 32 times at 128x64) against as many gallery images as fill one
+gallery block of the default budget (``--cnn-gallery``; 95 at 110
+locations and d = 512, 79 at d = 2048, 181 at 58 locations): several full
+tiles, as nearly every tile of a run at full scale is (a gallery block half
+full would weigh each probe block's preparation, paid once per tile, twice
+as much), and enough probes per gallery image that the gallery's
 preparation weighs 1-2% (in a Market-1501 run, where every gallery block
-meets 3,368 probes, a fifth of that). At much smaller shapes (e.g. ``--cnn-gallery 30
---probe-repeat 4``) the fixed preparation of each block weighs more.
+meets 3,368 probes, a fifth of that). At much smaller shapes (e.g.
+``--cnn-gallery 30 --probe-repeat 4``) the fixed preparation of each block
+weighs more. Every timed run starts on memory just freed
+(:func:`memory_warmer`): on this project's VM the first touch of memory
+unused for a few seconds costs more than the arithmetic of a short run.
 
 ``--calibrate`` instead measures the float32 error of S against the error
 model of reid_eval.matching.fpr over d = 1..2048, M = 1..110 and prints the
@@ -79,17 +88,41 @@ from reid_eval.features import SpatialFeatures
 from reid_eval.matching import fpr_distance_reference, fpr_distances
 from reid_eval.matching.backend import blas_threads, large_empty
 from reid_eval.matching.definition import DEFAULT_BETA
+from reid_eval.matching.fpr import DEFAULT_MEMORY_BUDGET
 
 
-def best_time(fn, repeats: int, sync=lambda: None) -> tuple[float, object]:
+def best_time(fn, repeats: int, sync=lambda: None, before=lambda: None) -> tuple[float, object]:
+    """(fastest of ``repeats`` timed calls of ``fn``, its last result); ``before()`` runs untimed ahead of each."""
     best, result = float("inf"), None
     for _ in range(repeats):
+        before()
         sync()
         t0 = time.perf_counter()
         result = fn()
         sync()
         best = min(best, time.perf_counter() - t0)
     return best, result
+
+
+def memory_warmer(nbytes: int):
+    """A callable that touches and frees ``nbytes`` of large buffers, to run just before a timed call.
+
+    On a virtual machine that returns freed memory to its host (Linux page
+    reporting, as on this project's VM), the first touch of memory the
+    process has not used for a few seconds is slow: measured, 1.6 s for a
+    fresh 440 MB buffer against 0.07 s for one just freed. Timed back to back,
+    whichever run allocates more than the run before it freed pays that, a
+    cost of the VM and of a run too short to reuse its buffers, not of the
+    arithmetic (a run at full scale reuses one workspace over hundreds of
+    tiles). Touching as much as any timed run uses, right before it, gives
+    every run memory just freed.
+    """
+    def warm() -> None:
+        buffer = large_empty(np, (nbytes,), np.uint8)
+        buffer.fill(1)
+        del buffer
+
+    return warm
 
 
 def make_features(rng: np.random.Generator, n: int, m: int, d: int) -> SpatialFeatures:
@@ -173,9 +206,10 @@ def bench_synthetic(args: argparse.Namespace) -> bool:
     else:
         # Interleaved, so both see the same load on a shared machine.
         t_mm, t_fpr = float("inf"), float("inf")
+        warm = memory_warmer(max(a.shape[0] * b.shape[1] * 4, DEFAULT_MEMORY_BUDGET) + (256 << 20))
         for _ in range(args.repeats):
-            t_mm = min(t_mm, best_time(lambda: np.matmul(a, b), 1)[0])
-            t, dist = best_time(lambda: fpr_distances(probe, gallery, beta=beta, backend="numpy"), 1)
+            t_mm = min(t_mm, best_time(lambda: np.matmul(a, b), 1, before=warm)[0])
+            t, dist = best_time(lambda: fpr_distances(probe, gallery, beta=beta, backend="numpy"), 1, before=warm)
             t_fpr = min(t_fpr, t)
         # The per-pair algorithm as written runs with NumPy's default BLAS
         # threads; its many small GEMMs run much faster on one thread on a
@@ -294,6 +328,24 @@ def _repeat(features: SpatialFeatures, k: int) -> SpatialFeatures:
 PROBE_LOCATIONS = 70_000
 
 
+#: Gallery images extracted per CNN source at first; by default the benchmark then takes as many
+#: as fill one gallery block (:func:`whole_block_gallery`), extracting more if needed.
+CNN_GALLERY = 100
+
+
+def whole_block_gallery(gallery: SpatialFeatures) -> int:
+    """Gallery images (of ``gallery``'s location count) that fill one gallery block of the default budget.
+
+    In a run at full scale (15,913 gallery images) all tiles but the last of
+    each row are full; a benchmark gallery that fills half a block would
+    weigh each probe block's preparation (paid once per tile) twice as much.
+    """
+    from reid_eval.matching import fpr as engine
+
+    max_rows = engine._max_tile_rows(gallery.dim, DEFAULT_MEMORY_BUDGET, "float32")
+    return max(1, max_rows // int(gallery.counts.max()))
+
+
 def bench_source(name: str, probe: SpatialFeatures, gallery: SpatialFeatures, args: argparse.Namespace) -> bool:
     """Part 2 for one feature source; prints one block, returns whether the targets are met."""
     from reid_eval.matching import RefinementStats
@@ -305,7 +357,7 @@ def bench_source(name: str, probe: SpatialFeatures, gallery: SpatialFeatures, ar
     a = rng.standard_normal((gallery.local.shape[0], gallery.dim)).astype(np.float32)
     b = rng.standard_normal((gallery.dim, probe.local.shape[0])).astype(np.float32)
     # The engine's own tiles (default budget): the same GEMMs cut as it cuts them.
-    max_rows = engine._max_tile_rows(gallery.dim, engine.DEFAULT_MEMORY_BUDGET, "float32")
+    max_rows = engine._max_tile_rows(gallery.dim, DEFAULT_MEMORY_BUDGET, "float32")
     g_rows = [(int(gallery.offsets[i]), int(gallery.offsets[j])) for i, j in engine.plan_blocks(gallery.counts, max_rows)]
     p_rows = [(int(probe.offsets[i]), int(probe.offsets[j])) for i, j in engine.plan_blocks(probe.counts, max_rows)]
     run32 = lambda: fpr_distances(probe, gallery, backend=args.backend)  # noqa: E731
@@ -342,21 +394,30 @@ def bench_source(name: str, probe: SpatialFeatures, gallery: SpatialFeatures, ar
     def gemm_row_tiles():
         run_tiles(row_tiles)
 
-    runs = []  # per repeat: (floor, stacked, tiled, tiled in the engine's layout, float32, float64) seconds
+    # Every timed run starts on memory just freed (memory_warmer): as much as the largest of them uses.
+    warm = (memory_warmer(max(a.shape[0] * b.shape[1] * 4, DEFAULT_MEMORY_BUDGET) + (256 << 20))
+            if xp is np else (lambda: None))
+    runs = []  # per repeat: (stacked, tiled, tiled in the engine's layout, float32, float64) seconds
     for _ in range(args.repeats):  # interleaved and back to back: all see the same load
-        t_s = best_time(gemm_stacked, 1, sync)[0]
-        t_t = best_time(gemm_tiled, 1, sync)[0]
-        t_r = best_time(gemm_row_tiles, 1, sync)[0]
-        t, d32 = best_time(run32, 1, sync)
-        t_64, d64 = best_time(run64, 1, sync)
-        runs.append((min(t_s, t_t, t_r), t_s, t_t, t_r, t, t_64))
-    # t_mm, the floor: the fastest way to do the same multiply-adds
-    t_mm, t_stack, t_tiled, t_rows, t32, t64 = np.min(np.array(runs), axis=0)
-    # The same ratios within each repeat (the runs of a repeat go back to back, under the
-    # same load), and their median: on a machine whose speed drifts by 10-20% between runs, the
-    # paired ratio moves far less than a ratio of two separate minima.
-    paired_mm = float(np.median([r[4] / r[0] for r in runs]))
-    paired_64 = float(np.median([r[4] / r[5] for r in runs]))
+        t_s = best_time(gemm_stacked, 1, sync, warm)[0]
+        t_t = best_time(gemm_tiled, 1, sync, warm)[0]
+        t_r = best_time(gemm_row_tiles, 1, sync, warm)[0]
+        t, d32 = best_time(run32, 1, sync, warm)
+        t_64, d64 = best_time(run64, 1, sync, warm)
+        runs.append((t_s, t_t, t_r, t, t_64))
+    times = np.array(runs)
+    t_stack, t_tiled, t_rows, t32, t64 = times.min(axis=0)
+    # The floor: the way of doing the same multiply-adds that is fastest over the repeats (lowest
+    # median). Taking the fastest of the three within each repeat instead would pick whichever
+    # happened to run during a lull: a floor biased low by the noise, not by the arithmetic.
+    floor = int(np.argmin(np.median(times[:, :3], axis=0)))
+    t_mm = float(times[:, floor].min())
+    # The ratios within each repeat (the runs of a repeat go back to back, under the same load),
+    # and their median: on a machine whose speed drifts by 10-20% between runs, the paired ratio
+    # moves far less than a ratio of two separate minima.
+    ratios_mm = times[:, 3] / times[:, floor]
+    paired_mm = float(np.median(ratios_mm))
+    paired_64 = float(np.median(times[:, 3] / times[:, 4]))
     stats = RefinementStats()
     fpr_distances(probe, gallery, backend=args.backend, stats=stats)
     n_check = min(args.check_pairs, len(probe))
@@ -370,11 +431,12 @@ def bench_source(name: str, probe: SpatialFeatures, gallery: SpatialFeatures, ar
     m_g = np.diff(gallery.offsets)
     print(f"{name}: d={gallery.dim}, {len(probe)} probes x {len(gallery)} gallery images, "
           f"{int(np.median(m_g))} locations; GEMM {a.shape[0]}x{a.shape[1]} @ {b.shape[0]}x{b.shape[1]}")
+    variants = ("one stacked product", f"the engine's {len(tiles)} tile(s)", "the same tiles in the engine's operand layout")
     print(f"  fpr float32 {t32:7.3f} s | float64 path {t64:7.3f} s | bare GEMM {t_mm:7.3f} s "
-          f"(fastest of one stacked product {t_stack:.3f} s, the engine's {len(tiles)} tile(s) {t_tiled:.3f} s "
-          f"and the same tiles in the engine's operand layout {t_rows:.3f} s)")
+          f"({variants[floor]}, the fastest by median; best times: one stacked product {t_stack:.3f} s, "
+          f"the engine's tiles {t_tiled:.3f} s, in its operand layout {t_rows:.3f} s)")
     print(f"  float32 / GEMM {r_mm:5.2f}x best of {len(runs)}, {paired_mm:5.2f}x median of the {len(runs)} side-by-side "
-          f"ratios ({', '.join(f'{r[4] / r[0]:.2f}' for r in runs)}) (target <= 1.2)")
+          f"ratios ({', '.join(f'{r:.2f}' for r in ratios_mm)}) (target <= 1.2)")
     print(f"  float32 / float64 path {r_64:5.2f}x best of {len(runs)}, {paired_64:5.2f}x median (target <= 1)")
     print(f"  refined share {stats.refined_share:.2e} ({stats.refined} of {stats.entries} entries)")
     print(f"  max |float32 - float64 path| {err64:.2e}; max |float32 - definition| {err_ref:.2e}, "
@@ -437,7 +499,9 @@ def main(argv: list[str] | None = None) -> int:
                          "--checkpoint adds a trained source")
     ap.add_argument("--checkpoint", type=Path, default=None, help="a reid-eval checkpoint (e.g. the demo's model.pt)")
     ap.add_argument("--cnn-probes", type=int, default=40, help="probe images extracted per CNN source")
-    ap.add_argument("--cnn-gallery", type=int, default=100, help="gallery images extracted per CNN source")
+    ap.add_argument("--cnn-gallery", type=int, default=None,
+                    help="gallery images per CNN source (default: as many as fill one gallery block of the "
+                         "default memory budget)")
     ap.add_argument("--probe-repeat", type=int, default=None,
                     help="stack the CNN probe images this many times (default: enough for about "
                          f"{PROBE_LOCATIONS:,} probe locations)")
@@ -459,7 +523,13 @@ def main(argv: list[str] | None = None) -> int:
         cnn.append(("trained", args.checkpoint))
     for source, checkpoint in cnn:
         print()
-        probe, gallery, name = cnn_features(source, args.cnn_probes, args.cnn_gallery, args.feature_cache, checkpoint)
+        probe, gallery, name = cnn_features(source, args.cnn_probes, args.cnn_gallery or CNN_GALLERY,
+                                            args.feature_cache, checkpoint)
+        if args.cnn_gallery is None:
+            whole = whole_block_gallery(gallery)
+            if whole > len(gallery):
+                probe, gallery, name = cnn_features(source, args.cnn_probes, whole, args.feature_cache, checkpoint)
+            gallery = gallery[:whole]
         ok &= bench_source(name, probe, gallery, args)
     print()
     print("all targets met" if ok else "TARGET MISSED")
