@@ -23,24 +23,25 @@ gallery, so same-identity pairs are close): a randomly initialised ResNet-18
 ``--checkpoint FILE``, a trained model at its own input size (for example the
 demo's: ``reid-eval demo --workdir W`` writes ``W/train/model.pt``).
 Features are cached under ``--feature-cache`` so a rerun skips extraction.
-For each source, side by side in one run (best of ``--repeats``, interleaved):
-``fpr_distances`` in float32, the engine's own float64 path
-(``precision="float64"``) and the bare float32 GEMM of the same stacked shape,
-timed as one product, cut into the engine's tiles (each tile its own rows
-of both operands, into one output buffer that the run allocates and its
-tiles reuse, like the engine's workspace; at large shapes the one product
-also pays for writing and faulting in a result of gigabytes), and as those
-tiles with the probe operand laid out as the engine lays it (rows
-``[N, d]``, multiplied transposed): the floor is the one of the three with
-the lowest median time over the repeats (not the fastest of the three within
-each repeat, which a lull in the machine's load would pick, biasing it low);
-the refined share (``RefinementStats``), the maximum difference to the
-float64 path and, on ``--check-pairs`` pairs, to the float64 one-pair
-definition. Targets: float32 <= 1.2x the GEMM and <= the float64 path, every
-distance within 1e-5; the time ratios are judged by the median over the
-repeats of the ratio within each repeat (the runs of a repeat go back to
-back, so they share the machine's load; on a shared VM its speed drifts by
-10-20% between runs), and the ratio of the best times is printed beside it.
+For each source, side by side in one run (``--repeats``, default 7,
+interleaved): ``fpr_distances`` in float32, the engine's own float64 path
+(``precision="float64"``) and the bare float32 GEMM of the same stacked
+shape (the floor), the refined share (``RefinementStats``), the maximum
+difference to the float64 path and, on ``--check-pairs`` pairs, to the
+float64 one-pair definition. The floor is the fastest of three ways of
+doing the GEMM's multiply-adds, chosen first by the median of
+``FLOOR_TRIALS`` interleaved runs of each: one product; cut into the
+engine's tiles (each tile its own rows of both operands, into one output
+buffer that the run allocates and its tiles reuse, like the engine's
+workspace); and those tiles with the probe operand laid out as the engine
+lays it (rows ``[N, d]``, multiplied transposed). Then each repeat runs the
+floor, float32, the floor again and float64, and the float32 time is
+divided by the mean of the floor runs just before and after it (a drift of
+the machine's speed cancels to first order). Targets: float32 <= 1.2x the
+GEMM and <= the float64 path, every distance within 1e-5; the time ratios
+are judged by their median over the repeats (on a shared VM the speed
+drifts by 10-20% between runs, and a ratio of separate minima moves far
+more), and the ratio of the best times is printed beside it.
 The fixed cost of preparing each gallery image (its
 float64 Gram matrix and basis) is paid once per gallery image and amortised
 over all probes; ``--probe-repeat`` stacks the probe images that many times
@@ -66,7 +67,7 @@ largest ratio (it must stay below 1 with a margin).
 
 Exit status 1 when a target is missed.
 
-    python benchmarks/bench_matching.py [--backend numpy|cupy] [--repeats 5]
+    python benchmarks/bench_matching.py [--backend numpy|cupy] [--repeats 7]
         [--sources synthetic,resnet18,resnet50] [--checkpoint demo/train/model.pt]
 """
 
@@ -322,6 +323,9 @@ def _repeat(features: SpatialFeatures, k: int) -> SpatialFeatures:
     return SpatialFeatures(np.tile(features.local, (k, 1)), offsets, np.tile(features.foreground, k))
 
 
+#: Interleaved runs of each bare GEMM variant that choose the floor of part 2.
+FLOOR_TRIALS = 2
+
 #: Default probe locations of part 2. Each gallery image's preparation (its float64 Gram matrix and
 #: basis) is paid once and shared by every probe: in a Market-1501 run by 3,368 probes (370,000
 #: locations); at about 70,000 it weighs 1-2% of the time, at 370,000 a fifth of that.
@@ -397,27 +401,31 @@ def bench_source(name: str, probe: SpatialFeatures, gallery: SpatialFeatures, ar
     # Every timed run starts on memory just freed (memory_warmer): as much as the largest of them uses.
     warm = (memory_warmer(max(a.shape[0] * b.shape[1] * 4, DEFAULT_MEMORY_BUDGET) + (256 << 20))
             if xp is np else (lambda: None))
-    runs = []  # per repeat: (stacked, tiled, tiled in the engine's layout, float32, float64) seconds
-    for _ in range(args.repeats):  # interleaved and back to back: all see the same load
-        t_s = best_time(gemm_stacked, 1, sync, warm)[0]
-        t_t = best_time(gemm_tiled, 1, sync, warm)[0]
-        t_r = best_time(gemm_row_tiles, 1, sync, warm)[0]
+    gemms = (gemm_stacked, gemm_tiled, gemm_row_tiles)
+    # The floor: the way of doing the same multiply-adds that is fastest, chosen first from
+    # FLOOR_TRIALS interleaved runs of each by their median (taking the fastest of the three within
+    # each repeat instead would pick whichever happened to run during a lull: a floor biased low by
+    # the noise, not by the arithmetic).
+    trials = np.array([[best_time(g, 1, sync, warm)[0] for g in gemms] for _ in range(FLOOR_TRIALS)])
+    floor = int(np.argmin(np.median(trials, axis=0)))
+    # Each repeat: floor, float32, floor, float64. The float32 run is compared with the mean of
+    # the floor runs just before and after it (a drift of the machine's speed cancels to first
+    # order), and the float64 run with the float32 one; the judged ratio is the median over the
+    # repeats: on a machine whose speed drifts by 10-20% between runs, it moves far less than a
+    # ratio of two separate minima.
+    floors, t32s, t64s = [best_time(gemms[floor], 1, sync, warm)[0]], [], []
+    for _ in range(args.repeats):
         t, d32 = best_time(run32, 1, sync, warm)
+        floors.append(best_time(gemms[floor], 1, sync, warm)[0])
         t_64, d64 = best_time(run64, 1, sync, warm)
-        runs.append((t_s, t_t, t_r, t, t_64))
-    times = np.array(runs)
-    t_stack, t_tiled, t_rows, t32, t64 = times.min(axis=0)
-    # The floor: the way of doing the same multiply-adds that is fastest over the repeats (lowest
-    # median). Taking the fastest of the three within each repeat instead would pick whichever
-    # happened to run during a lull: a floor biased low by the noise, not by the arithmetic.
-    floor = int(np.argmin(np.median(times[:, :3], axis=0)))
-    t_mm = float(times[:, floor].min())
-    # The ratios within each repeat (the runs of a repeat go back to back, under the same load),
-    # and their median: on a machine whose speed drifts by 10-20% between runs, the paired ratio
-    # moves far less than a ratio of two separate minima.
-    ratios_mm = times[:, 3] / times[:, floor]
+        t32s.append(t)
+        t64s.append(t_64)
+    floors_a, t32a, t64a = np.array(floors), np.array(t32s), np.array(t64s)
+    t_stack, t_tiled, t_rows = trials.min(axis=0)
+    t_mm, t32, t64 = float(floors_a.min()), float(t32a.min()), float(t64a.min())
+    ratios_mm = t32a / ((floors_a[:-1] + floors_a[1:]) / 2)
     paired_mm = float(np.median(ratios_mm))
-    paired_64 = float(np.median(times[:, 3] / times[:, 4]))
+    paired_64 = float(np.median(t32a / t64a))
     stats = RefinementStats()
     fpr_distances(probe, gallery, backend=args.backend, stats=stats)
     n_check = min(args.check_pairs, len(probe))
@@ -432,12 +440,13 @@ def bench_source(name: str, probe: SpatialFeatures, gallery: SpatialFeatures, ar
     print(f"{name}: d={gallery.dim}, {len(probe)} probes x {len(gallery)} gallery images, "
           f"{int(np.median(m_g))} locations; GEMM {a.shape[0]}x{a.shape[1]} @ {b.shape[0]}x{b.shape[1]}")
     variants = ("one stacked product", f"the engine's {len(tiles)} tile(s)", "the same tiles in the engine's operand layout")
+    n = args.repeats
     print(f"  fpr float32 {t32:7.3f} s | float64 path {t64:7.3f} s | bare GEMM {t_mm:7.3f} s "
-          f"({variants[floor]}, the fastest by median; best times: one stacked product {t_stack:.3f} s, "
-          f"the engine's tiles {t_tiled:.3f} s, in its operand layout {t_rows:.3f} s)")
-    print(f"  float32 / GEMM {r_mm:5.2f}x best of {len(runs)}, {paired_mm:5.2f}x median of the {len(runs)} side-by-side "
-          f"ratios ({', '.join(f'{r:.2f}' for r in ratios_mm)}) (target <= 1.2)")
-    print(f"  float32 / float64 path {r_64:5.2f}x best of {len(runs)}, {paired_64:5.2f}x median (target <= 1)")
+          f"({variants[floor]}, the fastest by median of {FLOOR_TRIALS} trials; best of those: one stacked product "
+          f"{t_stack:.3f} s, the engine's tiles {t_tiled:.3f} s, in its operand layout {t_rows:.3f} s)")
+    print(f"  float32 / GEMM {r_mm:5.2f}x best of {n}, {paired_mm:5.2f}x median of the {n} ratios to the GEMM runs "
+          f"around each ({', '.join(f'{r:.2f}' for r in ratios_mm)}) (target <= 1.2)")
+    print(f"  float32 / float64 path {r_64:5.2f}x best of {n}, {paired_64:5.2f}x median (target <= 1)")
     print(f"  refined share {stats.refined_share:.2e} ({stats.refined} of {stats.entries} entries)")
     print(f"  max |float32 - float64 path| {err64:.2e}; max |float32 - definition| {err_ref:.2e}, "
           f"|float64 path - definition| {err_64ref:.2e} over {n_check} probes x {len(gallery)} (contract 1e-5)")
@@ -488,7 +497,7 @@ def calibrate(seed: int = 0) -> float:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--backend", choices=["numpy", "cupy"], default="numpy")
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--probes", type=int, default=60, help="part 1: probe images")
     ap.add_argument("--gallery", type=int, default=60, help="part 1: gallery images")
     ap.add_argument("--locations", type=int, default=110)
