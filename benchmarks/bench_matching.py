@@ -36,7 +36,7 @@ buffer that the run allocates and its tiles reuse, like the engine's
 workspace); and those tiles with the probe operand laid out as the engine
 lays it (rows ``[N, d]``, multiplied transposed). Then each repeat runs the
 floor, float32, the floor again and float64, and the float32 time is
-divided by the mean of the floor runs just before and after it (a drift of
+divided by the mean of the nearest floor runs before and after it (a drift of
 the machine's speed cancels to first order). Targets: float32 <= 1.2x the
 GEMM and <= the float64 path, every distance within 1e-5; the time ratios
 are judged by their median over the repeats (on a shared VM the speed
@@ -409,7 +409,7 @@ def bench_source(name: str, probe: SpatialFeatures, gallery: SpatialFeatures, ar
     trials = np.array([[best_time(g, 1, sync, warm)[0] for g in gemms] for _ in range(FLOOR_TRIALS)])
     floor = int(np.argmin(np.median(trials, axis=0)))
     # Each repeat: floor, float32, floor, float64. The float32 run is compared with the mean of
-    # the floor runs just before and after it (a drift of the machine's speed cancels to first
+    # the nearest floor runs before and after it (a drift of the machine's speed cancels to first
     # order), and the float64 run with the float32 one; the judged ratio is the median over the
     # repeats: on a machine whose speed drifts by 10-20% between runs, it moves far less than a
     # ratio of two separate minima.
