@@ -867,6 +867,19 @@ def _weighted_error_bounds(xp: ModuleType, e2: Any, e: Any, ds: Any, weights: An
     return ds
 
 
+def _residuals(xp: ModuleType, e2: Any) -> Any:
+    """ê = √max(e², 0) of float64 residuals ``e2`` ``[k, R]``: a new ``[k, R]`` array."""
+    e = xp.maximum(e2, 0.0)
+    xp.sqrt(e, out=e)
+    return e
+
+
+def _weighted_sums(xp: ModuleType, e: Any, probes: ProbeBlock) -> Any:
+    """``[k, p]`` Σ h̃·e over each probe's locations of residuals ``e`` ``[k, R]`` (``e`` is overwritten)."""
+    e *= probes.weights[None, :]
+    return segment_sum(xp, e, probes.offsets, axis=1)
+
+
 def _entries_to_refine(xp: ModuleType, e2: Any, pair: Any, probes: ProbeBlock, gallery: GalleryBasis, atol: float) -> Any:
     """``[g, R]`` bool: the entries of float32 ``e2`` ``[g, R]`` to recompute in float64.
 
@@ -876,8 +889,7 @@ def _entries_to_refine(xp: ModuleType, e2: Any, pair: Any, probes: ProbeBlock, g
     largest h̃ δe are refined, as few as leave the sum of the rest within
     ``atol``.
     """
-    e = xp.maximum(e2, 0.0)
-    xp.sqrt(e, out=e)
+    e = _residuals(xp, e2)
     contrib = _weighted_error_bounds(xp, e2, e, _error_bound_s(xp, probes, np.diff(gallery.offsets)), probes.weights)
     del e
     fg, fp = xp.nonzero(pair > atol)
@@ -1024,14 +1036,12 @@ def _tile_distances(xp: ModuleType, c: Any, cross: Any, beta_sq: Any, probes: Pr
     def finish_rows(a: int, b: int) -> None:
         s = e2[a:b]
         _e2_in_place(xp, s, None if cross is None else cross[a:b], None if beta_sq is None else beta_sq[a:b], probes)
-        e = xp.maximum(s, 0.0)
-        xp.sqrt(e, out=e)
+        e = _residuals(xp, s)
         if checked:
             contrib = _weighted_error_bounds(xp, s, e, factors[a:b, None] * scale[None, :], probes.weights)
             pair[a:b] = segment_sum(xp, contrib, probes.offsets, axis=1)
             del contrib
-        e *= probes.weights[None, :]
-        dist[a:b] = segment_sum(xp, e, probes.offsets, axis=1)
+        dist[a:b] = _weighted_sums(xp, e, probes)
 
     _squared_segment_sum(xp, c, gallery.offsets, out=e2, then=finish_rows)
     refined = 0
@@ -1044,10 +1054,7 @@ def _tile_distances(xp: ModuleType, c: Any, cross: Any, beta_sq: Any, probes: Pr
         else:
             _refine(xp, e2, flagged, probes, gallery)
         del flagged
-        e = xp.maximum(e2, 0.0)
-        xp.sqrt(e, out=e)
-        e *= probes.weights[None, :]
-        dist = segment_sum(xp, e, probes.offsets, axis=1)
+        dist = _weighted_sums(xp, _residuals(xp, e2), probes)
     if stats is not None:
         stats.record(g * n_cols, refined)
     return dist.T.astype(probes.x.dtype)
