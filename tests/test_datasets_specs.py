@@ -19,6 +19,7 @@ PUBLISHED = {
     "dukemtmc_reid": {"train": (16522, 702), "query": (2228, 702), "gallery": (17661, 1110)},
     "cuhk03_np": {"train": (7365, 767), "query": (1400, 700), "gallery": (5332, 700)},
     "cuhk03_np_labeled": {"train": (7368, 767), "query": (1400, 700), "gallery": (5328, 700)},
+    "cuhk03_pair1": {"train": (7239, 743), "query": (451, 100), "gallery": (487, 100)},  # our protocol, its spec
     "partial_reid": {"query": (300, 60), "gallery": (300, 60)},
     "partial_ilids": {"query": (119, 119), "gallery": (119, 119)},
     "occluded_reid": {"query": (1000, 200), "gallery": (1000, 200)},
@@ -45,7 +46,8 @@ def test_every_spec_carries_the_published_counts(name):
 
 def test_kinds_split_holistic_from_occluded_sets():
     kinds = {name: get_spec(name).kind for name in known_datasets()}
-    assert {n for n, k in kinds.items() if k == "holistic"} == {"market1501", "dukemtmc_reid", "cuhk03_np", "cuhk03_np_labeled"}
+    assert {n for n, k in kinds.items() if k == "holistic"} == {"market1501", "dukemtmc_reid", "cuhk03_np", "cuhk03_np_labeled",
+                                                                      "cuhk03_pair1"}
     assert {n for n, k in kinds.items() if k == "occluded"} == {
         "partial_reid", "partial_ilids", "occluded_reid", "synthetic_occluded", "pets09_s2l1", "pets09_s2l1_full",
         "occluded_dukemtmc", "p_dukemtmc_reid",

@@ -211,6 +211,8 @@ def scan_dataset(name: str, root: Path) -> ScannedDataset:
                 bad.append(rel_paths[i])
                 continue
             pid, camid = parsed
+            if split.cameras and camid not in split.cameras:
+                continue  # another split's camera in a shared folder
             if pid in spec.junk_pids:
                 junk[split.name] += 1
                 continue

@@ -48,6 +48,10 @@ _MARKET = re.compile(r"^(-?\d+)_c(\d+)(?=[s_.])")
 # Partial-REID "001_01.jpg" / "001_1.jpg", Partial-iLIDS "001.jpg".
 _PID_PREFIX = re.compile(r"^(\d+)(?:[_-][^.]*)?\.[^.]+$")
 _DIGITS = re.compile(r"^\d+$")
+# CUHK03 as extracted from cuhk-03.mat: "0042_07.jpg" = pid 42, shot 7 of 10.
+_PID_SHOT = re.compile(r"^(\d+)_(\d{2})\.[^.]+$")
+#: CUHK03 stores a person's shots of one camera pair as 5 from the first camera, then 5 from the second.
+CUHK03_SHOTS_PER_CAMERA = 5
 
 
 def _parse_market(parts: tuple[str, ...]) -> Parsed | None:
@@ -62,6 +66,16 @@ def _parse_pid_prefix(parts: tuple[str, ...]) -> Parsed | None:
     if match is None:
         return None
     return int(match.group(1)), None
+
+
+def _parse_cuhk03_shot(parts: tuple[str, ...]) -> Parsed | None:
+    match = _PID_SHOT.match(parts[-1])
+    if match is None:
+        return None
+    shot = int(match.group(2))
+    if shot >= 2 * CUHK03_SHOTS_PER_CAMERA:
+        return None
+    return int(match.group(1)), shot // CUHK03_SHOTS_PER_CAMERA + 1
 
 
 def _parse_pid_folder(parts: tuple[str, ...]) -> Parsed | None:
@@ -88,6 +102,14 @@ SCHEMES: dict[str, NamingScheme] = {
             example="001_01.jpg or 001.jpg",
             description="file names that start with the pid, optionally followed by _ or - and anything",
             _parse=_parse_pid_prefix,
+        ),
+        NamingScheme(
+            name="cuhk03_shot",
+            depth=1,
+            gives_camera=True,
+            example="0042_07.jpg",
+            description="<pid>_<shot>: shots 00-04 are camera 1, 05-09 camera 2 (CUHK03's per-pair order)",
+            _parse=_parse_cuhk03_shot,
         ),
         NamingScheme(
             name="pid_folder",

@@ -36,7 +36,7 @@ _TOP_KEYS = {
     "name", "title", "kind", "roots", "naming", "extensions",
     "junk_pids", "distractor_pids", "single_gallery_shot", "splits", "notes", "annotations",
 }
-_SPLIT_KEYS = {"folders", "images", "identities", "camid", "notes"}
+_SPLIT_KEYS = {"folders", "images", "identities", "camid", "cameras", "notes"}
 # Keys that select a split's images from the spec's annotations table.
 _SELECTION_KEYS = {"where", "frame_stride", "min_frame_gap"}
 
@@ -50,7 +50,10 @@ class SplitSpec:
     ``images`` / ``identities``: published counts (None when unpublished);
     images include distractors and exclude junk, identities exclude the
     distractor pids. ``camid``: the fixed camera id of every image of this
-    split, set exactly when the naming scheme carries no camera.
+    split, set exactly when the naming scheme carries no camera. ``cameras``:
+    when not empty, the split keeps only the images of these cameras (from
+    the names), so that query and gallery can share one folder, one camera
+    each; empty keeps every camera.
 
     Only with the dataset's ``annotations`` table (see
     :mod:`reid_eval.datasets.annotations`): ``where`` keeps the images whose
@@ -66,6 +69,7 @@ class SplitSpec:
     images: int | None = None
     identities: int | None = None
     camid: int | None = None
+    cameras: tuple[int, ...] = ()
     where: tuple[tuple[str, float, float], ...] = ()
     frame_stride: int | None = None
     min_frame_gap: int | None = None
@@ -202,8 +206,15 @@ def _parse_split(source: str, name: str, table: Any, gives_camera: bool, annotat
         raise _fail(source, f"{where}.camid is set but the naming scheme already gives a camera")
     if not gives_camera and (not isinstance(camid, int) or isinstance(camid, bool)):
         raise _fail(source, f"{where}.camid (an integer) is needed: the naming scheme gives no camera")
+    cameras: tuple[int, ...] = ()
+    if "cameras" in table:
+        if not gives_camera:
+            raise _fail(source, f"{where}.cameras needs a naming scheme that gives a camera")
+        cameras = tuple(sorted(_int_list(source, f"{where}.cameras", table["cameras"])))
+        if not cameras:
+            raise _fail(source, f"{where}.cameras must list at least one camera")
     return SplitSpec(
-        name=name, folders=folders, images=images, identities=identities, camid=camid,
+        name=name, folders=folders, images=images, identities=identities, camid=camid, cameras=cameras,
         where=_parse_ranges(source, f"{where}.where", table["where"]) if "where" in table else (),
         frame_stride=_positive_int(source, f"{where}.frame_stride", table.get("frame_stride")),
         min_frame_gap=_positive_int(source, f"{where}.min_frame_gap", table.get("min_frame_gap")),
@@ -249,11 +260,14 @@ def parse_spec(data: dict[str, Any], source: str) -> DatasetSpec:
         for split in SPLIT_ORDER
         if split in splits_table
     )
+    by_name = {split.name: split for split in splits}
     if not scheme.gives_camera:
-        by_name = {split.name: split for split in splits}
         # The same-camera rule of the Market protocol must remove nothing here.
         if by_name["query"].camid == by_name["gallery"].camid:
             raise _fail(source, "splits.query.camid and splits.gallery.camid must differ")
+    elif set(by_name["query"].cameras) & set(by_name["gallery"].cameras):
+        # Query and gallery filmed by one camera would be removed whole by the same-camera rule.
+        raise _fail(source, "splits.query.cameras and splits.gallery.cameras must not share a camera")
     extensions = tuple(ext.lower().lstrip(".") for ext in _str_list(source, "extensions", data["extensions"]))
     single_gallery_shot = data.get("single_gallery_shot", False)
     if not isinstance(single_gallery_shot, bool):
