@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -82,16 +81,13 @@ def test_masks_mirror_the_dataset_and_are_what_the_model_says(data_root, weights
 
 def test_resume_after_sigkill_writes_only_the_missing_masks(data_root, weights, tmp_path):
     out = tmp_path / "masks"
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "reid_eval_cli", *_cli(data_root, out, weights, "--batch-size", "1")]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and len(list(out.rglob("*.png"))) < 2 and proc.poll() is None:
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1",
+           "REID_EVAL_TEST_KILL_AFTER_MASKS": "5"}  # SIGKILL right after the 5th of 12 files is in place
+    cmd = [sys.executable, "-m", "reid_eval_cli", *_cli(data_root, out, weights, "--batch-size", "2")]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*.png")}
-    assert 2 <= len(before) < 12, len(before)
+    assert len(before) == 5, sorted(before)  # mid-batch: the 3rd batch's second mask was never written
     for p in before:  # atomic writes: whatever exists is a whole PNG
         Image.open(p).load()
     assert main(_cli(data_root, out, weights)) == 0

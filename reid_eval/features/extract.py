@@ -38,7 +38,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import signal
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -70,15 +69,16 @@ from reid_eval.features.cache import (
 )
 from reid_eval.features.cache_io import close_cache, sealed_on_failure, writer_lock
 from reid_eval.features.preprocess import Preprocessing, load_image_array, to_tensor_batch
+from reid_eval.kill_hooks import kill_hook
 from reid_eval.model import FPRNet, ModelConfig, load_checkpoint
 
 #: Progress callback: (split, images processed so far, images in the split, images/s of this run).
 ProgressFn = Callable[[str, int, int, float], None]
 
-# Test hook: with REID_EVAL_TEST_KILL_AFTER_BATCHES=k the process SIGKILLs itself
-# after writing the rows of its k-th batch and before committing them, the worst
-# moment for a resume (see tests/test_extract_resume.py); with "k:STOP" it stops
-# (SIGSTOP) there instead, holding the writer lock (tests/test_bad_input.py).
+# Test hook (reid_eval.kill_hooks): with REID_EVAL_TEST_KILL_AFTER_BATCHES=k the
+# process SIGKILLs itself after writing the rows of its k-th batch and before
+# committing them, the worst moment for a resume (tests/test_extract_resume.py);
+# with "k:STOP" it stops there instead, holding the writer lock (tests/test_bad_input.py).
 _KILL_ENV = "REID_EVAL_TEST_KILL_AFTER_BATCHES"
 
 
@@ -185,22 +185,6 @@ class _SplitRun:
         glob = out.global_features.float().cpu().numpy()
         grid = np.broadcast_to(np.asarray(out.grid, np.int32), (b, len(out.grid), 2))
         return local, np.full(b, n, np.int64), fg, glob, grid
-
-
-def _kill_hook() -> Callable[[], None] | None:
-    raw = os.environ.get(_KILL_ENV)
-    if not raw:
-        return None
-    count, _, how = raw.partition(":")  # "k" kills; "k:STOP" stops the process there (tests of the writer lock)
-    left = [int(count)]
-    sig = signal.SIGSTOP if how.upper() == "STOP" else signal.SIGKILL
-
-    def hook() -> None:
-        left[0] -= 1
-        if left[0] == 0:
-            os.kill(os.getpid(), sig)
-
-    return hook
 
 
 def cache_settings(config: ModelConfig, prep: Preprocessing) -> dict:
@@ -327,7 +311,7 @@ def extract_dataset(
             return path
         model = model.to(dev).eval()
         run = _SplitRun(model, prep, dev, checkpoint)
-        kill = _kill_hook()
+        kill = kill_hook(_KILL_ENV)
         f = open_cache(path, "r+")
         try:
             for split in splits:

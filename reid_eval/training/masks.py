@@ -45,6 +45,7 @@ from reid_eval.datasets import load_manifest
 from reid_eval.errors import ReidEvalError
 from reid_eval.features import resolve_device
 from reid_eval.features.preprocess import Preprocessing, load_rgb, to_tensor_batch
+from reid_eval.kill_hooks import kill_hook
 from reid_eval.training.data import mask_file
 
 SEGMENTATION_MODELS: tuple[str, ...] = (
@@ -133,6 +134,11 @@ def person_masks(model: torch.nn.Module, person: int, images: torch.Tensor, size
     return out
 
 
+# Test hook (reid_eval.kill_hooks): REID_EVAL_TEST_KILL_AFTER_MASKS=k SIGKILLs the
+# process right after its k-th mask file is in place (tests/test_training_masks.py).
+_KILL_ENV = "REID_EVAL_TEST_KILL_AFTER_MASKS"
+
+
 def _write_png(path: Path, mask: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -185,7 +191,7 @@ def write_person_masks(dataset: str, root: Path, out_dir: Path | None = None, sp
         return to_tensor_batch(arrays, prep, "cpu"), sizes
 
     batches = [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)]
-    written = 0
+    written, kill = 0, kill_hook(_KILL_ENV)
     with ThreadPoolExecutor(max_workers=1) as pool:
         pending = pool.submit(load, batches[0])
         for b, batch in enumerate(batches):
@@ -194,6 +200,8 @@ def write_person_masks(dataset: str, root: Path, out_dir: Path | None = None, sp
                 pending = pool.submit(load, batches[b + 1])
             for p, mask in zip(batch, person_masks(model, person, images.to(dev, non_blocking=True), sizes)):
                 _write_png(mask_file(out_dir, p), mask)
+                if kill is not None:
+                    kill()
             written += len(batch)
             if progress is not None:
                 progress(skipped + written, len(paths), written)
