@@ -10,6 +10,7 @@ variable the hook is ``None`` and costs nothing.
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 from typing import Callable
@@ -21,12 +22,12 @@ def kill_hook(env: str) -> Callable[[], None] | None:
     if not raw:
         return None
     count, _, how = raw.partition(":")
-    left = [int(count)]
+    target = int(count)
+    calls = itertools.count(1)  # next() is atomic: threads that call the hook side by side count once each
     sig = signal.SIGSTOP if how.upper() == "STOP" else signal.SIGKILL
 
     def hook() -> None:
-        left[0] -= 1
-        if left[0] == 0:
+        if next(calls) == target:
             os.kill(os.getpid(), sig)
 
     return hook

@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import h5py
@@ -145,16 +144,14 @@ def test_the_budget_sets_the_blocks_and_a_budget_too_small_is_one_line(cache, mo
 
 
 def kill_after_tiles(args: list[str], store: TileStore, n: int, env: dict | None = None) -> set[tuple[int, int]]:
-    """Run ``args`` as a child process, kill it with SIGKILL once ``store`` holds ``n`` tiles (or after 60 s).
+    """Run ``args`` as a child process that SIGKILLs itself right after committing its ``n``-th tile.
 
-    Returns the tiles committed when it died.
+    Returns the tiles committed when it died: ``n``, or a few more when tiles run on
+    threads side by side (a tile another thread committed at the same moment).
     """
-    child = subprocess.Popen(args, env=env, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 60
-    while len(store.done()) < n and time.time() < deadline and child.poll() is None:
-        time.sleep(0.002)
-    os.kill(child.pid, signal.SIGKILL)
-    child.wait()
+    env = {**(os.environ if env is None else env), "REID_EVAL_TEST_KILL_AFTER_TILES": str(n)}
+    child = subprocess.run(args, env=env, stderr=subprocess.PIPE, text=True, timeout=300)
+    assert child.returncode == -signal.SIGKILL, child.stderr[-2000:]
     return store.done()
 
 
@@ -193,11 +190,9 @@ def test_a_nan_in_the_first_probe_block_is_named_and_leaves_no_tile_folder(cache
 
 
 CHILD = textwrap.dedent("""
-    import sys, time
+    import sys
     from reid_eval.matching.streaming import fpr_distances_from_cache
-    # slow tiles, so that the parent kills us in the middle
-    fpr_distances_from_cache(sys.argv[1], backend="numpy", block_rows=12, threads=1, resume_dir=sys.argv[2],
-                             progress=lambda p: time.sleep(0.25))
+    fpr_distances_from_cache(sys.argv[1], backend="numpy", block_rows=12, threads=1, resume_dir=sys.argv[2])
 """)
 
 

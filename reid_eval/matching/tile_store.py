@@ -46,7 +46,12 @@ from typing import Any
 
 import numpy as np
 
+from reid_eval.kill_hooks import kill_hook
 from reid_eval.matching.fpr import RefinementStats
+
+# Test hook (reid_eval.kill_hooks): REID_EVAL_TEST_KILL_AFTER_TILES=k SIGKILLs the
+# process right after its k-th tile commit (tests/test_match_streaming*.py).
+_KILL_ENV = "REID_EVAL_TEST_KILL_AFTER_TILES"
 
 __all__ = ["TileStore", "tile_dir"]
 
@@ -90,6 +95,7 @@ class TileStore:
 
     def __init__(self, directory: str | os.PathLike) -> None:
         self.directory = Path(directory)
+        self._kill = kill_hook(_KILL_ENV)
 
     @property
     def manifest_path(self) -> Path:
@@ -138,6 +144,8 @@ class TileStore:
                             "tiles": int(counts.tiles)}, sort_keys=True) + "\n").encode()
         _write_atomic(self._counts_path(gi, pi), lambda fh: fh.write(blob))
         _write_atomic(self._path(gi, pi), lambda fh: np.save(fh, np.ascontiguousarray(tile), allow_pickle=False))
+        if self._kill is not None:
+            self._kill()
 
     def counts(self, gi: int, pi: int) -> RefinementStats | None:
         """The refinement counts committed with tile ``(gi, pi)``; None when it has none.
