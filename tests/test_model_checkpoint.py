@@ -39,7 +39,7 @@ def test_round_trip_keeps_weights_config_and_sha(tmp_path):
     model = build_model(SMALL)
     path = save_checkpoint(tmp_path / "m.pt", model, SMALL, extra={"note": "x"})
     loaded, config, meta = load_checkpoint(path)
-    assert config == SMALL and meta["sha256"] == file_sha256(path) and meta["extra"] == {"note": "x"}
+    assert config == SMALL and meta["sha256"] == file_sha256(path) and meta["extra"] == {"note": "x", "foreground_trained": False}
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))
     assert not loaded.training
 

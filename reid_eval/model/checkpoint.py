@@ -31,6 +31,9 @@ from reid_eval.model.network import FPRNet, ModelConfig, build_model
 CHECKPOINT_FORMAT = "reid-eval-checkpoint"
 CHECKPOINT_FORMAT_VERSION = 1
 
+#: ``extra`` key: whether the checkpoint's foreground generator was trained (bool).
+FOREGROUND_TRAINED = "foreground_trained"
+
 #: What the user is told makes a checkpoint, at the end of every refusal.
 MAKE_CHECKPOINT_HINT = "a checkpoint is made with `reid-eval checkpoint init` or `reid-eval checkpoint convert --from SOURCE FILE`"
 
@@ -47,6 +50,25 @@ def file_sha256(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def foreground_trained(extra: Mapping[str, Any]) -> bool:
+    """Whether a checkpoint's ``extra`` says its foreground generator was trained.
+
+    Checkpoints written before the flag existed: trained when they came out of
+    ``reid-eval train`` or from a fast-reid mask layer; random otherwise
+    (``checkpoint init``, or converted from a source without a generator).
+    """
+    if FOREGROUND_TRAINED in extra:
+        return bool(extra[FOREGROUND_TRAINED])
+    return "trained_on" in extra or str(extra.get("foreground", "")).startswith("converted")
+
+
+def _with_foreground_flag(extra: Mapping[str, Any], config: ModelConfig) -> dict[str, Any]:
+    """``extra`` with :data:`FOREGROUND_TRAINED` set (False without a foreground head)."""
+    out = dict(extra)
+    out[FOREGROUND_TRAINED] = config.foreground_head and foreground_trained(out)
+    return out
+
+
 def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, config: ModelConfig, extra: dict | None = None) -> Path:
     """Write ``model``'s weights with ``config`` to ``path`` (atomically: temp file, then rename)."""
     path = Path(path)
@@ -56,7 +78,7 @@ def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, config: Mod
         "format_version": CHECKPOINT_FORMAT_VERSION,
         "config": config.to_dict(),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "extra": dict(extra or {}),
+        "extra": _with_foreground_flag(extra or {}, config),
     }
     tmp = path.with_name(path.name + ".tmp")
     torch.save(payload, tmp)

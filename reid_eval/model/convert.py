@@ -20,9 +20,12 @@ Key layouts accepted (after unwrapping and removing a ``module.`` prefix):
     ``pixel_std`` (checked to be ImageNet's) are dropped.
 ``torchreid``
     what torchreid's trainer writes, ``{"state_dict": {...}, "epoch", "rank1":
-    NumPy float, "optimizer", "scheduler"}`` (or a bare state dict), ``module.``
-    from DataParallel or not: ``resnet50`` / ``resnet50_fc512`` / any ResNet or
-    IBN-a trunk; ``classifier.*`` and the ``fc.*`` embedding dropped.
+    NumPy float, "optimizer", "scheduler"}``, or a bare state dict (the model
+    zoo's files), ``module.`` from DataParallel or not: ``resnet50`` /
+    ``resnet50_fc512`` / any ResNet or IBN-a trunk (``classifier.*`` and the
+    ``fc.*`` embedding dropped), or an OSNet (``conv1.conv.*``, ``conv2``–``conv5``,
+    ``pool2``/``pool3`` for AIN; width and variant inferred from the keys;
+    ``fc.*`` kept as the global feature, ``classifier.*`` dropped).
 
 Foreign files are read with weights only: NumPy scalars become Python numbers
 and any other pickled object beside the weights (a trainer's arguments, its
@@ -43,7 +46,7 @@ from typing import Any, Callable, Mapping
 import torch
 
 from reid_eval.errors import ReidEvalError
-from reid_eval.model.checkpoint import architecture_differences, file_sha256, read_torch_file
+from reid_eval.model.checkpoint import FOREGROUND_TRAINED, architecture_differences, file_sha256, read_torch_file
 from reid_eval.model.network import (
     BACKBONE_NAMES,
     IBN_NAMES,
@@ -54,8 +57,12 @@ from reid_eval.model.network import (
     ModelConfig,
     build_model,
 )
+from reid_eval.model.osnet import OSNET_NAMES
 
 _TRUNK_PREFIXES = ("conv1.", "bn1.", "layer1.", "layer2.", "layer3.", "layer4.")
+_OSNET_PREFIXES = ("conv1.", "conv2.", "conv3.", "conv4.", "conv5.", "pool2.", "pool3.", "fc.")
+#: The settings torchreid trains and evaluates with.
+_TORCHREID_SETTINGS: dict[str, Any] = {"input_size": (256, 128), "interpolation": "bilinear"}
 _NECK_KEYS = ("weight", "bias", "running_mean", "running_var")
 
 
@@ -144,11 +151,26 @@ def map_torchreid(payload: Any, where: str) -> ForeignWeights:
     256×128 with bilinear resizing.
     """
     state = _state_dict(payload, where, ("state_dict", "model"))
+    if "conv1.conv.weight" in state:
+        return _torchreid_osnet(state, where)
     trunk, dropped = _split_trunk(state, where, ("classifier.", "fc.", "global_avgpool."))
     has_fc = any(k.startswith("fc.") for k in dropped)
     name = "torchreid checkpoint" + (" with an fc embedding (resnet50_fc512-like)" if has_fc else "")
-    defaults = {"last_stride": 1 if has_fc else 2, "input_size": (256, 128), "interpolation": "bilinear"}
+    defaults = {"last_stride": 1 if has_fc else 2, **_TORCHREID_SETTINGS}
     return ForeignWeights(trunk, name, defaults=defaults, dropped=_groups(dropped))
+
+
+def _torchreid_osnet(state: Mapping[str, torch.Tensor], where: str) -> ForeignWeights:
+    """A torchreid OSNet state dict: trunk and ``fc`` embedding in torchreid's names; ``classifier.*`` dropped."""
+    trunk = {k: v for k, v in state.items() if k.startswith(_OSNET_PREFIXES)}
+    dropped = [k for k in state if k.startswith("classifier.")]
+    other = [k for k in state if k not in trunk and k not in dropped]
+    if other:
+        raise ReidEvalError(f"{where} looks like a torchreid OSNet but has keys reid-eval cannot map: {_few(other)}")
+    has_fc = "fc.0.weight" in trunk
+    defaults: dict[str, Any] = {**_TORCHREID_SETTINGS, "last_stride": 1, "global_feature": "embedding" if has_fc else "average"}
+    layout = "torchreid OSNet state dict" + (" with its fc embedding" if has_fc else "")
+    return ForeignWeights(trunk, layout, defaults=defaults, dropped=_groups(dropped))
 
 
 def _fast_reid_neck(state: Mapping[str, torch.Tensor], where: str) -> tuple[dict[str, torch.Tensor] | None, str]:
@@ -216,7 +238,7 @@ CONVERT_SOURCES: tuple[str, ...] = tuple(CONVERTERS)
 SOURCE_BACKBONES: dict[str, tuple[str, ...]] = {
     "torchvision": RESNET_NAMES,
     "ibn-net": IBN_NAMES,
-    "fast-reid": BACKBONE_NAMES,
+    "fast-reid": RESNET_NAMES + IBN_NAMES,
     "torchreid": BACKBONE_NAMES,
 }
 
@@ -259,11 +281,17 @@ def infer_backbone(backbone_state: Mapping[str, torch.Tensor], candidates: tuple
     # every candidate, even on the meta device, takes seconds.
     blocks = _block_counts(backbone_state)
     ibn = any(".bn1.IN." in k for k in backbone_state)
-    likely = [n for n in candidates if _BLOCKS.get(n.removesuffix("_ibn_a")) == blocks and (n in IBN_NAMES) == ibn]
+    if "conv1.conv.weight" in backbone_state:
+        likely = [n for n in candidates if n in OSNET_NAMES]
+    else:
+        likely = [n for n in candidates if _BLOCKS.get(n.removesuffix("_ibn_a")) == blocks and (n in IBN_NAMES) == ibn]
+    embedding = "fc.0.weight" in backbone_state
     closest: tuple[int, str, list[str]] | None = None
     for name in likely + [n for n in candidates if n not in likely]:
+        osnet = name in OSNET_NAMES
+        config = ModelConfig(backbone=name, foreground_head=False, global_feature="embedding" if osnet and embedding else "average")
         with torch.device("meta"):
-            own = FPRNet(ModelConfig(backbone=name, foreground_head=False)).backbone.state_dict()
+            own = FPRNet(config).backbone.state_dict()
         diffs = architecture_differences(own, backbone_state)
         if not diffs:
             return name
@@ -273,7 +301,7 @@ def infer_backbone(backbone_state: Mapping[str, torch.Tensor], candidates: tuple
         if closest is None or wrong < closest[0]:
             closest = (wrong, name, diffs)
     assert closest is not None
-    raise ReidEvalError(f"the weights match no known ResNet / IBN-a trunk; closest is {closest[1]}: " + "; ".join(closest[2]))
+    raise ReidEvalError(f"the weights match no known ResNet / IBN-a / OSNet trunk; closest is {closest[1]}: " + "; ".join(closest[2]))
 
 
 def convert_state(
@@ -324,7 +352,11 @@ def convert_state(
     with torch.device("meta"):
         model = build_model(config)
     model = model.to_empty(device="cpu")
-    model.backbone.load_state_dict(foreign.trunk)
+    trunk = dict(foreign.trunk)
+    if config.is_osnet and config.global_feature != "embedding" and any(k.startswith("fc.") for k in trunk):
+        trunk = {k: v for k, v in trunk.items() if not k.startswith("fc.")}
+        foreign.dropped = sorted(set(foreign.dropped) | {"fc.* (--global-feature average)"})
+    model.backbone.load_state_dict(trunk)
     torch.manual_seed(seed)
     if model.foreground is not None:
         model.foreground.reset_parameters()
@@ -335,11 +367,13 @@ def convert_state(
         "source_layout": foreign.layout,
         "source_settings": {k: list(v) if isinstance(v, tuple) else v for k, v in foreign.defaults.items()},
         "dropped": foreign.dropped,
+        FOREGROUND_TRAINED: False,
     }
     if model.foreground is not None:
         if foreign.mask_weight is not None:
             _load_mask_layer(model, foreign.mask_weight, foreign.mask_bias, where)
             extra["foreground"] = "converted from the fast-reid occlusion unit's mask layer"
+            extra[FOREGROUND_TRAINED] = True
         else:
             extra["foreground"] = f"random (seed {seed}): the source has no foreground generator"
     if model.global_neck is not None:

@@ -6,11 +6,13 @@ locations. The pyramid follows the authors' released code (fast-reid
 ``projects/PartialReID``): max pooling with kernels 2, 4, 6, 8 and stride 2, the
 levels concatenated in kernel order, each level's locations in row-major order.
 
-Trunks: torchvision's ResNet family, and IBN-a ResNets (Pan et al., ECCV 2018)
+Trunks: torchvision's ResNet family, IBN-a ResNets (Pan et al., ECCV 2018)
 as fast-reid and the IBN-Net authors build them: in layer1–layer3 every
 bottleneck's first norm ``bn1`` is an InstanceNorm2d(affine) over the first
 half of its channels beside a BatchNorm2d over the rest (state keys
-``bn1.IN.*`` / ``bn1.BN.*``); the stem and layer4 are plain.
+``bn1.IN.*`` / ``bn1.BN.*``); the stem and layer4 are plain), and torchreid's
+OSNets (:mod:`reid_eval.model.osnet`: output stride 16, its conv5 map gives
+the locations and its ``fc`` embedding can give the global feature).
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ import torch
 import torch.nn.functional as F
 import torchvision
 from torch import nn
+
+from reid_eval.model.osnet import EMBEDDING_DIM, OSNET_NAMES, OSNetTrunk, osnet_map_size
 
 #: ImageNet statistics used by every torchvision ResNet (RGB, images in [0, 1]).
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
@@ -46,17 +50,19 @@ RESNET_NAMES: tuple[str, ...] = (
 IBN_NAMES: tuple[str, ...] = ("resnet50_ibn_a", "resnet101_ibn_a")
 
 #: Every trunk accepted as ``ModelConfig.backbone``.
-BACKBONE_NAMES: tuple[str, ...] = RESNET_NAMES + IBN_NAMES
+BACKBONE_NAMES: tuple[str, ...] = RESNET_NAMES + IBN_NAMES + OSNET_NAMES
 
 #: Stem max pooling: torchvision's ``MaxPool2d(3, 2, padding=1)``, or fast-reid's
 #: ``MaxPool2d(3, 2, padding=0, ceil_mode=True)`` (fast-reid since 2020). The map
 #: size is the same for even inputs but every window is shifted by one pixel.
 STEMS: tuple[str, ...] = ("torchvision", "fast-reid")
 
-#: Global feature: the feature map's average, or fast-reid PartialReID's
+#: Global feature: the feature map's average, fast-reid PartialReID's
 #: test-time feature (finest pyramid level averaged with L1-normalised
-#: foreground probabilities, then its BN neck ``bnneck_occ`` in eval mode).
-GLOBAL_FEATURES: tuple[str, ...] = ("average", "occlusion-weighted")
+#: foreground probabilities, then its BN neck ``bnneck_occ`` in eval mode), or
+#: torchreid's OSNet test-time feature (the map's average through its ``fc``
+#: embedding, 512-d).
+GLOBAL_FEATURES: tuple[str, ...] = ("average", "occlusion-weighted", "embedding")
 
 #: Resampling filter of the resize to the model's input (PIL filters).
 INTERPOLATIONS: tuple[str, ...] = ("bilinear", "bicubic")
@@ -107,16 +113,32 @@ class ModelConfig:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
         if self.global_feature == "occlusion-weighted" and not self.foreground_head:
             raise ValueError("the occlusion-weighted global feature needs the foreground head")
+        if self.is_osnet and (self.last_stride != 1 or self.stem != "torchvision"):
+            raise ValueError(f"{self.backbone} has a fixed output stride of 16 and its own stem: use last_stride 1 and stem torchvision")
+        if self.global_feature == "embedding" and not self.is_osnet:
+            raise ValueError(f"the embedding global feature is torchreid's OSNet fc layer; {self.backbone} has none")
+
+    @property
+    def is_osnet(self) -> bool:
+        """Whether the trunk is one of torchreid's OSNets."""
+        return self.backbone in OSNET_NAMES
 
     @property
     def output_stride(self) -> int:
-        """Pixels of input per feature-map cell (16 with last stride 1, else 32)."""
+        """Pixels of input per feature-map cell (16 with last stride 1, else 32; OSNet: 16)."""
         return 16 if self.last_stride == 1 else 32
 
     @property
     def feature_dim(self) -> int:
-        """d: channels of the final feature map (512 for resnet18/34, else 2048)."""
+        """d: channels of the final feature map (512 for resnet18/34, the conv5 width for OSNet, else 2048)."""
+        if self.is_osnet:
+            return OSNetTrunk.width(self.backbone)
         return 512 if self.backbone in ("resnet18", "resnet34") else 2048
+
+    @property
+    def global_dim(self) -> int:
+        """Dimension of the global feature: 512 for the OSNet embedding, else d."""
+        return EMBEDDING_DIM if self.global_feature == "embedding" else self.feature_dim
 
     @property
     def min_input_height(self) -> int:
@@ -125,6 +147,8 @@ class ModelConfig:
 
     def map_size(self, height: int, width: int) -> tuple[int, int]:
         """Feature-map (h, w) for an input of ``height``×``width`` pixels (ceil rounding of the strided convs)."""
+        if self.is_osnet:
+            return osnet_map_size(height, width)
         h, w = (height - 1) // 2 + 1, (width - 1) // 2 + 1  # conv1 (7×7, s2, p3)
         if self.stem == "torchvision":  # maxpool 3, s2, p1
             h, w = (h - 1) // 2 + 1, (w - 1) // 2 + 1
@@ -166,10 +190,11 @@ class PyramidOutput:
     foreground: [B, N] float32, probability that a location is foreground
         (softmax channel 1); all ones when the config has no foreground head.
     foreground_logits: [B, N, 2] float32, or None without a foreground head.
-    global_features: [B, d] float32: the feature map's average, or (config
-        ``global_feature="occlusion-weighted"``) the first pyramid level's
-        locations weighted by their L1-normalised foreground probabilities,
-        through the stored BN neck.
+    global_features: [B, D] float32: the feature map's average (D = d), or
+        (config ``global_feature="occlusion-weighted"``) the first pyramid
+        level's locations weighted by their L1-normalised foreground
+        probabilities, through the stored BN neck, or (``"embedding"``) the
+        OSNet ``fc`` embedding of the map's average (D = 512).
     grid: one (h, w) per configured pyramid kernel, (0, 0) for a level that does
         not fit the map; N = Σ h·w.
     map_size: (h, w) of the backbone's feature map.
@@ -257,21 +282,27 @@ def _set_last_stride(resnet: nn.Module, stride: int) -> None:
             module.stride = (stride, stride)
 
 
+def _trunk(config: ModelConfig) -> nn.Module:
+    """The configured trunk without pooling or classifier: an :class:`OSNetTrunk` or a torchvision ResNet."""
+    if config.is_osnet:
+        return OSNetTrunk(config.backbone, embedding=config.global_feature == "embedding")
+    resnet = _resnet_trunk(config.backbone)
+    _set_last_stride(resnet, config.last_stride)
+    if config.stem == "fast-reid":
+        resnet.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=0, ceil_mode=True)
+    del resnet.avgpool, resnet.fc
+    return resnet
+
+
 class FPRNet(nn.Module):
-    """ResNet trunk (``backbone.*``), pyramid pooling, foreground generator
-    (``foreground.*``) and, for the occlusion-weighted global feature, its BN
-    neck (``global_neck.*``)."""
+    """ResNet or OSNet trunk (``backbone.*``), pyramid pooling, foreground
+    generator (``foreground.*``) and, for the occlusion-weighted global
+    feature, its BN neck (``global_neck.*``)."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
-        resnet = _resnet_trunk(config.backbone)
-        _set_last_stride(resnet, config.last_stride)
-        if config.stem == "fast-reid":
-            resnet.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=0, ceil_mode=True)
-        # The trunk only: pooling and classifier are not part of the model.
-        del resnet.avgpool, resnet.fc
-        self.backbone = resnet
+        self.backbone = _trunk(config)
         # paper §3.1: a 1×1 convolution to two channels (background, foreground) and a softmax
         self.foreground = nn.Conv2d(config.feature_dim, 2, kernel_size=1) if config.foreground_head else None
         self.global_neck: nn.BatchNorm1d | None = None
@@ -282,6 +313,8 @@ class FPRNet(nn.Module):
 
     def feature_map(self, images: torch.Tensor) -> torch.Tensor:
         """[B, 3, H, W] normalised images -> [B, d, h, w] feature map."""
+        if isinstance(self.backbone, OSNetTrunk):
+            return self.backbone.feature_map(images)
         b = self.backbone
         x = b.maxpool(b.relu(b.bn1(b.conv1(images))))
         return b.layer4(b.layer3(b.layer2(b.layer1(x))))
@@ -298,6 +331,8 @@ class FPRNet(nn.Module):
             foreground = local.new_ones(local.shape[:2])
         if self.global_neck is not None:
             global_features = self._occlusion_weighted(local, foreground, grid)
+        elif isinstance(self.backbone, OSNetTrunk):
+            global_features = self.backbone.embed(fmap)
         else:
             global_features = fmap.mean(dim=(2, 3))
         return PyramidOutput(
