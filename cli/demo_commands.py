@@ -6,8 +6,11 @@ from pathlib import Path
 
 import click
 
-from .options import Folder, device_option, parse_ints
-from .progress import Bars, echo_err, set_threads, threads_option
+from .options import FiniteFloat, Folder, device_option, parse_ints
+from .progress import Bars, echo_err
+
+#: reid_eval.demo.DEMO_THREADS, repeated so that `--help` needs no torch import (a test checks they agree).
+DEMO_THREADS = 2
 
 
 @click.command("demo")
@@ -23,11 +26,17 @@ from .progress import Bars, echo_err, set_threads, threads_option
               help="Data root holding pets09_s2l1 (real PETS09-S2L1 crops), on which the demo's model is also "
                    "tested, cross-domain [default: ../shared/data if it holds it, else skipped].")
 @click.option("--no-pets", is_flag=True, help="Skip the cross-domain test on pets09_s2l1.")
-@threads_option
-def demo_command(workdir, seed, size, device, no_report, pets_root, no_pets, threads) -> None:
+@click.option("--threads", type=click.IntRange(min=1), default=DEMO_THREADS, show_default=True,
+              help="torch's CPU threads, the same on every machine: the same seed and thread count give the "
+                   "same numbers (another count moves them slightly).")
+@click.option("--max-train-minutes", type=FiniteFloat(min=0, min_open=True), default=None,
+              help="Stop training after this many minutes (the run says how many epochs it trained; a rerun "
+                   "continues the training) [default: no limit, every epoch].")
+def demo_command(workdir, seed, size, device, no_report, pets_root, no_pets, threads, max_train_minutes) -> None:
     """Synthetic occluded persons -> short FPR training -> extract -> match (Baseline, DSR, FPR) -> report.
 
-    The trained model is also tested on the real PETS09-S2L1 crops (pets09_s2l1) when they are found.
+    Training runs all its epochs (a busy machine takes longer and prints the same numbers). The trained
+    model is also tested on the real PETS09-S2L1 crops (pets09_s2l1) when they are found.
     """
     from reid_eval.datasets import locate_dataset
     from reid_eval.demo import CROSS_DOMAIN_DATASET, default_cross_domain_root, demo_settings, run_demo
@@ -42,20 +51,21 @@ def demo_command(workdir, seed, size, device, no_report, pets_root, no_pets, thr
         if pets_root is None:
             echo_err(f"{CROSS_DOMAIN_DATASET} not found in ../shared/data: skipping the cross-domain test "
                      "on real crops (--pets-root DIR to give its data root)")
-    set_threads(threads)
     bars = Bars({"generate": "generate images", "train": "train", "extract-query": "extract query",
                   "extract-gallery": "extract gallery", "match": "match", "pets09-query": "pets09 query",
                   "pets09-gallery": "pets09 gallery", "pets09-match": "pets09 match"})
     try:
         result = run_demo(workdir, seed=seed, size=size, device=device, progress=bars, say=echo_err,
-                          report=not no_report, cross_domain_root=pets_root)
+                          report=not no_report, cross_domain_root=pets_root, threads=threads,
+                          max_train_seconds=None if max_train_minutes is None else 60.0 * max_train_minutes)
     finally:
         bars.close()
     settings = demo_settings(size, seed)
     trained = f"{result.training.get('epochs_completed')} of {settings.epochs} training epochs"
     if result.training.get("stopped_early"):
-        trained += ", stopped by the time limit"
-    click.echo(f"\nsynthetic_occluded, occluded and partial queries ({size} demo, seed {seed}, {trained}):\n")
+        trained += f", stopped by --max-train-minutes {max_train_minutes:g}"
+    click.echo(f"\nsynthetic_occluded, occluded and partial queries ({size} demo, seed {seed}, {threads} threads, "
+               f"{trained}):\n")
     click.echo(result.table)
     times = ", ".join(f"{k} {v:.0f} s" for k, v in result.timings.items())
     click.echo(f"\ntimes: {times}")

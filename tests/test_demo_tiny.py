@@ -45,3 +45,29 @@ def test_tiny_demo_end_to_end_and_rerun(tmp_path, capsys):
     assert "reusing the trained model" in err2 and "reused the synthetic set" in err2
     assert [line for line in out2.splitlines() if line.startswith("| ")] == \
         [line for line in out.splitlines() if line.startswith("| ")]
+
+
+def test_the_cli_states_the_demos_thread_count():
+    from cli.demo_commands import DEMO_THREADS as CLI_THREADS
+    from reid_eval.demo import DEMO_THREADS
+
+    assert CLI_THREADS == DEMO_THREADS
+
+
+def test_a_time_limit_says_what_it_did_and_a_rerun_continues_to_the_full_demo(tmp_path, capsys):
+    args = ["demo", "--size", "tiny", "--device", "cpu", "--no-report", "--no-pets"]
+    whole = tmp_path / "whole"
+    assert main([*args, "--workdir", str(whole)]) == 0
+    table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    cut = tmp_path / "cut"
+    assert main([*args, "--workdir", str(cut), "--max-train-minutes", "1e-9"]) == 0  # over after the first step
+    out, err = capsys.readouterr()
+    assert "training stopped at the time limit you set" in err and "rerun the same command" in err
+    assert "0 of 1 training epochs, stopped by --max-train-minutes 1e-09" in out
+    assert main([*args, "--workdir", str(cut)]) == 0
+    out, err = capsys.readouterr()
+    assert "continuing the unfinished training" in err and "1 of 1 training epochs" in out
+    assert [line for line in out.splitlines() if line.startswith("| ")] == table  # the uninterrupted numbers
+    summary = json.loads((cut / "demo_summary.json").read_text())
+    assert summary["settings"]["threads"] == 2 and summary["training"] == {"epochs_completed": 1,
+                                                                            "stopped_early": False}

@@ -173,5 +173,15 @@ def test_time_limit_stops_mid_epoch_and_resume_redoes_that_epoch(data_root, tmp_
     assert [r["completed"] for r in rows if r["event"] == "epoch"] == [False]
     assert sum(r["event"] == "step" for r in rows) == 1
     assert load_checkpoint(out / FINAL_NAME)[2]["extra"]["stopped_early"] is True
+    # the interrupted step is undone: the files hold the starting weights (no epoch completed)
+    torch.manual_seed(0)
+    start = build_model(load_checkpoint(out / FINAL_NAME)[1]).state_dict()
+    for name in (FINAL_NAME, CHECKPOINT_NAME):
+        saved = load_checkpoint(out / name)[0].state_dict()
+        assert all(torch.equal(saved[k], start[k]) for k in start), name
     second = train(_cfg(data_root, out, epochs=2, resume=True))
     assert not second.stopped_early and second.epochs_completed == 2 and len(second.epoch_losses) == 2
+    # ... so the resumed run ends where an uninterrupted one does, bit for bit (same process, same threads)
+    whole = train(_cfg(data_root, tmp_path / "whole", epochs=2))
+    a, b = load_checkpoint(second.model_path)[0].state_dict(), load_checkpoint(whole.model_path)[0].state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a) and second.epoch_losses == whole.epoch_losses

@@ -31,6 +31,7 @@ statistics are per rank (rank 0's buffers are broadcast at each forward).
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import time
@@ -85,8 +86,10 @@ class TrainConfig:
     float16 with a gradient scaler); the FPR solve stays in float32.
     ``eval_every`` N > 0: evaluate every N epochs and after the last one.
     ``max_seconds`` is a wall-clock guard: the run stops after the iteration
-    that crosses it (the interrupted epoch is saved as not completed, so a
-    resume redoes it).
+    that crosses it, and the interrupted epoch is undone (weights and
+    optimizer back to the end of the last completed epoch, in the checkpoint
+    and the final model), so a resume redoes it from there and ends with the
+    weights of an uninterrupted run.
     """
 
     dataset: str
@@ -375,6 +378,9 @@ def _train(cfg: TrainConfig, ctx: distributed.DistContext, device: torch.device,
             steps = 0
             t_epoch = time.perf_counter()
             t0 = time.perf_counter()
+            # what a stop in this epoch rolls back to (only a run with a time limit can stop mid-epoch)
+            epoch_start = None if cfg.max_seconds is None else copy.deepcopy(
+                (model.state_dict(), optimizer.state_dict(), scaler.state_dict() if scaler is not None else None))
             for step, (x, m, pids) in enumerate(loader, start=1):
                 lr = cfg.lr * schedule.factor(epoch, step - 1, steps_per_epoch, cfg.epochs)
                 for group in optimizer.param_groups:
@@ -409,6 +415,11 @@ def _train(cfg: TrainConfig, ctx: distributed.DistContext, device: torch.device,
                     break
             means = {k: v / max(steps, 1) for k, v in sums.items()}
             finished = steps == steps_per_epoch
+            if not finished and epoch_start is not None:
+                model.load_state_dict(epoch_start[0])
+                optimizer.load_state_dict(epoch_start[1])
+                if scaler is not None:
+                    scaler.load_state_dict(epoch_start[2])
             if finished:
                 completed = epoch + 1
                 epoch_losses.append(means.get("loss", float("nan")))
