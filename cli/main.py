@@ -45,7 +45,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "masks": (
         ".mask_commands",
-        "Write person masks for `reid-eval train --masks` with a torchvision segmentation model (resumable).",
+        "Write person masks for `reid-eval train --masks` with torchvision or MediaPipe (resumable).",
     ),
     "match": (".match_commands", "Distance matrix from the cache, Market-1501 evaluation, results JSON."),
     "report": (

@@ -22,7 +22,7 @@ from reid_eval.datasets.synthetic import SyntheticConfig, generate_synthetic_dat
 from reid_eval.errors import ReidEvalError
 from reid_eval.training import training_images
 from reid_eval.training.data import mask_file
-from reid_eval.training.masks import SEGMENTATION_MODELS, load_segmentation_model, person_masks
+from reid_eval.training.masks import MASK_MODELS, MASK_RECORD, load_segmentation_model, person_masks
 
 MODEL = "lraspp_mobilenet_v3_large"  # the smallest: the test checks plumbing, not accuracy
 
@@ -53,7 +53,7 @@ def _cli(data_root: Path, out: Path, weights: Path, *extra: str) -> list[str]:
 def test_cli_models_match_the_library():
     from cli.mask_commands import _MODELS
 
-    assert _MODELS == SEGMENTATION_MODELS
+    assert _MODELS == MASK_MODELS
 
 
 def test_masks_mirror_the_dataset_and_are_what_the_model_says(data_root, weights, tmp_path, capsys):
@@ -93,7 +93,8 @@ def test_resume_after_sigkill_writes_only_the_missing_masks(data_root, weights, 
     assert main(_cli(data_root, out, weights)) == 0
     after = {p: p.stat().st_mtime_ns for p in out.rglob("*.png")}
     assert len(after) == 12 and all(after[p] == t for p, t in before.items())
-    assert not [p for p in out.rglob("*") if p.is_file() and p.suffix != ".png"]  # no temporary files left
+    # no temporary files left; the one other file records the model
+    assert [p.name for p in out.rglob("*") if p.is_file() and p.suffix != ".png"] == [MASK_RECORD]
     assert main(_cli(data_root, out, weights)) == 0  # a finished folder: nothing to do
 
 
@@ -122,3 +123,17 @@ def test_offline_without_weights_and_bad_weights_are_one_line_errors(data_root, 
     assert main(_cli(data_root, tmp_path / "m", weights, "--splits", "nope")) == 1
     assert "--splits" in capsys.readouterr().err
     assert not (tmp_path / "m").exists() or not any((tmp_path / "m").rglob("*.png"))
+
+
+def test_a_folder_of_one_models_masks_refuses_other_settings(data_root, weights, tmp_path, capsys):
+    out = tmp_path / "masks"
+    assert main(_cli(data_root, out, weights)) == 0
+    capsys.readouterr()
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    other = _cli(data_root, out, weights)
+    other[other.index("64x32")] = "32x32"
+    assert main(other) == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and f"--out {out} holds masks made with" in err
+    assert '"size": [64, 32]' in err and '"size": [32, 32]' in err and "use another --out" in err
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before  # nothing touched
