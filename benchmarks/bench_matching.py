@@ -62,7 +62,7 @@ weighs more. Every timed run starts on memory just freed
 unused for a few seconds costs more than the arithmetic of a short run.
 
 ``--calibrate`` instead measures the float32 error of S against the error
-model of reid_eval.matching.fpr over d = 1..2048, M = 1..110 and prints the
+model of reid_eval.matching.kernel.accuracy over d = 1..2048, M = 1..110 and prints the
 largest ratio (it must stay below 1 with a margin).
 
 Exit status 1 when a target is missed.
@@ -87,9 +87,11 @@ import numpy as np
 
 from reid_eval.features import SpatialFeatures
 from reid_eval.matching import fpr_distance_reference, fpr_distances
-from reid_eval.matching.backend import blas_threads, large_empty
 from reid_eval.matching.definition import DEFAULT_BETA
-from reid_eval.matching.fpr import DEFAULT_MEMORY_BUDGET
+from reid_eval.matching.kernel.backend import large_empty
+from reid_eval.matching.kernel.threads import blas_threads
+from reid_eval.matching.memory import DEFAULT_MEMORY_BUDGET
+from reid_eval.matching.plan import block_rows_for, plan_tiles
 
 
 def best_time(fn, repeats: int, sync=lambda: None, before=lambda: None) -> tuple[float, object]:
@@ -344,16 +346,13 @@ def whole_block_gallery(gallery: SpatialFeatures) -> int:
     each row are full; a benchmark gallery that fills half a block would
     weigh each probe block's preparation (paid once per tile) twice as much.
     """
-    from reid_eval.matching import fpr as engine
-
-    max_rows = engine._max_tile_rows(gallery.dim, DEFAULT_MEMORY_BUDGET, "float32")
-    return max(1, max_rows // int(gallery.counts.max()))
+    m = int(gallery.counts.max())
+    return max(1, block_rows_for(gallery.dim, m, m, DEFAULT_MEMORY_BUDGET, 1) // m)
 
 
 def bench_source(name: str, probe: SpatialFeatures, gallery: SpatialFeatures, args: argparse.Namespace) -> bool:
     """Part 2 for one feature source; prints one block, returns whether the targets are met."""
     from reid_eval.matching import RefinementStats
-    from reid_eval.matching import fpr as engine
 
     repeat = args.probe_repeat or max(1, round(PROBE_LOCATIONS / probe.local.shape[0]))
     probe = _repeat(probe, repeat)
@@ -361,9 +360,10 @@ def bench_source(name: str, probe: SpatialFeatures, gallery: SpatialFeatures, ar
     a = rng.standard_normal((gallery.local.shape[0], gallery.dim)).astype(np.float32)
     b = rng.standard_normal((gallery.dim, probe.local.shape[0])).astype(np.float32)
     # The engine's own tiles (default budget): the same GEMMs cut as it cuts them.
-    max_rows = engine._max_tile_rows(gallery.dim, DEFAULT_MEMORY_BUDGET, "float32")
-    g_rows = [(int(gallery.offsets[i]), int(gallery.offsets[j])) for i, j in engine.plan_blocks(gallery.counts, max_rows)]
-    p_rows = [(int(probe.offsets[i]), int(probe.offsets[j])) for i, j in engine.plan_blocks(probe.counts, max_rows)]
+    plan = plan_tiles(probe.offsets, gallery.offsets, gallery.dim, memory_budget_bytes=DEFAULT_MEMORY_BUDGET,
+                      concurrent_tiles=1, strict=False)
+    g_rows = [(int(gallery.offsets[i]), int(gallery.offsets[j])) for i, j in plan.gallery_blocks]
+    p_rows = [(int(probe.offsets[i]), int(probe.offsets[j])) for i, j in plan.probe_blocks]
     run32 = lambda: fpr_distances(probe, gallery, backend=args.backend)  # noqa: E731
     run64 = lambda: fpr_distances(probe, gallery, backend=args.backend, precision="float64")  # noqa: E731
     if args.backend == "cupy":
@@ -458,7 +458,7 @@ def bench_source(name: str, probe: SpatialFeatures, gallery: SpatialFeatures, ar
 
 def calibrate(seed: int = 0) -> float:
     """Largest |float32 S − float64 S| / δs of the engine's error model over a sweep of hard cases."""
-    from reid_eval.matching import fpr as engine
+    from reid_eval.matching.kernel import accuracy, prepare_gallery, prepare_probes, tile
 
     rng = np.random.default_rng(seed)
     worst = 0.0
@@ -481,12 +481,12 @@ def calibrate(seed: int = 0) -> float:
                 x = np.concatenate([span, y64, dup]).astype(np.float32)
                 probe = SpatialFeatures(x, np.array([0, 60, 60 + n, 65 + n]), np.ones(len(x), np.float32))
                 gal = SpatialFeatures(y, np.arange(4) * m)
-                pb = engine.prepare_probes(probe, backend="numpy")
-                gb = engine.prepare_gallery(gal, backend="numpy")
-                p64 = engine.prepare_probes(probe, backend="numpy", precision="float64")
-                g64 = engine.prepare_gallery(gal, backend="numpy", precision="float64")
-                err = np.abs(engine._unrefined_e2(np, pb, gb) - engine._unrefined_e2(np, p64, g64))
-                r_dm = max(r_dm, float((err / engine._error_bound_s(np, pb, np.diff(gb.offsets))).max()))
+                pb = prepare_probes(probe, backend="numpy")
+                gb = prepare_gallery(gal, backend="numpy")
+                p64 = prepare_probes(probe, backend="numpy", precision="float64")
+                g64 = prepare_gallery(gal, backend="numpy", precision="float64")
+                err = np.abs(tile._unrefined_e2(np, pb, gb) - tile._unrefined_e2(np, p64, g64))
+                r_dm = max(r_dm, float((err / accuracy.error_bound_s(np, pb, np.diff(gb.offsets))).max()))
             row.append(r_dm)
             worst = max(worst, r_dm)
         print(f"  d={d:5d}  error / bound at M = 1, 8, 40, 110: " + "  ".join(f"{v:5.3f}" for v in row))

@@ -26,10 +26,10 @@ from reid_eval.features.cache import (
     read_split_offsets,
 )
 from reid_eval.matching import fpr_distances, fpr_tile, prepare_gallery, prepare_probes, probe_centre
-from reid_eval.matching.fpr import plan_blocks
+from reid_eval.matching.kernel import single_blas_thread
+from reid_eval.matching.plan import plan_blocks, plan_tiles
 from reid_eval.matching.streaming import fpr_distances_from_cache, fpr_shortlist_from_cache
 from reid_eval.matching.tile_store import TileStore, tile_dir
-from reid_eval.matching.tiles import plan_tiles, single_blas_thread
 
 SETTINGS = {"model": {"backbone": "synthetic", "input_size": [384, 128]}, "preprocessing": {"resize": "fixed"}}
 
@@ -79,15 +79,16 @@ def cache(tmp_path_factory) -> Path:
 
 
 def in_memory_tiles(query: SpatialFeatures, gallery: SpatialFeatures, block_rows: int, weighted: bool = True) -> np.ndarray:
-    """fpr_distances' loop over the same blocks, in memory, one BLAS thread (the streaming tile definition)."""
+    """The tile definition written out with the kernel alone, in memory, one BLAS thread: an independent
+    reference for the shared loop (every block split along the first one's centre)."""
     out = np.empty((len(query), len(gallery)), np.float32)
     blocks = plan_blocks(query.counts, block_rows)
-    center = probe_centre(query[blocks[0][0] : blocks[0][1]], backend="numpy")  # every block shares the first one's
+    centre = probe_centre(query[blocks[0][0] : blocks[0][1]], backend="numpy")
     with single_blas_thread():
         for ga, gb in plan_blocks(gallery.counts, block_rows):
             basis = prepare_gallery(gallery[ga:gb], backend="numpy")
             for pa, pb in blocks:
-                probes = prepare_probes(query[pa:pb], weighted=weighted, backend="numpy", center=center)
+                probes = prepare_probes(query[pa:pb], weighted=weighted, backend="numpy", centre=centre)
                 out[pa:pb, ga:gb] = fpr_tile(probes, basis)
     return out
 
@@ -126,7 +127,7 @@ def test_many_tiles_equal_the_in_memory_engine_on_the_same_plan_whatever_the_thr
 
 
 def test_the_budget_sets_the_blocks_and_a_budget_too_small_is_one_line(cache, monkeypatch):
-    from reid_eval.matching.tiles import tile_task_bytes
+    from reid_eval.matching.plan import tile_task_bytes
 
     poff, goff = np.arange(301) * 110, np.arange(8001) * 110  # the benchmark's shape
     small = plan_tiles(poff, goff, 2048, memory_budget_bytes=500_000_000, concurrent_tiles=2)

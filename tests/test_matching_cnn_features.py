@@ -15,7 +15,9 @@ from hypothesis import strategies as st
 from test_matching_helpers import concat, reference_matrix
 from reid_eval.features import SpatialFeatures
 from reid_eval.matching import RefinementStats, fpr_distances, fpr_tile, prepare_gallery, prepare_probes
-from reid_eval.matching import fpr as engine
+from reid_eval.matching.kernel import accuracy, gallery as gallery_module, probes as probes_module, tile
+from reid_eval.matching.kernel.workspace import TileWorkspace
+from reid_eval.matching.plan import plan_tiles
 
 CONTRACT = 1e-5
 
@@ -125,8 +127,8 @@ def test_error_model_bounds_the_float32_error_on_coherent_features():
         p32, g32 = prepare_probes(probe, backend="numpy"), prepare_gallery(gallery, backend="numpy")
         p64 = prepare_probes(probe, backend="numpy", precision="float64")
         g64 = prepare_gallery(gallery, backend="numpy", precision="float64")
-        err = np.abs(engine._unrefined_e2(np, p32, g32) - engine._unrefined_e2(np, p64, g64))
-        bound = engine._error_bound_s(np, p32, np.diff(g32.offsets))
+        err = np.abs(tile._unrefined_e2(np, p32, g32) - tile._unrefined_e2(np, p64, g64))
+        bound = accuracy.error_bound_s(np, p32, np.diff(g32.offsets))
         assert (err / bound).max() < 0.8
 
 
@@ -215,8 +217,8 @@ def test_a_given_centre_equal_to_the_blocks_own_gives_the_same_bits():
     probe, gallery = cnn_like(rng, [9, 14, 6], 96, 0.9), cnn_like(rng, [11, 5], 96, 0.9)
     basis = prepare_gallery(gallery, backend="numpy")
     own = prepare_probes(probe, backend="numpy")
-    given = prepare_probes(probe, backend="numpy", center=engine.probe_centre(probe, backend="numpy"))
-    np.testing.assert_array_equal(given.center, own.center)
+    given = prepare_probes(probe, backend="numpy", centre=probes_module.probe_centre(probe, backend="numpy"))
+    np.testing.assert_array_equal(given.centre, own.centre)
     for name in ("x", "sqnorm", "inv_norm", "along", "across"):
         np.testing.assert_array_equal(getattr(given, name), getattr(own, name), err_msg=name)
     np.testing.assert_array_equal(fpr_tile(given, basis), fpr_tile(own, basis))
@@ -228,15 +230,15 @@ def test_the_contract_holds_whatever_centre_a_block_is_split_along(kind):
     rng = np.random.default_rng(3)
     probe = cnn_like(rng, [20, 7, 13], 128, 0.95)
     gallery = concat(concat(probe, near_copy(rng, probe, 1e-4)), cnn_like(rng, [9, 30], 128, 0.95))
-    other = engine.probe_centre(cnn_like(rng, [15], 128, 0.6), backend="numpy")
+    other = probes_module.probe_centre(cnn_like(rng, [15], 128, 0.6), backend="numpy")
     centre = {
         "other block": other,
         "orthogonal": np.linalg.qr(np.stack([other, rng.standard_normal(128)], axis=1))[0][:, 1],
         "zero": np.zeros(128),
         "unrounded": rng.standard_normal(128),  # rounded to 12 bits inside, so α·μ stays exact
     }[kind]
-    block = prepare_probes(probe, backend="numpy", center=centre)
-    assert np.all(engine._round_to_bits(np, block.center.astype(np.float32), 12) == block.center)
+    block = prepare_probes(probe, backend="numpy", centre=centre)
+    assert np.all(probes_module.round_to_bits(np, block.centre.astype(np.float32), 12) == block.centre)
     stats = RefinementStats()
     got = fpr_tile(block, prepare_gallery(gallery, backend="numpy"), stats=stats)
     np.testing.assert_allclose(got, reference_matrix(probe, gallery), rtol=0, atol=CONTRACT)
@@ -247,15 +249,15 @@ def test_probe_blocks_share_the_first_blocks_centre_and_each_gallery_block_its_t
     rng = np.random.default_rng(11)
     probe, gallery = cnn_like(rng, [10] * 12, 64, 0.9), cnn_like(rng, [10] * 8, 64, 0.9)
     calls = []
-    real = engine._centre_terms
-    monkeypatch.setattr(engine, "_centre_terms", lambda xp, g, c: calls.append(c.copy()) or real(xp, g, c))
+    real = gallery_module._centre_terms
+    monkeypatch.setattr(gallery_module, "_centre_terms", lambda xp, g, c: calls.append(c.copy()) or real(xp, g, c))
     budget = 60_000  # blocks of a few images: several probe and gallery blocks
-    rows = engine._max_tile_rows(64, budget, "float32")
-    probe_blocks, gallery_blocks = engine.plan_blocks(probe.counts, rows), engine.plan_blocks(gallery.counts, rows)
+    plan = plan_tiles(probe.offsets, gallery.offsets, 64, memory_budget_bytes=budget, concurrent_tiles=1, strict=False)
+    probe_blocks, gallery_blocks = plan.probe_blocks, plan.gallery_blocks
     assert len(probe_blocks) > 2 and len(gallery_blocks) > 1
     got = fpr_distances(probe, gallery, backend="numpy", memory_budget_bytes=budget)
     np.testing.assert_allclose(got, reference_matrix(probe, gallery), rtol=0, atol=CONTRACT)
-    first = engine.probe_centre(probe[probe_blocks[0][0] : probe_blocks[0][1]], backend="numpy")
+    first = probes_module.probe_centre(probe[probe_blocks[0][0] : probe_blocks[0][1]], backend="numpy")
     assert len(calls) == len(gallery_blocks)  # once per gallery block, not once per tile
     for c in calls:
         np.testing.assert_array_equal(c, first)
@@ -264,9 +266,9 @@ def test_probe_blocks_share_the_first_blocks_centre_and_each_gallery_block_its_t
 def test_a_bad_centre_is_refused():
     probe = cnn_like(np.random.default_rng(0), [4], 16, 0.9)
     with pytest.raises(ValueError, match=r"shape \(8,\), expected \(16,\)"):
-        prepare_probes(probe, backend="numpy", center=np.ones(8))
+        prepare_probes(probe, backend="numpy", centre=np.ones(8))
     with pytest.raises(ValueError, match="NaN or infinity"):
-        prepare_probes(probe, backend="numpy", center=np.full(16, np.nan))
+        prepare_probes(probe, backend="numpy", centre=np.full(16, np.nan))
 
 
 @pytest.mark.parametrize("precision", ["float32", "float64"])
@@ -274,7 +276,7 @@ def test_probe_blocks_prepared_into_a_workspace_equal_fresh_ones_and_reuse_its_m
     rng = np.random.default_rng(5)
     first, second = cnn_like(rng, [12, 9], 48, 0.9), cnn_like(rng, [7, 7, 3], 48, 0.9)
     basis = prepare_gallery(cnn_like(rng, [10, 6], 48, 0.9), backend="numpy", precision=precision)
-    workspace = engine.TileWorkspace()
+    workspace = TileWorkspace()
     for probe in (first, second):
         fresh = prepare_probes(probe, backend="numpy", precision=precision)
         reused = prepare_probes(probe, backend="numpy", precision=precision, workspace=workspace)

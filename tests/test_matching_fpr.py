@@ -283,7 +283,7 @@ def test_segment_sum_paths_agree():
     """The uniform, reduceat and running-sum (CuPy's) paths give the same sums."""
     import types
 
-    from reid_eval.matching.backend import segment_sum
+    from reid_eval.matching.kernel.backend import segment_sum
 
     proxy = types.ModuleType("numpy_proxy")  # not numpy: takes the running-sum branch
     proxy.__getattr__ = lambda name: getattr(np, name)
@@ -304,7 +304,7 @@ def test_large_buffers_are_huge_page_mappings_that_live_as_long_as_their_views()
     import mmap
     import sys
 
-    from reid_eval.matching.backend import HUGE_PAGE_MIN_BYTES, large_empty
+    from reid_eval.matching.kernel.backend import HUGE_PAGE_MIN_BYTES, large_empty
 
     small = large_empty(np, (3, 5), np.float64)
     assert small.shape == (3, 5) and small.dtype == np.float64 and small.flags.c_contiguous and small.flags.writeable
@@ -325,7 +325,7 @@ def test_large_buffers_are_huge_page_mappings_that_live_as_long_as_their_views()
 @pytest.mark.parametrize("n", [1, 2, 3, 7, 8, 9, 16, 17, 58, 110])
 def test_add_halves_sums_every_row_once_in_groups_of_at_most_eight(n):
     """Row i is the indicator of column i: each partial sum's ones name the rows it gathered."""
-    from reid_eval.matching.fpr import _add_halves
+    from reid_eval.matching.kernel.tile import _add_halves
 
     rows = np.eye(n, dtype=np.float32)
     left = _add_halves(rows, 3)
@@ -336,7 +336,7 @@ def test_add_halves_sums_every_row_once_in_groups_of_at_most_eight(n):
 
 def test_squared_segment_sum_is_within_its_float32_rounding_of_float64():
     """Ragged images (M = 1..110): at most 4u of each sum (squares, then 3 levels of pairwise adds)."""
-    from reid_eval.matching.fpr import _squared_segment_sum
+    from reid_eval.matching.kernel.tile import _squared_segment_sum
 
     rng = np.random.default_rng(13)
     counts = np.array([1, 7, 8, 9, 58, 110, 3])

@@ -6,7 +6,7 @@ import numpy as np
 
 from reid_eval.features import SpatialFeatures
 from reid_eval.matching import fpr_distance_reference
-from reid_eval.matching.backend import blas_threads
+from reid_eval.matching.kernel.threads import blas_threads
 
 
 def random_features(rng: np.random.Generator, counts, d: int, kind: str = "gauss", foreground: bool = True) -> SpatialFeatures:

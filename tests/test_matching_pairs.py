@@ -14,7 +14,8 @@ from test_matching_cnn_features import cnn_like, near_copy
 from test_matching_helpers import concat, reference_matrix
 from reid_eval.features import SpatialFeatures
 from reid_eval.matching import RefinementStats, fpr_tile, prepare_gallery, prepare_probes
-from reid_eval.matching.fpr import fpr_pairs, fpr_shortlist_pass
+from reid_eval.matching.kernel import fpr_pairs
+from reid_eval.matching.shortlist import fpr_shortlist_pass
 
 CONTRACT = 1e-5
 

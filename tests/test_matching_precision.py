@@ -14,11 +14,10 @@ import pytest
 
 from test_match_streaming import write_cache
 from reid_eval.features import read_split
-from reid_eval.matching import fpr, streaming
-from reid_eval.matching.fpr import (
+from reid_eval.matching import fpr_distances, settings
+from reid_eval.matching.kernel.accuracy import (
     AUTO_FLOAT64_RATIO,
     float64_slowdown,
-    fpr_distances,
     precision_for_slowdown,
     resolve_precision,
 )
@@ -37,8 +36,7 @@ def device_picks(monkeypatch):
         def resolve(precision: str, xp) -> str:
             return chosen if precision == "auto" else precision
 
-        monkeypatch.setattr(fpr, "resolve_precision", resolve)
-        monkeypatch.setattr(streaming, "resolve_precision", resolve)
+        monkeypatch.setattr(settings, "resolve_precision", resolve)  # the one place "auto" is resolved
 
     return pick
 

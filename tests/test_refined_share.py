@@ -12,10 +12,10 @@ from reid_eval.experiments.match import refinement_line
 from reid_eval.experiments.record import MatchResult
 from reid_eval.features import read_distances, read_split
 from reid_eval.matching import RefinementStats, fpr_distances
-from reid_eval.matching.fpr import _max_tile_rows
 from reid_eval.matching.streaming import fpr_distances_from_cache
 from reid_eval.matching.tile_store import TileStore, tile_dir
-from reid_eval.matching.tiles import single_blas_thread
+from reid_eval.matching.kernel import single_blas_thread
+from reid_eval.matching.plan import plan_tiles
 from reid_eval_cli.main import main
 from test_match_streaming import write_cache
 
@@ -46,8 +46,8 @@ def _entries(cache_file: Path) -> int:
 def test_streamed_counts_equal_the_in_memory_engine_on_the_same_tile_plan(cache, atol):
     q, g = read_split(cache, "query").spatial, read_split(cache, "gallery").spatial
     budget = 30_000
-    # the block size fpr_distances derives from this budget (private helper: the only way to name its plan)
-    rows = _max_tile_rows(q.dim, budget, "float32")
+    # the blocks fpr_distances plans for this budget (one tile at a time, as the streamed tiles are planned)
+    rows = plan_tiles(q.offsets, g.offsets, q.dim, memory_budget_bytes=budget, concurrent_tiles=1, strict=False).block_rows
     expected = RefinementStats()
     with single_blas_thread():  # the streamed tiles run on one BLAS thread: same bits, same refinement decisions
         ref = fpr_distances(q, g, backend="numpy", memory_budget_bytes=budget, float32_atol=atol, stats=expected)

@@ -1,8 +1,8 @@
 """Tile tasks on a Dask distributed cluster (``--workers N`` / ``--scheduler tcp://host:port``).
 
 How workers reach the data: through the file system. A task carries the
-cache's absolute path, its block indices and the FPR parameters (a few
-hundred bytes); the worker reads its blocks from the HDF5 file itself and
+:class:`~reid_eval.matching.loop.TileJob` (the cache's absolute path, the
+engine settings, the plan and the probe centre: a few kilobytes) and its block indices; the worker reads its blocks from the HDF5 file itself and
 commits each finished tile, with its refinement counts, into the tile folder
 beside the cache (:mod:`reid_eval.matching.tile_store`); this process reads
 the counts back from there when it assembles the matrix, so only the list of
@@ -16,23 +16,24 @@ therefore sit at the same absolute path on every worker (a shared or
 network file system), writable for the tile folder; a worker that cannot
 see it fails the match with a one-line error naming the file.
 
-A worker computes a tile exactly as this process would (one BLAS thread per
-tile), so the matrix is bit-identical to the single-process run for the same
+A worker runs the same tile task as this process
+(:func:`~reid_eval.matching.loop.run_tile_task`, one BLAS thread per tile), so the matrix is bit-identical to the single-process run for the same
 tile plan, given the same BLAS library and CPU kind on the workers.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from reid_eval.errors import ReidEvalError
-from reid_eval.matching.fpr import RefinementStats
+from reid_eval.matching.kernel import RefinementStats, single_blas_thread
+from reid_eval.matching.kernel.backend import return_freed_blocks_to_the_os
+from reid_eval.matching.loop import TileJob, task_groups, run_tile_task
 from reid_eval.matching.tile_store import TileStore
-from reid_eval.matching.tiles import TilePlan, TileSource, run_tile_task
 
-__all__ = ["run_on_dask", "DASK_EXTRA_MESSAGE"]
+__all__ = ["DaskRunner", "DASK_EXTRA_MESSAGE"]
 
 DASK_EXTRA_MESSAGE = '--workers and --scheduler need Dask distributed: pip install "reid-eval[dask]"'
 
@@ -45,8 +46,9 @@ def _import_distributed() -> Any:
     return distributed
 
 
-def _task(src: TileSource, plan: TilePlan, gallery_index: int, probe_indices: Sequence[int], store_dir: str) -> list[int]:
+def _task(job: TileJob, gallery_index: int, probe_indices: Sequence[int], store_dir: str) -> list[int]:
     """Runs on a worker: the tiles of one task, each committed with its counts; returns their probe blocks."""
+    return_freed_blocks_to_the_os()
     store = TileStore(store_dir)
     committed: list[int] = []
 
@@ -54,38 +56,50 @@ def _task(src: TileSource, plan: TilePlan, gallery_index: int, probe_indices: Se
         store.commit(gi, pi, tile, counts)
         committed.append(pi)
 
-    run_tile_task(src, plan, gallery_index, probe_indices, commit)
+    with single_blas_thread():
+        run_tile_task(job, gallery_index, probe_indices, commit)
     return committed
 
 
-def run_on_dask(src: TileSource, plan: TilePlan, groups: Sequence[tuple[int, list[int]]], store: TileStore,
-                tracker: Any, *, workers: int | None, scheduler: str | None, processes: bool = True) -> None:
-    """Run the tile ``groups`` on a LocalCluster of ``workers`` single-thread workers or on ``scheduler``."""
-    distributed = _import_distributed()
-    cluster = None
-    try:
-        if scheduler is not None:
-            try:
-                client = distributed.Client(scheduler, timeout="15s")
-            except (OSError, TimeoutError, ValueError) as exc:
-                raise ReidEvalError(f"--scheduler {scheduler}: cannot connect ({' '.join(str(exc).split())})") from None
-        else:
-            cluster = distributed.LocalCluster(
-                n_workers=int(workers), threads_per_worker=1, processes=processes, memory_limit=0,
-                dashboard_address=None, silence_logs=logging.ERROR,
-            )
-            client = distributed.Client(cluster)
+class DaskRunner:
+    """Tile tasks on a LocalCluster of ``workers`` single-thread workers, or on the cluster at ``scheduler``.
+
+    ``parallel``: tasks the cluster runs at once (how finely the tiles are
+    grouped into tasks). The sink must be the run's
+    :class:`~reid_eval.matching.tile_store.TileStore`: workers commit into it.
+    """
+
+    def __init__(self, *, workers: int | None, scheduler: str | None, parallel: int, processes: bool = True) -> None:
+        self.workers, self.scheduler, self.parallel, self.processes = workers, scheduler, int(parallel), processes
+        self.name = f"dask-local:{workers}" if workers is not None else f"dask:{scheduler}"
+
+    def run(self, job: TileJob, pending: Sequence[tuple[int, int]], sink: TileStore,
+            done: Callable[[int, int], None]) -> None:
+        distributed = _import_distributed()
+        cluster = None
         try:
-            futures = {
-                client.submit(_task, src, plan, gi, list(pis), str(store.directory), pure=False, priority=-k): gi
-                for k, (gi, pis) in enumerate(groups)
-            }
-            for fut in distributed.as_completed(futures):
-                gi = futures[fut]
-                for pi in fut.result():
-                    tracker.tile_done(gi, pi)
+            if self.scheduler is not None:
+                try:
+                    client = distributed.Client(self.scheduler, timeout="15s")
+                except (OSError, TimeoutError, ValueError) as exc:
+                    raise ReidEvalError(f"--scheduler {self.scheduler}: cannot connect ({' '.join(str(exc).split())})") from None
+            else:
+                cluster = distributed.LocalCluster(
+                    n_workers=int(self.workers), threads_per_worker=1, processes=self.processes, memory_limit=0,
+                    dashboard_address=None, silence_logs=logging.ERROR,
+                )
+                client = distributed.Client(cluster)
+            try:
+                futures = {
+                    client.submit(_task, job, gi, list(pis), str(sink.directory), pure=False, priority=-k): gi
+                    for k, (gi, pis) in enumerate(task_groups(pending, self.parallel))
+                }
+                for fut in distributed.as_completed(futures):
+                    gi = futures[fut]
+                    for pi in fut.result():
+                        done(gi, pi)
+            finally:
+                client.close()
         finally:
-            client.close()
-    finally:
-        if cluster is not None:
-            cluster.close()
+            if cluster is not None:
+                cluster.close()

@@ -20,7 +20,7 @@ moment the process dies at. The record of done tiles *is* the set of tile
 files; a tile file that cannot be read back (e.g. after a power loss that
 lost the unsynced folder entry's data) counts as not done and is recomputed.
 
-Refinement counts. Each tile carries the :class:`~reid_eval.matching.fpr.RefinementStats`
+Refinement counts. Each tile carries the :class:`~reid_eval.matching.kernel.RefinementStats`
 of its computation (entries, and how many were recomputed in float64) in a
 sidecar ``g<gi>-p<pi>.counts.json``, committed the same way *before* the tile
 file: a committed tile therefore always has its counts, and the totals of a
@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 
 from reid_eval.kill_hooks import kill_hook
-from reid_eval.matching.fpr import RefinementStats
+from reid_eval.matching.kernel.accuracy import RefinementStats
 
 # Test hook (reid_eval.kill_hooks): REID_EVAL_TEST_KILL_AFTER_TILES=k SIGKILLs the
 # process right after its k-th tile commit (tests/test_match_streaming*.py).

@@ -1,4 +1,8 @@
-"""Array-module selection (NumPy on a CPU, CuPy on a GPU), large buffers and ragged segment sums."""
+"""Array-module selection (NumPy on a CPU, CuPy on a GPU), large buffers and ragged segment sums.
+
+The one place the engine asks which array module it runs on: every other
+kernel file takes ``xp`` from here (:func:`get_array_module`, :func:`module_of`).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["get_array_module", "to_numpy", "segment_sum", "large_empty"]
+__all__ = ["BACKENDS", "get_array_module", "module_of", "is_host", "to_numpy", "segment_sum", "large_empty",
+           "return_freed_blocks_to_the_os"]
 
 BACKENDS = ("auto", "numpy", "cupy")
 
@@ -47,15 +52,13 @@ def large_empty(xp: ModuleType, shape: tuple[int, ...], dtype: Any) -> Any:
     anonymous mapping with transparent huge pages advised (Linux
     ``MADV_HUGEPAGE``; many systems only give them on request): its first
     touch then takes one page fault per 2 MiB instead of per 4 KiB, and the
-    GEMMs over it fewer TLB misses. Measured on this project's 2-core
-    virtual machine, filling a fresh 324 MB buffer took 0.9-1.3 s with
-    4 KiB pages and 0.22-0.29 s with huge pages advised (0.02-0.03 s once
-    touched). Elsewhere, or when the mapping fails, a plain ``xp.empty``.
+    GEMMs over it fewer TLB misses (``benchmarks/bench_matching.py`` times
+    the difference). Elsewhere, or when the mapping fails, a plain ``xp.empty``.
     """
     dt = np.dtype(dtype)
     nbytes = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
     advise = getattr(mmap, "MADV_HUGEPAGE", None)
-    if xp is not np or nbytes < HUGE_PAGE_MIN_BYTES or advise is None:
+    if not is_host(xp) or nbytes < HUGE_PAGE_MIN_BYTES or advise is None:
         return xp.empty(shape, dtype=dt)
     try:
         mapping = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
@@ -64,6 +67,20 @@ def large_empty(xp: ModuleType, shape: tuple[int, ...], dtype: Any) -> Any:
         return np.empty(shape, dtype=dt)
     # The array keeps the mapping alive; it is unmapped when the last view goes.
     return np.frombuffer(mapping, dtype=dt).reshape(shape)
+
+
+def module_of(a: Any) -> ModuleType:
+    """The array module (NumPy or CuPy) of array ``a``."""
+    if isinstance(a, np.ndarray):
+        return np
+    import cupy
+
+    return cupy
+
+
+def is_host(xp: ModuleType) -> bool:
+    """Whether ``xp`` is NumPy: the CPU paths (threads, fused passes) against the GPU ones."""
+    return xp is np
 
 
 def to_numpy(a: Any) -> np.ndarray:
@@ -88,7 +105,7 @@ def segment_sum(xp: ModuleType, a: Any, offsets: np.ndarray, axis: int) -> Any:
         if axis == 0:
             return a.reshape(k, n, a.shape[1]).sum(axis=1, dtype=xp.float64)
         return a.reshape(a.shape[0], k, n).sum(axis=2, dtype=xp.float64)
-    if xp is np:
+    if is_host(xp):
         return np.add.reduceat(a, offsets[:-1], axis=axis, dtype=np.float64)
     # CuPy has no ufunc.reduceat: differences of a float64 running sum. The
     # running sum of non-negative terms grows at most to the total, so the
@@ -101,56 +118,26 @@ def segment_sum(xp: ModuleType, a: Any, offsets: np.ndarray, axis: int) -> Any:
     return xp.concatenate([ends[:, :1], ends[:, 1:] - ends[:, :-1]], axis=1)
 
 
-class _BlasThreads:
-    """Set the thread count of NumPy's OpenBLAS (found through ctypes), or do nothing.
+_malloc_tuned = False
 
-    Many small GEMMs and eigendecompositions (110×110 Gram matrices) run far
-    slower with several OpenBLAS threads on a loaded machine than with one;
-    the large tile GEMMs still use all threads.
+
+def return_freed_blocks_to_the_os() -> None:
+    """Make glibc give every large freed buffer back to the OS at once (no-op elsewhere).
+
+    glibc raises its mmap threshold each time a large buffer is freed (up to
+    32 MB), after which block-sized arrays come from per-thread arenas that
+    keep freed memory, and peak memory grows with the number of tiles. A fixed
+    4 MiB threshold keeps every tile buffer in its own mapping, so peak memory
+    stays flat whatever the tile count (``benchmarks/bench_scale.py``).
     """
+    global _malloc_tuned
+    if _malloc_tuned:
+        return
+    _malloc_tuned = True
+    try:
+        import ctypes
 
-    _lib: Any = None
-    _searched = False
-    _setters = ("scipy_openblas_set_num_threads64_", "openblas_set_num_threads64_", "openblas_set_num_threads")
-    _getters = ("scipy_openblas_get_num_threads64_", "openblas_get_num_threads64_", "openblas_get_num_threads")
-
-    @classmethod
-    def _find(cls) -> Any:
-        if cls._searched:
-            return cls._lib
-        cls._searched = True
-        try:
-            import ctypes
-
-            with open("/proc/self/maps") as maps:
-                paths = sorted({line.split()[-1] for line in maps if "openblas" in line.lower() and "/" in line})
-            for path in paths:
-                lib = ctypes.CDLL(path)
-                setter = next((getattr(lib, n) for n in cls._setters if hasattr(lib, n)), None)
-                getter = next((getattr(lib, n) for n in cls._getters if hasattr(lib, n)), None)
-                if setter is not None and getter is not None:
-                    cls._lib = (setter, getter)
-                    break
-        except (OSError, AttributeError):
-            cls._lib = None
-        return cls._lib
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-        self.previous: int | None = None
-
-    def __enter__(self) -> None:
-        lib = self._find()
-        if lib is not None:
-            self.previous = int(lib[1]())
-            lib[0](self.n)
-
-    def __exit__(self, *exc: object) -> None:
-        lib = self._find()
-        if lib is not None and self.previous is not None:
-            lib[0](self.previous)
-
-
-def blas_threads(n: int) -> _BlasThreads:
-    """Context manager running NumPy's OpenBLAS with ``n`` threads (no-op if not found)."""
-    return _BlasThreads(n)
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 4 << 20)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
