@@ -23,7 +23,7 @@ from reid_eval.experiments.record import (
     RERANK_LAMBDA,
     MatchParams,
 )
-from reid_eval.matching.backend import BACKENDS
+from reid_eval.matching.kernel.backend import BACKENDS
 
 from .options import ByteSize, FiniteFloat, cache_dir_option, checkpoint_option, results_dir_option
 from .progress import Bars

@@ -22,7 +22,7 @@ from reid_eval.experiments import RESULT_KEYS, MatchParams, select_caches
 from reid_eval.experiments.record import OPTIONAL_RESULT_KEYS
 from reid_eval.features import read_attrs, read_distances, read_split
 from reid_eval.matching import fpr_distances, global_distances
-from reid_eval.matching.tiles import single_blas_thread  # match's tiles run their GEMM on one BLAS thread (#10)
+from reid_eval.matching.kernel import single_blas_thread  # match runs each tile GEMM on one BLAS thread
 from reid_eval.report import build_report
 from test_extract_cache import make_partial_reid
 

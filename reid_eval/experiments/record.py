@@ -64,7 +64,7 @@ from reid_eval.evaluation.rerank import DEFAULT_K1 as RERANK_K1
 from reid_eval.evaluation.rerank import DEFAULT_K2 as RERANK_K2
 from reid_eval.evaluation.rerank import DEFAULT_LAMBDA as RERANK_LAMBDA
 from reid_eval.matching import DEFAULT_BETA
-from reid_eval.matching.backend import BACKENDS
+from reid_eval.matching.kernel.backend import BACKENDS
 
 #: β of the paper (§4.1); defined once, in reid_eval.matching.definition.
 PAPER_BETA: float = DEFAULT_BETA
