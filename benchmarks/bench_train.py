@@ -1,4 +1,4 @@
-"""Training speed, the FPR triplet loss's cost, and person-mask quality.
+"""Training speed and the FPR triplet loss's cost (person-mask quality: bench_masks.py).
 
 1. Training images/s — the DataLoader with worker processes (decode, resize,
    normalise off the loop), the FPR network's forward, the FPR batch-hard
@@ -12,9 +12,6 @@
    --min-ratio).
 2. Seconds per forward+backward of the FPR triplet loss alone at 64 images x
    110 locations x 2048 channels (the paper's batch and pyramid).
-3. Mask IoU of `reid-eval masks` against the synthetic generator's exact
-   masks, when real segmentation weights are at hand (in torch's cache, or
-   --seg-weights FILE); otherwise it says so.
 
 Defaults fit a shared 2-core CPU (resnet50 at 256x128, 4x4 batches);
 the paper's geometry on a GPU:
@@ -31,10 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
-import torchvision
-from PIL import Image
 
 from reid_eval.datasets.synthetic import SyntheticConfig, generate_synthetic_dataset
 from reid_eval.features import resolve_device
@@ -51,8 +45,6 @@ from reid_eval.training import (
     training_images,
     training_step,
 )
-from reid_eval.training.data import mask_file
-from reid_eval.training.masks import DEFAULT_SEGMENTATION_MODEL, write_person_masks
 from reid_eval.training.trainer import amp_dtype_for
 
 
@@ -170,37 +162,6 @@ def bench_fpr_loss(args: argparse.Namespace, device: torch.device) -> None:
           f"{min(times):.3f} s per step (best of {len(times)}; all: {', '.join(f'{t:.2f}' for t in times)})")
 
 
-def _cached_weights(name: str) -> Path | None:
-    url = torchvision.models.get_model_weights(name).DEFAULT.url
-    path = Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
-    return path if path.is_file() else None
-
-
-def bench_mask_iou(args: argparse.Namespace, root: Path, device: torch.device) -> None:
-    weights = args.seg_weights or _cached_weights(args.seg_model)
-    if weights is None:
-        print(f"mask IoU: not measured: real {args.seg_model} weights are not at hand here (none in torch's cache "
-              f"{torch.hub.get_dir()}, no --seg-weights FILE; this machine cannot download them)")
-        return
-    out = root.parent / "seg_masks"
-    run = write_person_masks("synthetic_occluded", root, out, ("train", "query", "gallery"), args.seg_model, weights,
-                             str(device), batch_size=16)
-    inter = union = 0
-    ious = []
-    for p in sorted(root.rglob("*.png")):
-        rel = p.relative_to(root)
-        if rel.parts[0] == "masks":
-            continue
-        truth = np.asarray(Image.open(mask_file(root / "masks", str(rel)))) > 127
-        pred = np.asarray(Image.open(mask_file(out, str(rel)))) > 127
-        i, u = np.logical_and(truth, pred).sum(), np.logical_or(truth, pred).sum()
-        inter, union = inter + i, union + u
-        ious.append(i / u if u else 1.0)
-    print(f"mask IoU of {args.seg_model} ({weights}) against the generator's exact masks, {len(ious)} images: "
-          f"pooled {inter / union:.3f}, mean per image {np.mean(ious):.3f}, median {np.median(ious):.3f} "
-          f"({run.seconds:.0f} s)")
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--backbone", default="resnet50")
@@ -215,9 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=None, help="torch threads of the training process")
     ap.add_argument("--fpr-images", type=int, default=64)
     ap.add_argument("--fpr-repeats", type=int, default=2)
-    ap.add_argument("--seg-model", default=DEFAULT_SEGMENTATION_MODEL)
-    ap.add_argument("--seg-weights", type=Path, default=None, help="segmentation weights file (state dict)")
-    ap.add_argument("--skip", default="", help="comma-separated parts to skip: throughput,fpr,masks")
+    ap.add_argument("--skip", default="", help="comma-separated parts to skip: throughput,fpr")
     ap.add_argument("--min-ratio", type=float, default=0.8)
     args = ap.parse_args(argv)
     if args.threads:
@@ -236,8 +195,6 @@ def main(argv: list[str] | None = None) -> int:
             status = 0 if ok else 1
         if "fpr" not in skip:
             bench_fpr_loss(args, device)
-        if "masks" not in skip:
-            bench_mask_iou(args, root, device)
     return status
 
 
