@@ -24,6 +24,7 @@ from reid_eval.experiments.record import (
     MatchParams,
 )
 from reid_eval.matching.kernel.backend import BACKENDS
+from reid_eval.matching.memory import DEFAULT_MEMORY_BUDGET, MEMORY_BUDGET_ENV
 
 from .options import ByteSize, FiniteFloat, cache_dir_option, checkpoint_option, results_dir_option
 from .progress import Bars
@@ -49,7 +50,7 @@ _DEFAULT = MatchParams()
               help="Global distance used by --fuse.")
 @click.option("--ap", type=click.Choice(AP_FLAVOURS), default=_DEFAULT.ap, show_default=True,
               help=f"AP flavour ({PAPER_AP}: the official trapezoid rule the paper's tables used).")
-@click.option("--memory-budget", type=ByteSize(), envvar="REID_EVAL_MEMORY_BUDGET", default=1_500_000_000,
+@click.option("--memory-budget", type=ByteSize(), envvar=MEMORY_BUDGET_ENV, default=DEFAULT_MEMORY_BUDGET,
               show_default=True, show_envvar=True,
               help="Working memory of the matching tiles in flight (the [P, G] result is extra). Sets the tile "
                    "plan of a new matrix; an interrupted one resumes with its own.")

@@ -40,22 +40,15 @@ class ByteSize(click.ParamType):
     """A number of bytes: ``1500000000``, ``1.5e9``, ``1.5GB``, ``500MiB``; finite and at least 1, naming the option."""
 
     name = "BYTES"
-    UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
-             "kib": 2**10, "mib": 2**20, "gib": 2**30}
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        if isinstance(value, int) and not isinstance(value, bool):
-            number = float(value)
-        else:
-            text = str(value).strip().lower().replace(" ", "")
-            digits = text.rstrip("kmgib")
-            try:
-                number = float(digits) * self.UNITS[text[len(digits):]]
-            except (ValueError, KeyError):
-                self.fail(f"{value!r} is not a number of bytes (e.g. 1500000000, 1.5e9, 1.5GB, 500MiB).", param, ctx)
-        if not math.isfinite(number) or number < 1:
-            self.fail(f"{value!r} is not a finite positive number of bytes.", param, ctx)
-        return int(number)
+        # the library's parser: the same text means the same bytes as REID_EVAL_MEMORY_BUDGET does in demo and training
+        from reid_eval.matching.memory import parse_bytes
+
+        try:
+            return parse_bytes(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
 
 
 class Folder(click.Path):

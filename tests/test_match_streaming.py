@@ -144,6 +144,27 @@ def test_the_budget_sets_the_blocks_and_a_budget_too_small_is_one_line(cache, mo
         fpr_distances_from_cache(cache, backend="numpy")
 
 
+@pytest.mark.parametrize("text, expected", [("1.5GB", 1_500_000_000), ("1.5e9", 1_500_000_000), ("500MiB", 500 * 2**20),
+                                            ("2e6", 2_000_000)])
+def test_the_budget_variable_means_the_same_bytes_to_match_demo_and_training(monkeypatch, text, expected):
+    """`match`'s --memory-budget and the library default (demo, training's evaluation) read one variable one way."""
+    from reid_eval.matching.memory import MEMORY_BUDGET_ENV, default_memory_budget
+    from reid_eval_cli.match_commands import match_command
+
+    monkeypatch.setenv(MEMORY_BUDGET_ENV, text)
+    assert default_memory_budget() == expected
+    assert match_command.make_context("match", ["--metric", "fpr"]).params["memory_budget"] == expected
+
+
+def test_a_budget_variable_in_units_sets_the_streamed_plan(cache, monkeypatch):
+    monkeypatch.setenv("REID_EVAL_MEMORY_BUDGET", "1.5GB")  # what `match` accepts, the library default accepts too
+    assert fpr_distances_from_cache(cache, backend="numpy", threads=1).plan.memory_budget_bytes == 1_500_000_000
+    for bad in ("lots", "0", "1e999"):
+        monkeypatch.setenv("REID_EVAL_MEMORY_BUDGET", bad)
+        with pytest.raises(ReidEvalError, match="REID_EVAL_MEMORY_BUDGET.*bytes"):
+            fpr_distances_from_cache(cache, backend="numpy")
+
+
 def kill_after_tiles(args: list[str], store: TileStore, n: int, env: dict | None = None) -> set[tuple[int, int]]:
     """Run ``args`` as a child process that SIGKILLs itself right after committing its ``n``-th tile.
 

@@ -12,7 +12,7 @@ import os
 
 from reid_eval.errors import ReidEvalError
 
-__all__ = ["DEFAULT_MEMORY_BUDGET", "MEMORY_BUDGET_ENV", "BYTE_UNITS", "parse_bytes", "default_memory_budget"]
+__all__ = ["DEFAULT_MEMORY_BUDGET", "MEMORY_BUDGET_ENV", "BYTE_UNITS", "MAX_BYTES", "parse_bytes", "default_memory_budget"]
 
 #: Default bound on the working memory of the matching tiles in flight, in bytes (the [P, G] result is extra).
 DEFAULT_MEMORY_BUDGET = 1_500_000_000
@@ -21,13 +21,17 @@ MEMORY_BUDGET_ENV = "REID_EVAL_MEMORY_BUDGET"
 #: Unit suffixes of :func:`parse_bytes` (case-insensitive), in bytes.
 BYTE_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
               "kib": 2**10, "mib": 2**20, "gib": 2**30}
+#: Largest byte count accepted (1 PiB): every count stays a machine integer (int64 in NumPy and the HDF5
+#: attributes where the budget is recorded) with room for the sums the tile planner forms.
+MAX_BYTES = 2**50
 
 
 def parse_bytes(value: str | int) -> int:
     """A number of bytes from ``1500000000``, ``1.5e9``, ``1.5GB`` or ``500MiB`` (an int is taken as it is).
 
     Raises ValueError saying what is wrong (not a number of bytes; not
-    finite or below 1); the caller adds the option or variable it came from.
+    finite, below 1 or above :data:`MAX_BYTES`); the caller adds the option
+    or variable it came from.
     """
     if isinstance(value, int) and not isinstance(value, bool):
         number = float(value)
@@ -40,6 +44,8 @@ def parse_bytes(value: str | int) -> int:
             raise ValueError(f"{value!r} is not a number of bytes (e.g. 1500000000, 1.5e9, 1.5GB, 500MiB).") from None
     if not math.isfinite(number) or number < 1:
         raise ValueError(f"{value!r} is not a finite positive number of bytes.")
+    if number > MAX_BYTES:
+        raise ValueError(f"{value!r} is more than {MAX_BYTES} bytes (1 PiB).")
     return int(number)
 
 

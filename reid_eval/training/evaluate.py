@@ -14,6 +14,7 @@ import pandas as pd
 from reid_eval.errors import ReidEvalError
 from reid_eval.experiments import MatchParams, match_cache
 from reid_eval.features import extract_dataset
+from reid_eval.matching import DEFAULT_BETA
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,7 @@ def check_evaluable(dataset: str, manifest: pd.DataFrame) -> None:
 
 
 def evaluate_checkpoint(dataset: str, root: Path, manifest: pd.DataFrame, checkpoint: Path, work_dir: Path,
-                        device: str, batch_size: int = 64, beta: float = 0.01) -> Evaluation:
+                        device: str, batch_size: int = 64, beta: float = DEFAULT_BETA) -> Evaluation:
     """Extract ``dataset``'s query and gallery with ``checkpoint`` into a cache under
     ``work_dir``, match them with FPR (β = ``beta``), write the results JSON in
     ``work_dir`` and delete the cache (a Market-1501 cache holds gigabytes of

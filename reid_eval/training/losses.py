@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from reid_eval.matching import fpr_distance_matrix_torch
+from reid_eval.matching import DEFAULT_BETA, fpr_distance_matrix_torch
 
 #: α of Eq. 10 (paper §4.1).
 DEFAULT_ALPHA = 0.02
@@ -27,7 +27,7 @@ DEFAULT_MARGIN = 0.1
 
 
 def batch_fpr_distances(local: torch.Tensor, foreground: torch.Tensor, valid: torch.Tensor | None = None,
-                        weighted: bool = True, beta: float = 0.01) -> torch.Tensor:
+                        weighted: bool = True, beta: float = DEFAULT_BETA) -> torch.Tensor:
     """All-pairs FPR (or DSR) distances inside a batch, ``[B, B]``.
 
     ``local`` [B, N, d] pyramid features, ``foreground`` [B, N] foreground

@@ -45,6 +45,7 @@ from torch.nn.parallel import DistributedDataParallel
 from reid_eval.datasets import load_manifest
 from reid_eval.errors import ReidEvalError
 from reid_eval.features import resolve_device
+from reid_eval.matching import DEFAULT_BETA
 from reid_eval.model import FPRNet, ModelConfig, build_model, load_checkpoint, save_checkpoint
 from reid_eval.training import distributed
 from reid_eval.training.data import Augmentation, TrainingDataset, default_workers, make_loader, training_images
@@ -109,7 +110,7 @@ class TrainConfig:
     margin: float = DEFAULT_MARGIN
     alpha: float = DEFAULT_ALPHA
     tau: float = DEFAULT_TAU
-    beta: float = 0.01
+    beta: float = DEFAULT_BETA
     foreground_loss: bool = True
     flip: bool = False
     pad_crop: int = 0
