@@ -32,18 +32,22 @@ AP_MARKET = [
 INP = [F(3, 6), F(2, 5), F(1, 2)]
 
 
-@pytest.mark.parametrize("flavour, expected_ap", [("standard", AP_STANDARD), ("market1501", AP_MARKET)])
-def test_hand_case_both_flavours(flavour, expected_ap):
+# (flavour, per-query AP, the queries its averages divide by): the official code divides by all 5
+# queries (the two without a correct match count 0), the other flavours by the 3 valid ones.
+@pytest.mark.parametrize("flavour, expected_ap, denominator",
+                         [("standard", AP_STANDARD, 3), ("market1501", AP_MARKET, 5), ("market1501-valid", AP_MARKET, 3)])
+def test_hand_case_every_flavour(flavour, expected_ap, denominator):
     r = evaluate_ranking(DISTMAT, Q_PIDS, G_PIDS, Q_CAMS, G_CAMS, ap=flavour, max_rank=8)
     assert r.valid.tolist() == [True, True, False, False, True]
     assert r.num_valid == 3 and r.num_query == 5 and r.num_gallery == 8
+    assert r.num_averaged == denominator
     assert r.first_rank.tolist() == [2, 0, 1]
     np.testing.assert_allclose(r.ap, [float(a) for a in expected_ap], rtol=0, atol=1e-15)
-    assert r.mAP == pytest.approx(float(sum(expected_ap) / 3), abs=1e-15)
+    assert r.mAP == pytest.approx(float(sum(expected_ap) / denominator), abs=1e-15)
     np.testing.assert_allclose(r.inp, [float(a) for a in INP], rtol=0, atol=1e-15)
-    assert r.mINP == pytest.approx(float(sum(INP) / 3), abs=1e-15)
+    assert r.mINP == pytest.approx(float(sum(INP) / denominator), abs=1e-15)
     # Only 5 or 6 valid gallery images per query: the curve keeps its last value to max_rank.
-    np.testing.assert_array_equal(r.cmc, [1 / 3, 2 / 3, 1, 1, 1, 1, 1, 1])
+    np.testing.assert_allclose(r.cmc, np.array([1, 2, 3, 3, 3, 3, 3, 3]) / denominator, rtol=0, atol=1e-15)
     assert r.ap_flavour == flavour
 
 

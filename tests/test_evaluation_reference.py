@@ -70,7 +70,8 @@ def test_agrees_with_per_query_argsort_loop(problem, counting_max_good):
                 evaluate_ranking(distmat, q_pids, g_pids, q_cams, g_cams, max_rank=max_rank)
             return
         std = evaluate_ranking(distmat, q_pids, g_pids, q_cams, g_cams, ap="standard", max_rank=max_rank)
-        mkt = evaluate_ranking(distmat, q_pids, g_pids, q_cams, g_cams, ap="market1501", max_rank=max_rank)
+        mkt = evaluate_ranking(distmat, q_pids, g_pids, q_cams, g_cams, ap="market1501-valid", max_rank=max_rank)
+        official = evaluate_ranking(distmat, q_pids, g_pids, q_cams, g_cams, ap="market1501", max_rank=max_rank)
     np.testing.assert_array_equal(std.valid, valid)
     np.testing.assert_allclose(std.cmc, cmcs.mean(axis=0), rtol=0, atol=1e-12)
     np.testing.assert_allclose(std.ap, ap_std, rtol=0, atol=1e-12)
@@ -81,6 +82,10 @@ def test_agrees_with_per_query_argsort_loop(problem, counting_max_good):
     assert std.mINP == pytest.approx(inps.mean(), abs=1e-12)
     assert std.cmc.shape == (max_rank,)
     np.testing.assert_array_equal(std.cmc, mkt.cmc)
+    # the official averages: every query, one without a correct match counting 0
+    nq = len(q_pids)
+    assert official.mAP == pytest.approx(ap_mkt.sum() / nq, abs=1e-12)
+    np.testing.assert_allclose(official.cmc, cmcs.sum(axis=0) / nq, rtol=0, atol=1e-12)
 
 
 def test_agrees_on_a_random_market_like_case():
@@ -91,7 +96,7 @@ def test_agrees_on_a_random_market_like_case():
     q_cams = rng.integers(1, 7, 50)
     distmat = rng.random((50, 600)).astype(np.float32)
     valid, cmcs, ap_std, ap_mkt, inps = reference(distmat, q_pids, g_pids, q_cams, g_cams, 50)
-    r = evaluate_ranking(distmat, q_pids, g_pids, q_cams, g_cams, ap="market1501")
+    r = evaluate_ranking(distmat, q_pids, g_pids, q_cams, g_cams, ap="market1501-valid")
     np.testing.assert_array_equal(r.valid, valid)
     np.testing.assert_allclose(r.cmc, cmcs.mean(axis=0), rtol=0, atol=1e-12)
     np.testing.assert_allclose(r.ap, ap_mkt, rtol=0, atol=1e-12)

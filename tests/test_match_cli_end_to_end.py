@@ -161,7 +161,7 @@ def test_select_caches_prefers_the_checkpoint_then_the_newest(run, tmp_path):
 
 
 def test_both_ap_flavours_get_their_own_file_and_report_row(run, tmp_path):
-    assert MatchParams(metric="fpr", ap="market1501").results_file_name("market1501") == "market1501__fpr__ap-market1501.json"
+    assert MatchParams(metric="fpr", ap="market1501").results_file_name("market1501") == "market1501__fpr__ap-market1501-official.json"
     assert MatchParams(metric="fpr", beta=0.1).results_file_name("market1501") == "market1501__fpr__beta0.1.json"
     mine = tmp_path / "results"
     for ap in ("standard", "market1501"):
@@ -169,10 +169,11 @@ def test_both_ap_flavours_get_their_own_file_and_report_row(run, tmp_path):
                      "--cache-dir", str(run["cache"]), "--results-dir", str(mine)]) == 0
     standard_file, official_file = results_file(run, mine, metric="fpr"), results_file(run, mine, metric="fpr", ap="market1501")
     assert sorted(mine.glob("*.json")) == sorted([standard_file, official_file])
-    assert official_file.name == f"partial_reid__fpr__ap-market1501__ckpt-{run['sha'][:8]}.json"
+    assert official_file.name == f"partial_reid__fpr__ap-market1501-official__ckpt-{run['sha'][:8]}.json"
     standard = json.loads(standard_file.read_text())
     official = json.loads(official_file.read_text())
     assert (standard["ap_flavour"], official["ap_flavour"]) == ("standard", "market1501")
+    assert (standard["averaged_over"], official["averaged_over"]) == ("valid", "all")
     # one matrix, stored once, named in both files
     assert standard["params"]["distance_name"] == official["params"]["distance_name"] == "fpr"
     D, _ = read_distances(run["cache_file"], "fpr")

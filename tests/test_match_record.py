@@ -28,7 +28,7 @@ SHA = "0123456789abcdef" * 4
 def match_params(draw) -> MatchParams:
     """Any valid MatchParams."""
     metric = draw(st.sampled_from(MATCH_METRICS))
-    kwargs = {"metric": metric, "ap": draw(st.sampled_from(("standard", "market1501")))}
+    kwargs = {"metric": metric, "ap": draw(st.sampled_from(("standard", "market1501", "market1501-valid")))}
     kwargs["checkpoint_sha256"] = draw(st.sampled_from(("", SHA, "f" * 64)))
     kwargs["backend"] = draw(st.sampled_from(("auto", "numpy", "cupy")))
     if metric not in GLOBAL_METRICS:
@@ -67,7 +67,9 @@ def test_each_parameter_has_its_own_name_part():
         ),
         "fuse": (dataclasses.replace(base, fuse=0.5), "fpr+euclidean__fuse0.5", "__ckpt-01234567"),
         "fuse_global": (dataclasses.replace(base, fuse=0.5, fuse_global="cosine"), "fpr+cosine__fuse0.5", "__ckpt-01234567"),
-        "ap": (dataclasses.replace(base, ap="market1501"), "fpr", "__ap-market1501__ckpt-01234567"),
+        # the official averages have a name no file of the earlier valid-only market1501 average has
+        "ap": (dataclasses.replace(base, ap="market1501"), "fpr", "__ap-market1501-official__ckpt-01234567"),
+        "ap valid": (dataclasses.replace(base, ap="market1501-valid"), "fpr", "__ap-market1501-valid__ckpt-01234567"),
         "checkpoint": (dataclasses.replace(base, checkpoint_sha256="ab" * 32), "fpr", "__ckpt-abababab"),
     }
     for what, (params, distance, tail) in cases.items():
@@ -133,7 +135,7 @@ def _result(params: MatchParams) -> MatchResult:
 def test_results_round_trip_through_json(params):
     result = _result(params)
     data = json.loads(json.dumps(result.to_json()))
-    assert tuple(data) == RESULT_KEYS
+    assert tuple(data) == (*RESULT_KEYS, "averaged_over")
     assert data["params"]["distance_name"] == params.distance_name and data["metric"] == params.label
     back = MatchResult.from_json(data, "x.json")
     assert back == result and back.file_name == result.file_name
@@ -156,10 +158,11 @@ def test_an_older_results_file_reads_with_defaults():
         "checkpoint_sha256": SHA, "created": "2026-11-24T05:00:00+00:00",
     }
     result = MatchResult.from_json(data, "old.json")
-    assert result.params == MatchParams(metric="fpr", beta=0.1, fuse=0.5, fuse_global="euclidean", ap="market1501",
+    # written before the official averages: its "market1501" averaged over the valid queries
+    assert result.params == MatchParams(metric="fpr", beta=0.1, fuse=0.5, fuse_global="euclidean", ap="market1501-valid",
                                         checkpoint_sha256=SHA, backend="numpy")
     assert result.provenance == {"cache_file": "/c.h5"}
-    assert result.file_name == "market1501__fpr+euclidean__beta0.1__fuse0.5__ap-market1501__ckpt-01234567.json"
+    assert result.file_name == "market1501__fpr+euclidean__beta0.1__fuse0.5__ap-market1501-valid__ckpt-01234567.json"
 
 
 @pytest.mark.parametrize(

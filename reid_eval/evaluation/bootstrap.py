@@ -15,8 +15,9 @@ ordinary bootstrap over queries.
 Interval. The percentile interval: the ``(1-level)/2`` and ``(1+level)/2``
 quantiles (linear interpolation) of the metric over ``resamples`` resamples,
 95 % and 1,000 resamples by default; seeded (``numpy.random.default_rng(seed)``),
-so a rerun gives the same interval. Invalid queries (no correct match) are
-left out before resampling, as they are left out of every average.
+so a rerun gives the same interval. The queries resampled are those the AP
+flavour averages over: all of them for ``market1501`` (a query without a
+correct match scores 0, as in the official code), the valid ones otherwise.
 
 Paired comparison. Two results on the same queries are resampled with the
 same identity draws; the interval is that of the difference A − B, and the
@@ -34,9 +35,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from reid_eval.evaluation.ranking import AP_FLAVOURS, QueryStats
+from reid_eval.evaluation.ranking import QueryStats, averages_over_all
 
 DEFAULT_RESAMPLES = 1000
+#: At most this many resamples: the draws take 16 bytes per resample and identity (Market-1501, 750
+#: identities: 120 MB at the bound), and past a few thousand the percentiles no longer move.
+MAX_RESAMPLES = 10_000
 DEFAULT_LEVEL = 0.95
 DEFAULT_SEED = 0
 
@@ -75,8 +79,8 @@ class PairedDifference:
 
 
 def _check(resamples: int, level: float, seed: int) -> None:
-    if not isinstance(resamples, (int, np.integer)) or isinstance(resamples, bool) or resamples < 1:
-        raise ValueError(f"resamples must be a positive integer, got {resamples!r}")
+    if not isinstance(resamples, (int, np.integer)) or isinstance(resamples, bool) or not 1 <= resamples <= MAX_RESAMPLES:
+        raise ValueError(f"resamples must be an integer in [1, {MAX_RESAMPLES}], got {resamples!r}")
     if not 0.0 < float(level) < 1.0:
         raise ValueError(f"level must be in (0, 1), got {level!r}")
     if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
@@ -178,26 +182,28 @@ def paired_difference(
 
 
 def per_query_values(stats: QueryStats, ap: str = "standard", max_rank: int = 50) -> tuple[np.ndarray, np.ndarray]:
-    """Per valid query: ``values`` float64 [num_valid, max_rank + 2] and the row mask over all queries.
+    """Per averaged query: ``values`` float64 [m, max_rank + 2] and the row mask over all queries.
 
-    Columns ``0 .. max_rank-1``: whether the query's first correct match is
-    within the top ``k+1`` (with single gallery shot, the share of its draws
-    where it is), so their means are the CMC; column ``max_rank``: its AP in
-    flavour ``ap``; column ``max_rank+1``: its INP. Means over rows equal
-    :func:`summarize`'s ``cmc``, ``mAP`` and ``mINP``.
+    The averaged queries are those flavour ``ap`` divides by (reid_eval.evaluation.ranking):
+    every query for ``market1501`` (a query without a correct match is a row of
+    zeros), the valid ones otherwise. Columns ``0 .. max_rank-1``: whether the
+    query's first correct match is within the top ``k+1`` (with single gallery
+    shot, the share of its draws where it is), so their means are the CMC;
+    column ``max_rank``: its AP in flavour ``ap``; column ``max_rank+1``: its
+    INP. Means over rows equal :func:`summarize`'s ``cmc``, ``mAP`` and ``mINP``.
     """
-    if ap not in AP_FLAVOURS:
-        raise ValueError(f"ap must be one of {', '.join(AP_FLAVOURS)}, got {ap!r}")
     valid = stats.valid
+    rows = np.ones_like(valid) if averages_over_all(ap) else valid
     ks = np.arange(int(max_rank))
+    values = np.zeros((stats.num_query, int(max_rank) + 2), dtype=np.float64)
     if stats.single_shot_rank is not None:
         ranks = stats.single_shot_rank[valid]
-        hits = (ranks[:, :, None] <= ks[None, None, :]).mean(axis=1)
+        values[valid, : int(max_rank)] = (ranks[:, :, None] <= ks[None, None, :]).mean(axis=1)
     else:
-        hits = (stats.first_rank[valid][:, None] <= ks[None, :]).astype(np.float64)
-    ap_values = (stats.ap_standard if ap == "standard" else stats.ap_market1501)[valid]
-    values = np.concatenate([hits, ap_values[:, None], stats.inp[valid][:, None]], axis=1)
-    return values, valid
+        values[valid, : int(max_rank)] = stats.first_rank[valid][:, None] <= ks[None, :]
+    values[valid, int(max_rank)] = stats.ap(ap)[valid]
+    values[valid, int(max_rank) + 1] = stats.inp[valid]
+    return values[rows], rows
 
 
 def interval_record(intervals: BootstrapIntervals, max_rank: int) -> dict[str, object]:

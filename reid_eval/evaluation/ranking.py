@@ -12,8 +12,9 @@ images with pid ``p`` from another camera. Everything else, distractors with
 pid ``0`` included, is a wrong match (as in the official code, ids are only
 compared for equality, so pid ``0`` is a wrong match for every query whose pid
 is not ``0``; Market-1501 has no such query). A query without any correct match
-is skipped: it is reported in ``valid`` and every average is over the valid
-queries only.
+is reported in ``valid``; how it enters the averages is part of the flavour
+(below): the official code counts it as a query that scored 0, torchreid and
+fast-reid leave it out.
 
 Metrics, with ``r_0 < r_1 < ... < r_{n-1}`` the 0-based positions of the query's
 ``n`` correct matches among its non-junk gallery images:
@@ -22,14 +23,22 @@ Metrics, with ``r_0 < r_1 < ... < r_{n-1}`` the 0-based positions of the query's
   exactly ``max_rank`` entries (past the end of a short gallery the curve keeps
   its last value).
 * AP, ``ap="standard"``: non-interpolated average precision,
-  ``(1/n) * sum_i (i+1)/(r_i+1)``, as torchreid and fast-reid compute it.
-* AP, ``ap="market1501"``: the trapezoid rule of the official Market-1501 code
-  (``compute_AP.m``): each correct match adds ``(1/n) * (p_before + p_at)/2``
-  with ``p_at = (i+1)/(r_i+1)`` the precision at the match and
-  ``p_before = i/r_i`` the precision one position earlier (``1`` when
-  ``r_i == 0``). The FPR paper (He et al., ICCV 2019, §4 "Evaluation
-  Protocol") reimplemented that official code (Zheng et al., ICCV 2015) in
-  Python for its tables, so this is the flavour to compare with them.
+  ``(1/n) * sum_i (i+1)/(r_i+1)``, as torchreid and fast-reid compute it;
+  averages over the valid queries, as they do.
+* AP, ``ap="market1501"``: the official Market-1501 code (``evaluation.m``
+  with ``compute_AP.m``, Zheng et al., ICCV 2015) exactly. Its trapezoid
+  rule: each correct match adds ``(1/n) * (p_before + p_at)/2`` with
+  ``p_at = (i+1)/(r_i+1)`` the precision at the match and ``p_before = i/r_i``
+  the precision one position earlier (``1`` when ``r_i == 0``). Its
+  averages: CMC and mAP are divided by *all* queries, a query without a
+  correct match counting 0 in both (its AP and CMC row stay 0 there); mINP,
+  which the official code lacks, follows the same rule. The FPR paper (He et
+  al., ICCV 2019, §4 "Evaluation Protocol") reimplemented that official code
+  in Python for its tables, so this is the flavour to compare with them.
+* AP, ``ap="market1501-valid"``: the same trapezoid AP averaged over the
+  valid queries only (what this flavour was called ``market1501`` for before
+  the official averages). It equals ``market1501`` whenever every query has
+  a correct match, as on every protocol of the datasets here.
 * INP (Ye et al., "Deep Learning for Person Re-identification: A Survey and
   Outlook", as in fast-reid): ``n / (r_{n-1}+1)``, the precision at the
   hardest (last) correct match; mINP is its mean.
@@ -61,7 +70,21 @@ from dataclasses import dataclass
 
 import numpy as np
 
-AP_FLAVOURS = ("standard", "market1501")
+AP_FLAVOURS = ("standard", "market1501", "market1501-valid")
+#: Flavours whose averages divide by every query (a query without a correct match counts 0), as the official code.
+OVER_ALL_QUERIES: frozenset[str] = frozenset({"market1501"})
+
+
+def check_flavour(ap: str) -> str:
+    """``ap``, or ValueError naming the choices."""
+    if ap not in AP_FLAVOURS:
+        raise ValueError(f"ap must be one of {', '.join(AP_FLAVOURS)}, got {ap!r}")
+    return ap
+
+
+def averages_over_all(ap: str) -> bool:
+    """Whether flavour ``ap`` divides its averages by all queries (True) or by the valid ones (False)."""
+    return check_flavour(ap) in OVER_ALL_QUERIES
 
 # A query with more correct matches than this is ranked with one stable sort of
 # its row: counting costs one pass per correct match, a sort about as much as
@@ -107,15 +130,21 @@ class QueryStats:
     def num_query(self) -> int:
         return int(self.valid.shape[0])
 
+    def ap(self, flavour: str) -> np.ndarray:
+        """float64 [n]: each query's AP under ``flavour`` (its rule: the module docstring), NaN where not valid."""
+        return self.ap_standard if check_flavour(flavour) == "standard" else self.ap_market1501
+
 
 @dataclass(frozen=True)
 class RankingResult:
     """Scores of a whole evaluation; rates are fractions in [0, 1].
 
-    - ``cmc`` float64 [max_rank]: ``cmc[k]`` = fraction of valid queries whose
+    - ``cmc`` float64 [max_rank]: ``cmc[k]`` = fraction of the averaged
+      queries (all of them for ``market1501``, else the valid ones) whose
       first correct match is within the top ``k+1`` (averaged over the draws
       with single gallery shot).
-    - ``mAP``, ``mINP``: means of ``ap`` and ``inp``.
+    - ``mAP``, ``mINP``: sums of ``ap`` and ``inp`` over ``num_averaged``
+      queries (the valid queries' values; the others count 0).
     - ``ap``, ``inp`` float64 [num_valid]: per valid query, in query order.
     - ``valid`` bool [num_query]: which queries had a correct match.
     - ``first_rank`` int64 [num_valid]: 0-based rank of each valid query's
@@ -135,6 +164,11 @@ class RankingResult:
     num_gallery: int
     single_gallery_shot: bool
     repeats: int
+
+    @property
+    def num_averaged(self) -> int:
+        """The queries every average divides by: all of them (``market1501``) or the valid ones."""
+        return self.num_query if averages_over_all(self.ap_flavour) else self.num_valid
 
 
 def _as_ids(values: object, name: str, length: int | None = None) -> np.ndarray:
@@ -412,13 +446,12 @@ def _cmc_from_ranks(ranks: np.ndarray, max_rank: int) -> np.ndarray:
 
 
 def summarize(stats: QueryStats, num_gallery: int, ap: str = "standard", max_rank: int = 50) -> RankingResult:
-    """Turn per-query stats into CMC, mAP and mINP (averages over valid queries).
+    """Turn per-query stats into CMC, mAP and mINP, averaged as flavour ``ap`` says (module docstring).
 
     ``num_gallery`` is only recorded in the result. Raises ValueError when no
     query has a correct match.
     """
-    if ap not in AP_FLAVOURS:
-        raise ValueError(f"ap must be one of {', '.join(AP_FLAVOURS)}, got {ap!r}")
+    check_flavour(ap)
     if not isinstance(max_rank, (int, np.integer)) or isinstance(max_rank, bool) or max_rank < 1:
         raise ValueError(f"max_rank must be a positive integer, got {max_rank!r}")
     valid = stats.valid
@@ -428,7 +461,7 @@ def summarize(stats: QueryStats, num_gallery: int, ap: str = "standard", max_ran
             f"no valid query: none of the {stats.num_query} queries has a correct match in the gallery "
             "(same pid from another camera); check q_pids, g_pids, q_camids and g_camids"
         )
-    per_query_ap = (stats.ap_standard if ap == "standard" else stats.ap_market1501)[valid]
+    per_query_ap = stats.ap(ap)[valid]
     inp = stats.inp[valid]
     if stats.single_shot_rank is not None:
         cmc = _cmc_from_ranks(stats.single_shot_rank[valid], int(max_rank))
@@ -436,10 +469,12 @@ def summarize(stats: QueryStats, num_gallery: int, ap: str = "standard", max_ran
     else:
         cmc = _cmc_from_ranks(stats.first_rank[valid], int(max_rank))
         repeats = 1
+    # A query left out of the valid ones counts 0 in every average over all queries.
+    denominator = stats.num_query if averages_over_all(ap) else num_valid
     return RankingResult(
-        cmc=cmc,
-        mAP=float(per_query_ap.mean()),
-        mINP=float(inp.mean()),
+        cmc=cmc * (num_valid / denominator),
+        mAP=float(per_query_ap.sum() / denominator),
+        mINP=float(inp.sum() / denominator),
         ap=per_query_ap,
         inp=inp,
         valid=valid,
@@ -470,16 +505,17 @@ def evaluate_ranking(
     ``distmat`` [num_query, num_gallery] real distances (smaller = more
     similar; float32 or float64, no NaN or inf); ``q_pids``, ``q_camids``
     [num_query] and ``g_pids``, ``g_camids`` [num_gallery] integer ids.
-    ``ap`` picks the AP flavour ("standard" non-interpolated, or "market1501",
-    the official code's trapezoid rule that the FPR paper's tables used),
+    ``ap`` picks the AP flavour ("standard" non-interpolated over the valid
+    queries; "market1501", the official code's trapezoid rule and averages over
+    all queries that the FPR paper's tables used; "market1501-valid", that AP
+    over the valid queries),
     ``max_rank`` the length of the CMC curve; ``single_gallery_shot`` with
     ``repeats`` and ``seed`` selects the CUHK03 classic protocol. The exact
     rules are in this module's docstring. Raises ValueError, naming the
     argument, on shape mismatches, NaN or infinite distances, non-integer ids,
     and when no query has a correct match.
     """
-    if ap not in AP_FLAVOURS:
-        raise ValueError(f"ap must be one of {', '.join(AP_FLAVOURS)}, got {ap!r}")
+    check_flavour(ap)
     if not isinstance(max_rank, (int, np.integer)) or isinstance(max_rank, bool) or max_rank < 1:
         raise ValueError(f"max_rank must be a positive integer, got {max_rank!r}")
     stats = query_stats(

@@ -34,7 +34,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from reid_eval.evaluation.ranking import AP_FLAVOURS, QueryStats
+from reid_eval.atomic import write_atomically
+from reid_eval.evaluation.ranking import QueryStats
 
 DEFAULT_TOP_K = 10
 RECORDS_SUFFIX = ".queries.csv"
@@ -62,8 +63,6 @@ def query_records(
     ``stats`` from :func:`query_stats` over all queries (with ``top_k`` > 0
     for the top-k columns); ``paths``, ``q_pids``, ``q_camids`` [num_query].
     """
-    if ap not in AP_FLAVOURS:
-        raise ValueError(f"ap must be one of {', '.join(AP_FLAVOURS)}, got {ap!r}")
     n = stats.num_query
     for name, values in (("paths", paths), ("q_pids", q_pids), ("q_camids", q_camids)):
         if len(values) != n:
@@ -77,7 +76,7 @@ def query_records(
         "camid": np.asarray(q_camids, dtype=np.int64),
         "num_good": stats.num_good.astype(np.int64),
         "first_rank": first,
-        "ap": stats.ap_standard if ap == "standard" else stats.ap_market1501,
+        "ap": stats.ap(ap),
         "inp": stats.inp,
     }
     if stats.single_shot_rank is not None:
@@ -90,13 +89,9 @@ def query_records(
 
 
 def write_query_records(table: pd.DataFrame, path: str | os.PathLike) -> Path:
-    """Write the table atomically (a temporary file renamed into place); returns the path."""
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    table.to_csv(tmp, index=False, float_format="%.17g")
-    os.replace(tmp, out)
-    return out
+    """Write the table atomically (reid_eval.atomic: a failure keeps the file there before); returns the path."""
+    return write_atomically(path, lambda tmp: table.to_csv(tmp, index=False, float_format="%.17g"),
+                            "per-query records", "`reid-eval match`")
 
 
 def read_query_records(path: str | os.PathLike) -> pd.DataFrame:
@@ -114,6 +109,18 @@ def read_query_records(path: str | os.PathLike) -> pd.DataFrame:
     missing = [c for c in BASE_COLUMNS if c not in table.columns]
     if missing:
         raise ValueError(f"{p}: not a per-query records CSV (missing column(s) {', '.join(missing)})")
+    for column in table.columns:
+        if column == "path":
+            continue
+        numbers = pd.to_numeric(table[column], errors="coerce")
+        bad = numbers.isna() & table[column].notna()
+        if column in ("query_index", "pid", "camid", "num_good") or column.startswith("top"):
+            bad |= table[column].isna() | (numbers.notna() & (numbers != numbers.round()))
+        if bad.any():
+            row = int(np.flatnonzero(bad.to_numpy())[0])
+            raise ValueError(f"{p}: column {column} of query row {row} holds {table[column].iloc[row]!r}, not a number; "
+                             "rerun `reid-eval match` to write the table again")
+        table[column] = numbers
     table["first_rank"] = table["first_rank"].astype("Int64")
     return table
 

@@ -3,14 +3,19 @@ with k-reciprocal Encoding", CVPR 2017), in bounded memory.
 
 The images. Queries and gallery images together, ``N = Q + G`` of them,
 query ``i`` is image ``i``, gallery image ``j`` is image ``Q + j``. Image
-``i``'s distances to all images are row ``i`` of
-``[[qq, qg], [qgᵀ, gg]]``: with ``i`` as the probe where the metric is not
-symmetric (FPR reconstructs the probe), except that a gallery image's
-distances to the queries are the query–gallery distances (only that
-direction is computed). As in the authors' release (and torchreid and
-fast-reid, which use it), every row is squared and divided by its maximum:
-``d(i, ·) = row_i² / max(row_i²)``, so that ``exp(−d)`` below does not depend
-on the metric's scale (the paper leaves the scale open).
+``i``'s distances to all images are *column* ``i`` of
+``A = [[qq, qg], [qgᵀ, gg]]``, squared and divided by that column's maximum:
+``d(i, ·) = A[:, i]² / max(A[:, i]²)``, exactly as the authors' release
+(``re_ranking.py``: ``np.transpose(A / np.max(A, axis=0))``, copied by
+torchreid and fast-reid) reads it, so that ``exp(−d)`` below does not depend
+on the metric's scale (the paper leaves the scale open). For a symmetric
+metric columns and rows are the same. For one that is not (FPR reconstructs
+the probe from the gallery image), this is the release's convention, kept so
+that a re-ranked FPR matrix is the one those tools give: a query's
+distances to the other queries are ``qq[:, i]`` (each other query
+reconstructed from ``i``) and to the gallery ``qg[i, :]`` (``i`` reconstructed
+from each gallery image); a gallery image's are ``qg[:, j]`` and ``gg[:, j]``
+(every image reconstructed from it).
 
 The equations (paper numbering), with ``N(i, k)`` the ``k + 1`` nearest images
 of ``i`` (``i`` itself first: a distance of zero to itself) in the order
@@ -32,9 +37,9 @@ of ``i`` (``i`` itself first: a distance of zero to itself) in the order
   for every query ``i`` and gallery image ``j``.
 
 Memory. The ``N × N`` matrix is never formed (Market-1501: 19,281² float64
-would be 3 GB, the gallery–gallery part alone 1 GB in float32). Its rows are
-read in blocks of ``block_rows`` (``gg`` may be an ``h5py.Dataset`` or a
-``numpy.memmap``: only the rows of a block are read) twice: once to find
+would be 3 GB, the gallery–gallery part alone 1 GB in float32). Its images
+are read in blocks of ``block_rows`` (``gg`` may be an ``h5py.Dataset`` or a
+``numpy.memmap``: only the columns of a block are read) twice: once to find
 every image's ``k1 + 1`` nearest neighbours and its row maximum, once to
 compute ``V`` on ``R*``, which needs distances outside the neighbour list.
 ``V`` is kept sparse (at most ``(k1 + 1)(k1/2 + 2)`` entries a row, in
@@ -54,6 +59,9 @@ import numpy as np
 DEFAULT_K1 = 20
 DEFAULT_K2 = 6
 DEFAULT_LAMBDA = 0.3
+#: Upper bound of k1 and k2: V holds up to (k1 + 1)(k1/2 + 2) entries per image (16 bytes each), so
+#: k1 = 1000 already needs 160 GB at Market-1501's 19,281 images; the paper uses 20.
+MAX_K = 1000
 _BLOCK_BYTES = 64 * 2**20
 
 
@@ -72,14 +80,14 @@ class RerankParams:
 def check_rerank_params(k1: int, k2: int, lambda_value: float) -> None:
     """ValueError naming the option when a parameter is out of range."""
     for name, v in (("k1", k1), ("k2", k2)):
-        if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
-            raise ValueError(f"--rerank-{name} must be a positive integer, got {v!r}")
+        if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or not 1 <= v <= MAX_K:
+            raise ValueError(f"--rerank-{name} must be an integer in [1, {MAX_K}], got {v!r}")
     if not 0.0 <= float(lambda_value) <= 1.0:
         raise ValueError(f"--rerank-lambda must be in [0, 1], got {lambda_value!r}")
 
 
 class _Rows:
-    """Rows of the squared ``N × N`` distance matrix, read in blocks."""
+    """Each image's squared distances (a column of ``[[qq, qg], [qgᵀ, gg]]``, module docstring), in blocks of images."""
 
     def __init__(self, qg: np.ndarray, qq: Any, gg: Any) -> None:
         self.qg = qg
@@ -94,12 +102,12 @@ class _Rows:
         out = np.empty((b - a, self.N), dtype=np.float64)
         if a < Q:
             hi = min(b, Q)
-            out[: hi - a, :Q] = self.qq[a:hi]
+            out[: hi - a, :Q] = np.asarray(self.qq[:, a:hi]).T
             out[: hi - a, Q:] = self.qg[a:hi]
         if b > Q:
             lo, hi = max(a, Q) - Q, b - Q
             out[lo + Q - a :, :Q] = self.gq[lo:hi]
-            out[lo + Q - a :, Q:] = self.gg[lo:hi]
+            out[lo + Q - a :, Q:] = np.asarray(self.gg[:, lo:hi]).T
         if not np.isfinite(out).all():
             bad = a + int(np.flatnonzero(~np.isfinite(out).all(axis=1))[0])
             raise ValueError(f"re-ranking: image {bad}'s distances contain NaN or infinity")
@@ -176,9 +184,10 @@ def k_reciprocal_rerank(
     """Re-ranked [Q, G] float32 distances (module docstring for the exact rule).
 
     ``qg`` [Q, G] query–gallery distances (in memory); ``qq`` [Q, Q] and
-    ``gg`` [G, G] distances among the queries and among the gallery images,
-    any array-like whose row slices ``x[a:b]`` give NumPy arrays (``gg`` is
-    only read a block of rows at a time). All distances non-negative and
+    ``gg`` [G, G] distances among the queries and among the gallery images
+    (``x[i, j]``: image ``i`` as the probe), any array-like whose column slices
+    ``x[:, a:b]`` give NumPy arrays (``gg`` is only read a block of columns at
+    a time). All distances non-negative and
     finite, smaller = more similar. ``block_rows`` bounds the rows handled at
     once (default: about 64 MiB of float64 distances); ``progress(done, total)``
     is called after each block of each of the two passes (total = 2N).

@@ -3,7 +3,9 @@
 Both results files must be of the same dataset, with per-query records
 (written by `match` beside each file) over the same queries in the same order
 (same paths, pids and cameras) and the same valid queries, and the same AP
-flavour. The difference A − B of rank-1 and mAP gets a percentile interval from
+flavour. Each CSV must be the one its results file recorded (SHA-256): an
+edited table, or one a failed run left beside an older results file, is
+refused rather than compared. The difference A − B of rank-1 and mAP gets a percentile interval from
 the identity bootstrap with the same draws for A and B
 (:func:`reid_eval.evaluation.paired_difference`), and the share of resamples in
 which A is better.
@@ -19,9 +21,10 @@ import numpy as np
 import pandas as pd
 
 from reid_eval.errors import ReidEvalError
-from reid_eval.evaluation import PairedDifference, paired_difference, read_query_records, records_path
+from reid_eval.evaluation import PairedDifference, paired_difference, read_query_records
 from reid_eval.evaluation.bootstrap import DEFAULT_LEVEL, DEFAULT_RESAMPLES, DEFAULT_SEED
-from reid_eval.experiments.record import MatchResult
+from reid_eval.evaluation.ranking import averages_over_all
+from reid_eval.experiments.record import MatchResult, records_file
 
 #: The compared metrics, in the order of the value columns.
 COMPARED: tuple[str, ...] = ("R1", "mAP")
@@ -61,28 +64,36 @@ class Comparison:
 
 
 def records_of(result: MatchResult, results_file: Path) -> pd.DataFrame:
-    """The per-query table of a results file; ReidEvalError naming the file when there is none."""
-    path = results_file.parent / result.query_records if result.query_records else records_path(results_file)
+    """The per-query table of a results file, checked against the digest it recorded; ReidEvalError naming the file."""
+    path = records_file(result, results_file)
     try:
         return read_query_records(path)
     except (OSError, ValueError) as exc:
         raise ReidEvalError(f"{results_file}: {exc}") from None
 
 
-def query_values(table: pd.DataFrame) -> np.ndarray:
-    """float64 [num_query, 2]: per query, rank-1 hit (single-shot share for CUHK03 classic) and AP; NaN if not valid."""
+def query_values(table: pd.DataFrame, ap: str = "standard") -> np.ndarray:
+    """float64 [num_query, 2]: per query, rank-1 hit (single-shot share for CUHK03 classic) and AP.
+
+    A query without a correct match is NaN, or 0 under a flavour that
+    averages over all queries (``market1501``, as the official code).
+    """
     if "single_shot_r1" in table.columns:
         r1 = table["single_shot_r1"].to_numpy(dtype=np.float64)
     else:
         first = table["first_rank"].to_numpy(dtype=np.float64, na_value=np.nan)
         r1 = np.where(np.isnan(first), np.nan, (first == 1).astype(np.float64))
-    return np.column_stack([r1, table["ap"].to_numpy(dtype=np.float64, na_value=np.nan)])
+    values = np.column_stack([r1, table["ap"].to_numpy(dtype=np.float64, na_value=np.nan)])
+    valid = table["num_good"].to_numpy() > 0
+    if averages_over_all(ap):
+        values[~valid] = 0.0
+    return values
 
 
 def paired_values(
-    table_a: pd.DataFrame, table_b: pd.DataFrame, a_name: str, b_name: str
+    table_a: pd.DataFrame, table_b: pd.DataFrame, a_name: str, b_name: str, ap: str = "standard"
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(A values, B values, pids) over the valid queries; ReidEvalError when the queries differ."""
+    """(A values, B values, pids) over the queries flavour ``ap`` averages; ReidEvalError when the queries differ."""
     if len(table_a) != len(table_b):
         raise ReidEvalError(f"{a_name} has {len(table_a)} queries, {b_name} {len(table_b)}: not the same queries")
     for column in ("path", "pid", "camid"):
@@ -96,8 +107,13 @@ def paired_values(
     valid_a, valid_b = table_a["num_good"].to_numpy() > 0, table_b["num_good"].to_numpy() > 0
     if not np.array_equal(valid_a, valid_b):
         raise ReidEvalError(f"{a_name} and {b_name} have different valid queries (different galleries?)")
-    va, vb = query_values(table_a)[valid_a], query_values(table_b)[valid_b]
-    return va, vb, table_a["pid"].to_numpy()[valid_a]
+    rows = np.ones_like(valid_a) if averages_over_all(ap) else valid_a
+    va, vb = query_values(table_a, ap)[rows], query_values(table_b, ap)[rows]
+    for name, values in ((a_name, va), (b_name, vb)):
+        if not np.isfinite(values).all():
+            i = int(np.flatnonzero(~np.isfinite(values).all(axis=1))[0])
+            raise ReidEvalError(f"{name}: the per-query records give query {i} no rank-1 or AP value")
+    return va, vb, table_a["pid"].to_numpy()[rows]
 
 
 def compare_results(
@@ -116,7 +132,7 @@ def compare_results(
     if a.params.ap != b.params.ap:
         raise ReidEvalError(f"{pa.name} uses AP {a.params.ap}, {pb.name} AP {b.params.ap}: compare needs one AP flavour")
     table_a = records_of(a, pa)
-    va, vb, pids = paired_values(table_a, records_of(b, pb), pa.name, pb.name)
+    va, vb, pids = paired_values(table_a, records_of(b, pb), pa.name, pb.name, a.params.ap)
     if va.shape[0] == 0:
         raise ReidEvalError(f"{pa.name}: no valid query to compare")
     diff = paired_difference(va, vb, pids, resamples=resamples, seed=seed, level=level)

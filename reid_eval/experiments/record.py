@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import hashlib
 import json
 import math
 import os
@@ -57,9 +58,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from reid_eval.atomic import write_text_atomically
 from reid_eval.errors import ReidEvalError
 from reid_eval.evaluation import AP_FLAVOURS, check_rerank_params
-from reid_eval.evaluation.bootstrap import DEFAULT_RESAMPLES
+from reid_eval.evaluation.ranking import averages_over_all
+from reid_eval.evaluation.bootstrap import DEFAULT_RESAMPLES, MAX_RESAMPLES
 from reid_eval.evaluation.rerank import DEFAULT_K1 as RERANK_K1
 from reid_eval.evaluation.rerank import DEFAULT_K2 as RERANK_K2
 from reid_eval.evaluation.rerank import DEFAULT_LAMBDA as RERANK_LAMBDA
@@ -100,19 +103,42 @@ RESULT_KEYS: tuple[str, ...] = (
 
 #: Optional top-level keys of the intervals (reid_eval.evaluation.bootstrap.interval_record).
 INTERVAL_KEYS: tuple[str, ...] = ("cmc_ci", "mAP_ci", "mINP_ci", "bootstrap")
-#: Every optional top-level key a results file may have beside RESULT_KEYS (issue 15).
-OPTIONAL_RESULT_KEYS: tuple[str, ...] = (*INTERVAL_KEYS, "verification", "query_records", "fuse_tuning")
+#: Every optional top-level key a results file may have beside RESULT_KEYS. ``averaged_over`` and
+#: ``query_records_sha256`` are always written now; a file without ``averaged_over`` predates the official
+#: averages (its ``market1501`` is read as ``market1501-valid``), one without the digest is read unchecked.
+OPTIONAL_RESULT_KEYS: tuple[str, ...] = (
+    *INTERVAL_KEYS, "verification", "query_records", "query_records_sha256", "fuse_tuning", "averaged_over")
 
 
-def _field(default: Any, role: str, option: str | None = None, tag: str | None = None, omit: Any = None) -> Any:
-    """A MatchParams field; see the module docstring for ``role``, ``tag`` and ``omit``."""
-    return field(default=default, metadata={"role": role, "option": option, "tag": tag, "omit": omit})
+def _field(default: Any, role: str, option: str | None = None, tag: str | None = None, omit: Any = None,
+           spell: Mapping[Any, str] | None = None) -> Any:
+    """A MatchParams field; see the module docstring for ``role``, ``tag``, ``omit`` and ``spell``."""
+    return field(default=default, metadata={"role": role, "option": option, "tag": tag, "omit": omit, "spell": spell or {}})
+
+
+#: How the AP flavours are spelled in results file names. The official flavour's averages over all
+#: queries replaced a valid-only average that was written as ``__ap-market1501``: its files take a name
+#: no earlier file has, so an old file is never taken for an official one (nor replaced by one).
+AP_NAME_PARTS: dict[str, str] = {"market1501": "market1501-official"}
+#: ``averaged_over`` of a results file: the queries its averages divide by (reid_eval.evaluation.ranking).
+AVERAGED_OVER: tuple[str, ...] = ("all", "valid")
+#: Upper bound of every count option (shortlist K, max rank, seeds): what every array index and HDF5 attribute holds.
+MAX_COUNT: int = 2**31 - 1
 
 
 def _num(value: float) -> str:
     """Short form of a number in a name ('0.1', '1e-05'), exact enough that two values never share it."""
     short = format(float(value), "g")
     return short if float(short) == float(value) else repr(float(value))
+
+
+def _count(value: Any, option: str, low: int, high: int = MAX_COUNT) -> int:
+    """``value`` when it is an integer in [low, high]; ValueError naming ``option`` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{option} must be an integer, got {value!r}")
+    if not low <= value <= high:
+        raise ValueError(f"{option} must be an integer in [{low}, {high}], got {value}")
+    return value
 
 
 def _finite_number(value: Any, option: str) -> float:
@@ -148,7 +174,7 @@ class MatchParams:
     rerank_k1: int | None = _field(RERANK_K1, "distance", "--rerank-k1", tag="k1-", omit=RERANK_K1)
     rerank_k2: int | None = _field(RERANK_K2, "distance", "--rerank-k2", tag="k2-", omit=RERANK_K2)
     rerank_lambda: float | None = _field(RERANK_LAMBDA, "distance", "--rerank-lambda", tag="rr-lambda", omit=RERANK_LAMBDA)
-    ap: str = _field("standard", "results", "--ap", tag="ap-", omit="standard")
+    ap: str = _field("standard", "results", "--ap", tag="ap-", omit="standard", spell=AP_NAME_PARTS)
     checkpoint_sha256: str = _field("", "results", "--checkpoint", tag="ckpt-", omit="")
     backend: str = _field("auto", "provenance", "--backend")
     max_rank: int = _field(50, "provenance", "--max-rank")
@@ -191,8 +217,7 @@ class MatchParams:
         if self.shortlist is not None:
             if self.metric in GLOBAL_METRICS:
                 raise ValueError(f"--shortlist re-ranks with fpr or dsr; it does nothing for --metric {self.metric}")
-            if isinstance(self.shortlist, bool) or not isinstance(self.shortlist, int) or self.shortlist < 1:
-                raise ValueError(f"--shortlist must be an integer of at least 1, got {self.shortlist!r}")
+            _count(self.shortlist, "--shortlist", 1)
             if self.shortlist_metric not in GLOBAL_METRICS:
                 raise ValueError(f"--shortlist-metric must be one of {', '.join(GLOBAL_METRICS)}, got {self.shortlist_metric!r}")
         if self.fuse is not None:
@@ -216,16 +241,13 @@ class MatchParams:
             if isinstance(self.rerank_lambda, bool) or not isinstance(self.rerank_lambda, (int, float)):
                 raise ValueError(f"--rerank-lambda must be a number, got {self.rerank_lambda!r}")
             check_rerank_params(self.rerank_k1, self.rerank_k2, self.rerank_lambda)
-        if isinstance(self.resamples, bool) or not isinstance(self.resamples, int) or self.resamples < 0:
-            raise ValueError(f"--resamples must be a non-negative integer, got {self.resamples!r}")
-        if isinstance(self.ci_seed, bool) or not isinstance(self.ci_seed, int) or self.ci_seed < 0:
-            raise ValueError(f"--ci-seed must be a non-negative integer, got {self.ci_seed!r}")
+        _count(self.resamples, "--resamples", 0, MAX_RESAMPLES)
+        _count(self.ci_seed, "--ci-seed", 0)
         if self.ap not in AP_FLAVOURS:
             raise ValueError(f"--ap must be one of {', '.join(AP_FLAVOURS)}, got {self.ap!r}")
         if self.backend not in BACKENDS:
             raise ValueError(f"--backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
-        if isinstance(self.max_rank, bool) or not isinstance(self.max_rank, int) or self.max_rank < 1:
-            raise ValueError(f"--max-rank must be an integer of at least 1, got {self.max_rank!r}")
+        _count(self.max_rank, "--max-rank", 1)
         sha = self.checkpoint_sha256
         if sha and not (isinstance(sha, str) and all(c in "0123456789abcdef" for c in sha)):
             raise ValueError(f"--checkpoint: its SHA-256 must be lower-case hex, got {sha!r}")
@@ -249,6 +271,7 @@ class MatchParams:
                 continue
             if f.name == "checkpoint_sha256":
                 value = value[:CHECKPOINT_PREFIX]
+            value = f.metadata["spell"].get(value, value)
             parts.append(f"__{tag}{_num(value) if isinstance(value, float) else value}")
         return "".join(parts)
 
@@ -258,7 +281,8 @@ class MatchParams:
         return self.label + self._parts("distance")
 
     def results_file_name(self, dataset: str) -> str:
-        """``<dataset>__<distance name>[__ap-<flavour>][__ckpt-<sha8>].json``: one file per identity."""
+        """``<dataset>__<distance name>[__ap-<flavour>][__ckpt-<sha8>].json``: one file per identity
+        (``market1501`` is spelled ``market1501-official``, :data:`AP_NAME_PARTS`)."""
         return f"{dataset}__{self.distance_name}{self._parts('results')}.json"
 
     def identity(self, role: str = "results") -> tuple:
@@ -317,6 +341,8 @@ class MatchResult:
     verification: Mapping[str, Any] | None = None
     query_records: str | None = None
     fuse_tuning: Mapping[str, Any] | None = None
+    # SHA-256 of the per-query CSV's bytes, taken by :meth:`write` from the file beside it
+    query_records_sha256: str | None = None
 
     @property
     def metric(self) -> str:
@@ -349,9 +375,11 @@ class MatchResult:
             "params": params,
             "checkpoint_sha256": self.checkpoint_sha256,
             "created": self.created,
+            "averaged_over": "all" if averages_over_all(self.params.ap) else "valid",
             **({} if self.intervals is None else dict(self.intervals)),
             **({} if self.verification is None else {"verification": dict(self.verification)}),
             **({} if self.query_records is None else {"query_records": self.query_records}),
+            **({} if self.query_records_sha256 is None else {"query_records_sha256": self.query_records_sha256}),
             **({} if self.fuse_tuning is None else {"fuse_tuning": dict(self.fuse_tuning)}),
         }
 
@@ -372,7 +400,7 @@ class MatchResult:
                 raw["fuse_global"] = metric.split("+", 1)[1]
                 if raw.get("fuse") is None:
                     raise ValueError(f"metric {metric} without params.fuse")
-            raw["ap"] = str(data["ap_flavour"])
+            raw["ap"] = _flavour_of(data)
             raw["checkpoint_sha256"] = str(data["checkpoint_sha256"] or "")
             params = MatchParams.from_json(raw)
             provenance = {k: v for k, v in raw.items() if k not in MatchParams.field_names() and k != "distance_name"}
@@ -391,6 +419,7 @@ class MatchResult:
                 verification=data.get("verification"),
                 query_records=data.get("query_records"),
                 fuse_tuning=data.get("fuse_tuning"),
+                query_records_sha256=data.get("query_records_sha256"),
             )
         except (TypeError, ValueError) as exc:
             raise ReidEvalError(f"{source}: malformed results file ({exc})") from exc
@@ -402,13 +431,22 @@ class MatchResult:
         return result
 
     def write(self, results_dir: str | os.PathLike) -> Path:
-        """Write ``<results_dir>/<file_name>`` atomically (a rerun with identical parameters replaces its own file)."""
+        """Write ``<results_dir>/<file_name>`` atomically (a rerun with identical parameters replaces its own file).
+
+        Written last, after the per-query CSV it names: the JSON records that
+        file's SHA-256, which :func:`records_file` checks. A failure (a full
+        disk) raises ReidEvalError naming the file and keeps the one there before.
+        """
         out = Path(results_dir) / self.file_name
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_json(), indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, out)
-        return out
+        result = self
+        if self.query_records is not None:
+            table = out.parent / self.query_records
+            try:
+                result = dataclasses.replace(self, query_records_sha256=file_digest(table))
+            except OSError as exc:
+                raise ReidEvalError(f"cannot read per-query records {table} to record its digest: {exc.strerror or exc}") from None
+        text = json.dumps(result.to_json(), indent=2) + "\n"
+        return write_text_atomically(out, text, "results file", "`reid-eval match`")
 
     @classmethod
     def read(cls, path: str | os.PathLike) -> "MatchResult":
@@ -418,3 +456,55 @@ class MatchResult:
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ReidEvalError(f"{path}: not readable as JSON ({exc})") from exc
         return cls.from_json(data, path)
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def records_file(result: MatchResult, results_file: str | os.PathLike) -> Path:
+    """The per-query CSV of a results file, checked against the digest the results file recorded.
+
+    ReidEvalError naming both files when the CSV is absent, or is not the one
+    the results file was written with (edited, or left by a run whose results
+    file could not be written): its numbers would disagree with the JSON's.
+    A results file written before the digest was recorded is taken unchecked.
+    """
+    results_file = Path(results_file)
+    if not result.query_records:
+        raise ReidEvalError(f"{results_file}: no per-query records (written by an older `reid-eval match`); rerun it")
+    table = results_file.parent / result.query_records
+    if not table.is_file():
+        raise ReidEvalError(f"{results_file}: its per-query records {table} are missing; rerun `reid-eval match`")
+    if result.query_records_sha256 is not None:
+        try:
+            digest = file_digest(table)
+        except OSError as exc:
+            raise ReidEvalError(f"{table}: not readable ({exc.strerror or exc})") from None
+        if digest != result.query_records_sha256:
+            raise ReidEvalError(
+                f"{table} is not the per-query table {results_file.name} was written with (its SHA-256 differs: "
+                "edited, or left by a `match` that did not finish); rerun `reid-eval match` to write both again")
+    return table
+
+
+def _flavour_of(data: Mapping[str, Any]) -> str:
+    """The AP flavour of a results file's JSON, with the averages it states (``averaged_over``).
+
+    Files written before ``averaged_over`` averaged every flavour over the
+    valid queries: their ``market1501`` is ``market1501-valid``.
+    """
+    flavour = str(data["ap_flavour"])
+    over = data.get("averaged_over", "valid")
+    if over not in AVERAGED_OVER:
+        raise ValueError(f"averaged_over must be one of {', '.join(AVERAGED_OVER)}, got {over!r}")
+    if flavour == "market1501" and over == "valid":
+        return "market1501-valid"
+    if flavour in AP_FLAVOURS and averages_over_all(flavour) != (over == "all"):
+        raise ValueError(f"ap_flavour {flavour} does not average over {over} queries")
+    return flavour

@@ -87,6 +87,11 @@ SPLITS: tuple[str, ...] = ("query", "gallery", "train")
 _ROW_DATASETS = ("path", "pid", "camid", "manifest_index", "grid", "global", "file_size", "file_mtime_ns", "file_digest")
 _SKIP_DATASETS = ("skipped", "skipped_reason", "skipped_size", "skipped_mtime_ns")
 _STR = h5py.string_dtype(encoding="utf-8")
+#: The command that stores matrices, named in its disk-full messages.
+_MATCH_RERUN = "reid-eval match"
+#: Suffix of a matrix being stored: written under ``<name>`` + this suffix, renamed to ``<name>`` once
+#: complete. Readers never list such an entry; the next write into the cache removes it.
+PARTIAL_SUFFIX = ".partial"
 
 # A cache file's path, or a file already opened with :func:`open_cache` (kept
 # open by the caller when it reads many small pieces, e.g. one image at a time).
@@ -499,6 +504,10 @@ def _split_group(f: h5py.File, split: str, allow_incomplete: bool = False) -> h5
     if split not in f:
         raise ReidEvalError(f"cache {path} has no {split} split; run `reid-eval extract --splits ...{split}`")
     g = f[split]
+    absent = [name for name in (*_ROW_DATASETS, "offsets", "local", "foreground", "skipped") if name not in g]
+    if absent or any(k not in g.attrs for k in ("num_complete", "num_total", "num_written", "num_locations", "num_skipped")):
+        what = f"no {', '.join(absent)} table" if absent else "no commit counts"
+        raise ReidEvalError(f"cache {path} split {split} is damaged ({what}); delete it and extract again")
     done, total = int(g.attrs["num_complete"]), int(g.attrs["num_total"])
     if done != total and not allow_incomplete:
         raise ReidEvalError(f"cache {path} split {split} is incomplete ({done} of {total} images); rerun `reid-eval extract` to finish it")
@@ -510,12 +519,22 @@ def _committed(g: h5py.Group) -> tuple[int, int, int]:
     return int(g.attrs["num_written"]), int(g.attrs["num_locations"]), int(g.attrs["num_skipped"])
 
 
+def _ids(g: h5py.Group, name: str, n: int) -> np.ndarray:
+    """The first ``n`` entries of integer table ``name`` as int64; ReidEvalError naming the cache when they are not integers."""
+    values = g[name][:n]
+    if values.dtype.kind not in "iu":
+        raise ReidEvalError(
+            f"cache {g.file.filename} split {g.name.strip('/')}: table {name} holds {values.dtype} values, not integer ids; "
+            "the cache is damaged or foreign — delete it and extract again")
+    return values.astype(np.int64)
+
+
 def _index(g: h5py.Group) -> SplitIndex:
     n, _, s = _committed(g)
     return SplitIndex(
         paths=_decode(g["path"][:n]),
-        pids=g["pid"][:n].astype(np.int64),
-        camids=g["camid"][:n].astype(np.int64),
+        pids=_ids(g, "pid", n),
+        camids=_ids(g, "camid", n),
         skipped=_decode(g["skipped"][:s]),
     )
 
@@ -690,44 +709,136 @@ def read_attrs(cache_file: CacheSource) -> dict[str, Any]:
 def write_distances(cache_file: str | os.PathLike, name: str, distances: np.ndarray, params: Mapping[str, Any]) -> None:
     """Store a [P, G] matrix as ``distances/<name>`` (replacing one of that name) with ``params`` as attributes.
 
-    Every parameter is an attribute of its own (None as the string "none") and
-    all of them together as JSON in the ``params`` attribute.
+    Every parameter is an attribute of its own (None as the string "none";
+    values without an HDF5 type as JSON text) and all of them together as JSON
+    in the ``params`` attribute. All or nothing: the matrix and its attributes
+    are written under ``<name>.partial`` and renamed over ``<name>`` only when
+    complete (the swap runs with SIGINT and SIGTERM held back), so a failure
+    or an interrupt at any point leaves the previous matrix of that name as it
+    was; half-written entries of earlier failed writes are removed first.
+    A full disk raises CacheWriteError naming the file and `reid-eval match`.
     """
+    if name.endswith(PARTIAL_SUFFIX) or "/" in name or not name:
+        raise ValueError(f"distance name must be non-empty, without '/' or a {PARTIAL_SUFFIX} suffix, got {name!r}")
     distances = np.asarray(distances, np.float32)
+    # Everything that can fail on the values fails here, before the file is touched.
+    attrs = {k: _attribute_value(v) for k, v in params.items()}
+    attrs["params"] = json.dumps(dict(params), sort_keys=True, default=str)
+    partial = name + PARTIAL_SUFFIX
     f = open_cache(cache_file, "r+")
     try:
-        with sealed_on_failure(f):  # a full disk must not cost the features (see cache_io)
-            reserve_space(f, distances.nbytes, f"distances/{name}")
+        with sealed_on_failure(f, command=_MATCH_RERUN):  # a full disk must not cost the features (see cache_io)
             grp = f.require_group("distances")
-            if name in grp:
-                del grp[name]
-            ds = grp.create_dataset(name, data=distances)
-            for k, v in params.items():
-                ds.attrs[k] = "none" if v is None else v
-            ds.attrs["params"] = json.dumps(dict(params), sort_keys=True, default=str)
+            for old in [n for n in grp if n.endswith(PARTIAL_SUFFIX)]:
+                del grp[old]
+            reserve_space(f, distances.nbytes, f"distances/{name}", command=_MATCH_RERUN)
+            ds = grp.create_dataset(partial, data=distances)
+            for k, v in attrs.items():
+                ds.attrs[k] = v
+            del ds
+            f.flush()
+            with _signals_held():
+                if name in grp:
+                    del grp[name]
+                grp.move(partial, name)
     except BaseException:
         if f.id.valid:
             f.close()
         raise
-    close_cache(f)
+    close_cache(f, command=_MATCH_RERUN)
 
 
-def _distance_params(ds: h5py.Dataset) -> dict[str, Any]:
-    return json.loads(ds.attrs["params"])
+def _attribute_value(value: Any) -> Any:
+    """``value`` as an HDF5 attribute: None as "none"; anything without a native HDF5 type
+    (an integer beyond int64, a mapping, a ragged list) as its JSON text."""
+    if value is None:
+        return "none"
+    if isinstance(value, (bool, np.bool_, str, float, np.floating)):
+        return value
+    if isinstance(value, (int, np.integer)):
+        return int(value) if -(2**63) <= int(value) < 2**63 else str(int(value))
+    try:
+        arr = np.asarray(value)
+        if arr.dtype.kind in "biuf" or (arr.dtype.kind == "U" and arr.ndim == 1):
+            return value
+    except (ValueError, TypeError):
+        pass
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+@contextmanager
+def _signals_held() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM back for the block (in the main thread), delivering them after it."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held = {signal.SIGINT, signal.SIGTERM}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def _distance_params(ds: h5py.Dataset) -> dict[str, Any] | None:
+    """The ``params`` JSON of a stored matrix, or None for an entry without readable parameters."""
+    try:
+        text = ds.attrs["params"]
+        out = json.loads(text.decode("utf-8") if isinstance(text, bytes) else text)
+    except (KeyError, OSError, ValueError, TypeError):
+        return None
+    return out if isinstance(out, dict) else None
+
+
+def _stored_entries(f: h5py.File) -> dict[str, h5py.Dataset]:
+    """The complete stored matrices by name: half-written (``.partial``) entries and non-matrices left out."""
+    if "distances" not in f or not isinstance(f["distances"], h5py.Group):
+        return {}
+    out = {}
+    for name in sorted(f["distances"]):
+        if name.endswith(PARTIAL_SUFFIX):
+            continue
+        try:
+            ds = f["distances"][name]
+        except (KeyError, OSError):
+            continue
+        if isinstance(ds, h5py.Dataset) and ds.ndim == 2:
+            out[name] = ds
+    return out
 
 
 def list_distances(cache_file: CacheSource) -> dict[str, dict[str, Any]]:
-    """{name: parameters} of every stored distance matrix, sorted by name; the matrices are not read."""
+    """{name: parameters} of every stored distance matrix, sorted by name; the matrices are not read.
+
+    An entry a failed write left without readable parameters is not listed
+    (a `match` of that name computes and stores it again).
+    """
     with _opened(cache_file) as f:
-        if "distances" not in f:
-            return {}
-        return {name: _distance_params(f["distances"][name]) for name in sorted(f["distances"])}
+        out = {}
+        for name, ds in _stored_entries(f).items():
+            params = _distance_params(ds)
+            if params is not None:
+                out[name] = params
+        return out
 
 
 def read_distances(cache_file: CacheSource, name: str) -> tuple[np.ndarray, dict[str, Any]]:
     """The [P, G] float32 matrix ``distances/<name>`` and its parameters (from the ``params`` JSON attribute)."""
     with _opened(cache_file) as f:
-        if "distances" not in f or name not in f["distances"]:
+        ds = _stored_entries(f).get(name)
+        if ds is None:
             raise ReidEvalError(f"cache {f.filename} has no distances/{name}; run `reid-eval match` first")
-        ds = f["distances"][name]
-        return ds[...], _distance_params(ds)
+        params = _distance_params(ds)
+        if params is None:
+            raise ReidEvalError(
+                f"cache {f.filename}: distances/{name} has no readable parameters (an interrupted write); "
+                "rerun `reid-eval match` to store it again")
+        try:
+            return ds[...], params
+        except OSError as exc:
+            raise ReidEvalError(
+                f"cache {f.filename}: distances/{name} is unreadable ({' '.join(str(exc).split())}); "
+                "rerun `reid-eval match --recompute` to store it again") from None

@@ -191,10 +191,19 @@ def _free_bytes(path: str) -> int:
     return int(st.f_bavail * st.f_frsize)
 
 
-def reserve_space(f: h5py.File, nbytes: int, what: str) -> None:
+#: The command that writes features, named by default in the messages below.
+EXTRACT = "reid-eval extract"
+
+
+def _kept(command: str) -> str:
+    return "the images committed before are kept" if command == EXTRACT else "everything the cache held before is kept"
+
+
+def reserve_space(f: h5py.File, nbytes: int, what: str, command: str = EXTRACT) -> None:
     """Reserve ``nbytes`` on the file system past the end of ``f``'s allocation, or raise :class:`CacheWriteError`.
 
-    ``what`` completes the message ("the next batch of the gallery split").
+    ``what`` completes the message ("the next batch of the gallery split"),
+    ``command`` is the one to rerun once space is freed.
     Where the file system cannot preallocate, its free space is compared instead.
     """
     path = f.filename
@@ -221,8 +230,8 @@ def reserve_space(f: h5py.File, nbytes: int, what: str) -> None:
         os.close(fd)
     raise CacheWriteError(
         f"disk full: feature cache {path} needs about {_mib(nbytes)} for {what} and its file system has "
-        f"{_mib(free)} free; nothing of it was written and the images committed before are kept — "
-        f"free space and rerun `reid-eval extract` to resume"
+        f"{_mib(free)} free; nothing of it was written and {_kept(command)} — "
+        f"free space and rerun `{command}` to resume"
     )
 
 
@@ -255,27 +264,29 @@ def seal(f: h5py.File) -> None:
         pass
 
 
-def close_cache(f: h5py.File) -> None:
+def close_cache(f: h5py.File, command: str = EXTRACT) -> None:
     """Flush and close a cache open for writing; on failure seal it and raise :class:`CacheWriteError`."""
     path = f.filename
     try:
         f.flush()
     except (OSError, RuntimeError) as exc:
         seal(f)
-        raise CacheWriteError(write_failure_message(path, exc)) from None
+        raise CacheWriteError(write_failure_message(path, exc, command)) from None
     f.close()
 
 
-def write_failure_message(path: str | os.PathLike, exc: BaseException) -> str:
-    """One line naming the cache file and the cause; what was committed before is kept."""
+def write_failure_message(path: str | os.PathLike, exc: BaseException, command: str = EXTRACT) -> str:
+    """One line naming the cache file, the cause and the command to rerun; what was committed before is kept."""
     cause = failure_cause(exc)
-    hint = "free space and rerun to resume" if "space" in cause.lower() or "quota" in cause.lower() else "rerun to resume"
-    return f"cannot write feature cache {path}: {cause}; the images committed before are kept — {hint}"
+    full = "space" in cause.lower() or "quota" in cause.lower()
+    hint = f"free space and rerun `{command}`" if full else f"rerun `{command}`"
+    return f"cannot write feature cache {path}: {cause}; {_kept(command)} — {hint}"
 
 
 @contextmanager
-def sealed_on_failure(f: h5py.File) -> Iterator[h5py.File]:
-    """Run writes to ``f``; when one fails, seal the file and raise :class:`CacheWriteError` naming it and the cause."""
+def sealed_on_failure(f: h5py.File, command: str = EXTRACT) -> Iterator[h5py.File]:
+    """Run writes to ``f``; when one fails, seal the file and raise :class:`CacheWriteError` naming it, the cause
+    and ``command`` (to rerun)."""
     try:
         yield f
     except CacheWriteError:
@@ -283,7 +294,7 @@ def sealed_on_failure(f: h5py.File) -> Iterator[h5py.File]:
     except (OSError, RuntimeError) as exc:
         path = f.filename
         seal(f)
-        raise CacheWriteError(write_failure_message(path, exc)) from None
+        raise CacheWriteError(write_failure_message(path, exc, command)) from None
 
 
 __all__ = [

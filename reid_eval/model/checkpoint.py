@@ -25,6 +25,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
+from reid_eval.atomic import write_atomically
 from reid_eval.errors import ReidEvalError
 from reid_eval.model.network import FPRNet, ModelConfig, build_model
 
@@ -70,9 +71,9 @@ def _with_foreground_flag(extra: Mapping[str, Any], config: ModelConfig) -> dict
 
 
 def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, config: ModelConfig, extra: dict | None = None) -> Path:
-    """Write ``model``'s weights with ``config`` to ``path`` (atomically: temp file, then rename)."""
+    """Write ``model``'s weights with ``config`` to ``path`` (reid_eval.atomic: a failure, a full disk
+    included, raises ReidEvalError naming ``path``, leaves no temporary file and keeps the file there before)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "format": CHECKPOINT_FORMAT,
         "format_version": CHECKPOINT_FORMAT_VERSION,
@@ -80,10 +81,9 @@ def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, config: Mod
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "extra": _with_foreground_flag(extra or {}, config),
     }
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
-    return path
+    # torch's zip writer reports a full disk as a RuntimeError ("[enforce fail at inline_container.cc] ...")
+    return write_atomically(path, lambda tmp: torch.save(payload, tmp), "checkpoint", "the command that writes it",
+                            failures=(OSError, RuntimeError))
 
 
 def _numpy_scalar_globals() -> list:

@@ -10,10 +10,12 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from reid_eval.atomic import write_text_atomically
 from reid_eval.errors import ReidEvalError
-from reid_eval.evaluation import query_stats, read_query_records
+from reid_eval.evaluation import query_stats
 from reid_eval.evaluation.records import recorded_ranks
 from reid_eval.experiments import select_cache
+from reid_eval.experiments.compare import records_of
 from reid_eval.report import figures as fig
 from reid_eval.report.cache import ReportCache
 from reid_eval.report.paper import load_paper_tables
@@ -100,8 +102,7 @@ def build_report(
     markdown = "\n".join(to_markdown(t) for t in tables)
     table_dir = out_dir / "tables"
     table_files = [p for t in tables for p in write_table(t, table_dir)]
-    (table_dir / "report.md").write_text(markdown, encoding="utf-8")
-    table_files.append(table_dir / "report.md")
+    table_files.append(write_text_atomically(table_dir / "report.md", markdown, "report", "`reid-eval report`"))
 
     summary = ReportSummary(results_dir, out_dir, records, markdown, table_files, [], seen)
     if figures:
@@ -158,9 +159,9 @@ def _recorded_stats(record: ResultRecord, paths: Sequence[str], top_k: int) -> S
     if not record.result.query_records:
         return None
     try:
-        table = read_query_records(record.path.parent / record.result.query_records)
-    except (OSError, ValueError):
-        return None
+        table = records_of(record.result, record.path)
+    except ReidEvalError:
+        return None  # absent, damaged or not the results file's own: the figures recompute the ranks
     if table["path"].tolist() != [str(p) for p in paths]:
         return None
     ranks = recorded_ranks(table, top_k)

@@ -30,6 +30,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image, UnidentifiedImageError  # noqa: E402
 
+from reid_eval.atomic import write_atomically  # noqa: E402
 from reid_eval.experiments.record import PAPER_BETA  # noqa: E402
 from reid_eval.report.results import ResultRecord  # noqa: E402
 
@@ -69,9 +70,13 @@ def _figure(size: tuple[int, int]) -> plt.Figure:
 def _save(fig: plt.Figure, base: Path) -> list[Path]:
     base.parent.mkdir(parents=True, exist_ok=True)
     paths = [base.with_suffix(".png"), base.with_suffix(".pdf")]
-    for path in paths:
-        fig.savefig(path, dpi=DPI)  # no bbox_inches="tight": the pixel size stays the designed one
-    plt.close(fig)
+    try:
+        for path in paths:
+            # no bbox_inches="tight": the pixel size stays the designed one
+            write_atomically(path, lambda tmp, kind=path.suffix[1:]: fig.savefig(tmp, dpi=DPI, format=kind),
+                             "figure", "`reid-eval report`")
+    finally:
+        plt.close(fig)
     return paths
 
 

@@ -24,6 +24,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from reid_eval.atomic import write_text_atomically
 from reid_eval.experiments.record import PAPER_AP
 from reid_eval.report.paper import PaperTable
 from reid_eval.report.results import ResultRecord
@@ -430,6 +431,5 @@ def write_table(table: Table, folder: Path) -> list[Path]:
     paths = []
     for suffix, render in ((".md", to_markdown), (".csv", to_csv), (".tex", to_latex)):
         path = folder / f"{table.key}{suffix}"
-        path.write_text(render(table), encoding="utf-8")
-        paths.append(path)
+        paths.append(write_text_atomically(path, render(table), "table", "`reid-eval report`"))
     return paths

@@ -74,7 +74,8 @@ def not_separated(first: ResultRecord, second: ResultRecord, column: str) -> boo
         return False
     try:
         va, vb, pids = paired_values(
-            records_of(first.result, first.path), records_of(second.result, second.path), first.path.name, second.path.name
+            records_of(first.result, first.path), records_of(second.result, second.path), first.path.name, second.path.name,
+            first.ap_flavour,
         )
     except ReidEvalError:
         return False
