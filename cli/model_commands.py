@@ -55,9 +55,10 @@ def _with_model_options(f):
 
 def _describe(config) -> str:
     stem = "fast-reid's MaxPool2d(3, 2, padding=0, ceil_mode=True)" if config.stem == "fast-reid" else "torchvision's MaxPool2d(3, 2, padding=1)"
+    trunk = "output stride 16" if config.is_osnet else f"last stride {config.last_stride}, stem {stem}"
     return (
         f"{config.backbone}, input {config.input_size[0]}x{config.input_size[1]} resized {config.interpolation}, "
-        f"last stride {config.last_stride}, stem {stem}, global feature {config.global_feature}, "
+        f"{trunk}, global feature {config.global_feature} (d={config.global_dim}), "
         f"{config.num_locations()} locations of d={config.feature_dim}"
     )
 
@@ -100,22 +101,26 @@ def init_command(out: Path, backbone: str, pretrained: str, seed: int, **options
 @click.option("--out", "out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Checkpoint file to write.")
 @click.option("--backbone", type=click.Choice(BACKBONE_NAMES), default=None, help="Expected trunk [default: inferred from the weights].")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for parts the source lacks (the foreground generator).")
+@click.option("--name", default=None, metavar="TEXT",
+              help="The model in words, for tables (e.g. 'OSNet x0.25, Market-1501, torchreid') [default: trunk, source and file].")
 @_with_model_options
-def convert_command(source: str, in_file: Path, out: Path, backbone: str | None, seed: int, **options) -> None:
+def convert_command(source: str, in_file: Path, out: Path, backbone: str | None, seed: int, name: str | None, **options) -> None:
     """Import torchvision, IBN-Net, fast-reid (PartialReID/DSR) or torchreid weights from IN_FILE.
 
-    The trunk (plain or IBN-a ResNet) is inferred from the keys. What the
+    The trunk (plain or IBN-a ResNet, or an OSNet) is inferred from the keys. What the
     source's code trains with becomes the model's setting unless an option
     says otherwise: fast-reid gives its stem, bicubic resizing, last stride 1,
     384x128 and its occlusion-weighted global feature; torchreid 256x128,
-    bilinear and last stride 2 (1 with an fc512 embedding).
+    bilinear and last stride 2 (1 with an fc512 embedding); a torchreid OSNet
+    keeps its fc embedding as the global feature (torchreid's test feature).
     """
     from reid_eval.model import convert_checkpoint, save_checkpoint
+    from reid_eval.model.checkpoint import FOREGROUND_TRAINED, TRAIN_FOREGROUND_HINT
 
     fields = _model_fields(**options)
     if "last_stride" in fields:
         fields["last_stride"] = int(fields["last_stride"])
-    model, config, extra = convert_checkpoint(source, in_file, seed, backbone=backbone, **fields)
+    model, config, extra = convert_checkpoint(source, in_file, seed, name=name, backbone=backbone, **fields)
     save_checkpoint(out, model, config, extra=extra)
     from_source = sorted(k for k in extra["source_settings"] if k not in fields)
     click.echo(f"wrote {out} ({_describe(config)})")
@@ -126,6 +131,8 @@ def convert_command(source: str, in_file: Path, out: Path, backbone: str | None,
         click.echo("  stem: MaxPool2d(3, 2, padding=0, ceil_mode=True), as fast-reid builds it since 2020 "
                    "(torchvision pads by 1; --stem torchvision for older fast-reid checkpoints)")
     click.echo(f"  foreground: {extra.get('foreground', 'none')}")
+    if config.foreground_head and not extra[FOREGROUND_TRAINED]:
+        click.echo(f"  match --metric fpr refuses its caches until the generator is trained: {TRAIN_FOREGROUND_HINT}")
 
 
 # What cli.main.COMMANDS says this module defines; its lazy group picks a command from here by name.

@@ -37,6 +37,11 @@ from reid_eval.features.cache import (
 # name -> module that defines it; these import torch, so they load on first access.
 _LAZY = {
     "extract_dataset": "reid_eval.features.extract",
+    "extract_network": "reid_eval.features.extract",
+    "checkpoint_network": "reid_eval.features.extract",
+    "FeatureNetwork": "reid_eval.features.extract",
+    "extract_with_module": "reid_eval.features.module",
+    "module_network": "reid_eval.features.module",
     "resolve_device": "reid_eval.features.extract",
     "RESIZE_MODES": "reid_eval.features.preprocess",
     "Preprocessing": "reid_eval.features.preprocess",

@@ -8,6 +8,10 @@ attributes do not hash to its name is refused.
 
 Root attributes: ``schema_version``, ``package_version``, ``cache_key``,
 ``dataset``, ``dataset_root`` (absolute), ``checkpoint_sha256``,
+``checkpoint_file`` (the checkpoint, or ``module:<identity>`` for a network
+extracted through :func:`reid_eval.features.extract_with_module`),
+``model_name`` (the model in words), ``foreground_trained`` (bool: whether the
+foreground probabilities come from a trained generator),
 ``manifest_sha256``, ``settings`` (JSON: model config and preprocessing),
 ``created`` (UTC ISO time).
 
@@ -22,7 +26,7 @@ order (manifest order for ``--resize fixed``; grouped by size for keep-aspect):
 ``grid``           [n, K, 2] int32     (h, w) of each pyramid level, (0, 0) if skipped
 ``local``          [L, d] float32      pyramid features
 ``foreground``     [L] float32         foreground probability of each location
-``global``         [n, d] float32      average-pooled feature map
+``global``         [n, D] float32      the model's global feature (D = d for the map's average)
 ``file_size``      [n] int64           the image file's size in bytes ...
 ``file_mtime_ns``  [n] int64           ... modification time (ns) ...
 ``file_digest``    [n] S32             ... and BLAKE2b-128 of its bytes (hex)
@@ -136,7 +140,7 @@ class SplitData:
 
     paths: n image paths relative to the dataset root; pids, camids: [n] int64;
     spatial: SpatialFeatures (local [L, d] float32, offsets [n+1], foreground [L]);
-    global_features: [n, d] float32; grids: [n, K, 2] int32; manifest_index: [n]
+    global_features: [n, D] float32; grids: [n, K, 2] int32; manifest_index: [n]
     int64; skipped: paths left out by --skip-bad (absent from everything above).
     """
 
@@ -284,7 +288,8 @@ class SplitWriter:
     committed batches as they were.
     """
 
-    def __init__(self, f: h5py.File, split: str, num_total: int, feature_dim: int, num_levels: int, group: str | None = None):
+    def __init__(self, f: h5py.File, split: str, num_total: int, feature_dim: int, num_levels: int, group: str | None = None,
+                 global_dim: int | None = None):
         self.f = f
         self.split = split
         group = group or split  # the split's own group, or the one it is rebuilt in
@@ -303,12 +308,12 @@ class SplitWriter:
                     del g
                     f.move(group, _free_name(f, group + DAMAGED_SUFFIX))
                     reserve_space(f, 0, f"the {split} split's tables")
-                    self.g = self._create(f, group, num_total, feature_dim, num_levels)
+                    self.g = self._create(f, group, num_total, feature_dim, num_levels, global_dim or feature_dim)
                     self._hold()
                     f.flush()
             else:
                 reserve_space(f, 0, f"the {split} split's tables")
-                self.g = self._create(f, group, num_total, feature_dim, num_levels)
+                self.g = self._create(f, group, num_total, feature_dim, num_levels, global_dim or feature_dim)
                 self._hold()
                 f.flush()
 
@@ -319,7 +324,7 @@ class SplitWriter:
         self.ds: dict[str, h5py.Dataset] = {name: self.g[name] for name in self.g}
 
     @staticmethod
-    def _create(f: h5py.File, group: str, num_total: int, d: int, k: int) -> h5py.Group:
+    def _create(f: h5py.File, group: str, num_total: int, d: int, k: int, global_dim: int) -> h5py.Group:
         g = f.create_group(group)
         rows = 1024
         loc_rows = max(1, min(4096, (1 << 20) // (4 * d)))
@@ -329,7 +334,8 @@ class SplitWriter:
         g.create_dataset("file_digest", (0,), maxshape=(None,), dtype="S32", chunks=(rows,))
         g.create_dataset("offsets", data=np.zeros(1, np.int64), maxshape=(None,), chunks=(rows,))
         g.create_dataset("grid", (0, k, 2), maxshape=(None, k, 2), dtype=np.int32, chunks=(rows, k, 2))
-        g.create_dataset("global", (0, d), maxshape=(None, d), dtype=np.float32, chunks=(max(1, loc_rows), d))
+        g.create_dataset("global", (0, global_dim), maxshape=(None, global_dim), dtype=np.float32,
+                         chunks=(max(1, loc_rows), global_dim))
         g.create_dataset("local", (0, d), maxshape=(None, d), dtype=np.float32, chunks=(loc_rows, d))
         g.create_dataset("foreground", (0,), maxshape=(None,), dtype=np.float32, chunks=(4096,))
         g.create_dataset("skipped", (0,), maxshape=(None,), dtype=_STR, chunks=(64,))
@@ -705,6 +711,11 @@ def read_attrs(cache_file: CacheSource) -> dict[str, Any]:
     out["settings"] = json.loads(out["settings"])
     return out
 
+
+#: Root attribute: the model in words ("OSNet x0.25, Market-1501, torchreid"), for tables.
+MODEL_NAME_ATTR = "model_name"
+#: Root attribute: whether the foreground probabilities come from a trained generator (bool).
+FOREGROUND_TRAINED_ATTR = "foreground_trained"
 
 def write_distances(cache_file: str | os.PathLike, name: str, distances: np.ndarray, params: Mapping[str, Any]) -> None:
     """Store a [P, G] matrix as ``distances/<name>`` (replacing one of that name) with ``params`` as attributes.

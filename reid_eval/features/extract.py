@@ -43,7 +43,7 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import h5py
 import numpy as np
@@ -54,6 +54,8 @@ from PIL import Image
 from reid_eval.datasets import get_spec, load_manifest, manifest_sha256, validate_counts
 from reid_eval.errors import ReidEvalError
 from reid_eval.features.cache import (
+    FOREGROUND_TRAINED_ATTR,
+    MODEL_NAME_ATTR,
     NEXT_SUFFIX,
     SPLITS,
     UNKNOWN_FILE,
@@ -68,9 +70,11 @@ from reid_eval.features.cache import (
     split_file_records,
 )
 from reid_eval.features.cache_io import close_cache, sealed_on_failure, writer_lock
+from reid_eval.features.images import oriented_size
 from reid_eval.features.preprocess import Preprocessing, load_image_array, to_tensor_batch
 from reid_eval.kill_hooks import kill_hook
-from reid_eval.model import FPRNet, ModelConfig, load_checkpoint
+from reid_eval.model import ModelConfig, load_checkpoint
+from reid_eval.model.checkpoint import foreground_trained
 
 #: Progress callback: (split, images processed so far, images in the split, images/s of this run).
 ProgressFn = Callable[[str, int, int, float], None]
@@ -117,7 +121,7 @@ def processing_order(paths: Sequence[Path], prep: Preprocessing) -> tuple[np.nda
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 with Image.open(p) as img:
-                    w, h = img.size
+                    w, h = oriented_size(img)  # the size load_rgb gives it, turned upright
             sizes.append(prep.target_size(h, w))
         except (OSError, ValueError, SyntaxError):
             sizes.append((0, 0))
@@ -170,12 +174,59 @@ def _load_batch(paths: Sequence[Path], prep: Preprocessing, skip_bad: bool) -> _
     return _Loaded(to_tensor_batch(arrays, prep) if arrays else None, kept, bad, files)
 
 
+@dataclass(frozen=True)
+class FeatureNetwork:
+    """What an extraction runs and how its cache is named.
+
+    model: images [B, 3, H, W] (normalised as ``prep`` says) -> a
+        :class:`~reid_eval.model.PyramidOutput`.
+    sha256: the model's identity in the cache key and the results files (a
+        checkpoint file's SHA-256, or the SHA-256 of a module's identity string).
+    source: where it came from, for messages and the cache (a checkpoint path, ``module:<identity>``).
+    name: the model in words, for tables (e.g. "OSNet x0.25, Market-1501, torchreid").
+    settings: model and preprocessing settings stored (and hashed) in the cache.
+    feature_dim / global_dim: d of the locations / of the global feature.
+    num_levels: pyramid levels (K of ``grid``).
+    foreground_trained: whether the foreground probabilities come from a trained generator.
+    """
+
+    model: torch.nn.Module
+    prep: Preprocessing
+    sha256: str
+    source: str
+    name: str
+    settings: dict
+    feature_dim: int
+    global_dim: int
+    num_levels: int
+    foreground_trained: bool
+
+
+def checkpoint_network(checkpoint: str | os.PathLike, resize: str = "fixed") -> FeatureNetwork:
+    """The :class:`FeatureNetwork` of a reid-eval checkpoint file (loaded on the CPU)."""
+    model, config, meta = load_checkpoint(checkpoint, map_location="cpu")
+    prep = Preprocessing.for_model(config, resize)
+    extra = meta["extra"]
+    return FeatureNetwork(
+        model=model,
+        prep=prep,
+        sha256=meta["sha256"],
+        source=str(Path(checkpoint).resolve()),
+        name=str(extra.get("name") or f"{config.backbone} ({Path(checkpoint).name})"),
+        settings=cache_settings(config, prep),
+        feature_dim=config.feature_dim,
+        global_dim=config.global_dim,
+        num_levels=len(config.pyramid_kernels),
+        foreground_trained=foreground_trained(extra),
+    )
+
+
 class _SplitRun:
-    def __init__(self, model: FPRNet, prep: Preprocessing, device: torch.device, checkpoint: str | os.PathLike = "?"):
+    def __init__(self, model: torch.nn.Module, prep: Preprocessing, device: torch.device, checkpoint: str | os.PathLike = "?"):
         self.model, self.prep, self.device, self.checkpoint = model, prep, device, checkpoint
 
     def features(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """(local [B·N, d], counts [B], foreground [B·N], global [B, d], grid [B, K, 2]) of a [B, 3, H, W] batch."""
+        """(local [B·N, d], counts [B], foreground [B·N], global [B, D], grid [B, K, 2]) of a [B, 3, H, W] batch."""
         images = images.to(self.device, non_blocking=True)
         with torch.inference_mode():
             out = self.model(images)
@@ -239,23 +290,43 @@ def extract_dataset(
     checkpoint: str | os.PathLike | None,
     cache_dir: str | os.PathLike,
     *,
+    resize: str = "fixed",
+    **options: Any,
+) -> Path:
+    """Fill the feature cache of ``dataset`` with a reid-eval checkpoint's features; returns the cache file.
+
+    checkpoint: a reid-eval checkpoint; None is an error (features of a random
+        network are never produced silently). ``resize`` (``fixed`` or
+        ``keep-aspect``) and ``options`` as :func:`extract_network`.
+    """
+    if checkpoint is None:
+        raise ReidEvalError(
+            "no --checkpoint given (or REID_EVAL_CHECKPOINT); write one with `reid-eval checkpoint init --out FILE` "
+            "or `reid-eval checkpoint convert`"
+        )
+    return extract_network(dataset, root, checkpoint_network(checkpoint, resize), cache_dir, **options)
+
+
+def extract_network(
+    dataset: str,
+    root: str | os.PathLike,
+    network: FeatureNetwork,
+    cache_dir: str | os.PathLike,
+    *,
     manifest: pd.DataFrame | None = None,
     splits: Sequence[str] = ("query", "gallery"),
     device: str = "auto",
     batch_size: int = 32,
-    resize: str = "fixed",
     skip_bad: bool = False,
     allow_mismatch: bool = False,
     progress: ProgressFn | None = None,
 ) -> Path:
-    """Fill the feature cache of ``dataset`` for ``splits``; returns the cache file.
+    """Fill the feature cache of ``dataset`` for ``splits`` with ``network``; returns the cache file.
 
     root: folder of the dataset's images (manifest paths are relative to it).
     manifest: the dataset's manifest; when None it is read with
         ``reid_eval.datasets.load_manifest`` and checked against the published
         counts unless ``allow_mismatch``.
-    checkpoint: a reid-eval checkpoint; None is an error (features of a random
-        network are never produced silently).
     A finished cache with the same key and unchanged image files returns at
     once; an interrupted one continues after its last committed batch; a split
     with changed (or repaired skipped) images is rebuilt, reusing the features
@@ -264,11 +335,6 @@ def extract_dataset(
     in ``skipped``), CacheBusyError when another extraction writes the same
     cache, CacheWriteError when the disk is full (committed batches are kept).
     """
-    if checkpoint is None:
-        raise ReidEvalError(
-            "no --checkpoint given (or REID_EVAL_CHECKPOINT); write one with `reid-eval checkpoint init --out FILE` "
-            "or `reid-eval checkpoint convert`"
-        )
     if batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {batch_size}")
     unknown = [s for s in splits if s not in SPLITS]
@@ -281,11 +347,8 @@ def extract_dataset(
     if empty:
         raise ReidEvalError(f"--splits: dataset {dataset} has no {', '.join(empty)} images under {root}")
     dev = resolve_device(device)
-    model, config, meta = load_checkpoint(checkpoint, map_location="cpu")
-    prep = Preprocessing.for_model(config, resize)
-    settings = cache_settings(config, prep)
     m_sha = manifest_sha256(manifest)
-    key = cache_key(dataset, meta["sha256"], settings, m_sha)
+    key = cache_key(dataset, network.sha256, network.settings, m_sha)
     path = cache_path(cache_dir, dataset, key)
     split_rows = {s: manifest[manifest["split"] == s].reset_index(drop=True) for s in splits}
     with writer_lock(path):
@@ -296,21 +359,28 @@ def extract_dataset(
                     "cache_key": key,
                     "dataset": dataset,
                     "dataset_root": str(root),
-                    "checkpoint_sha256": meta["sha256"],
-                    "checkpoint_file": str(Path(checkpoint).resolve()),
+                    "checkpoint_sha256": network.sha256,
+                    "checkpoint_file": network.source,
+                    MODEL_NAME_ATTR: network.name,
+                    FOREGROUND_TRAINED_ATTR: network.foreground_trained,
                     "manifest_sha256": m_sha,
-                    "settings": json.dumps(settings, sort_keys=True),
+                    "settings": json.dumps(network.settings, sort_keys=True),
                 },
             )
         with open_cache(path) as f:
             todo = [s for s in splits if _needs_work(f, s, split_rows[s], root)]
+            described = MODEL_NAME_ATTR in f.attrs and FOREGROUND_TRAINED_ATTR in f.attrs
+        if not described:  # a cache written before these were recorded: add them, nothing else changes
+            with open_cache(path, "r+") as f:
+                f.attrs[MODEL_NAME_ATTR] = network.name
+                f.attrs[FOREGROUND_TRAINED_ATTR] = network.foreground_trained
         if not todo:  # a finished, current cache is never opened for writing
             if progress:
                 for s in splits:
                     progress(s, len(split_rows[s]), len(split_rows[s]), 0.0)
             return path
-        model = model.to(dev).eval()
-        run = _SplitRun(model, prep, dev, checkpoint)
+        model = network.model.to(dev).eval()
+        run = _SplitRun(model, network.prep, dev, network.source)
         kill = kill_hook(_KILL_ENV)
         f = open_cache(path, "r+")
         try:
@@ -321,7 +391,8 @@ def extract_dataset(
                         progress(split, len(rows), len(rows), 0.0)
                     continue
                 group, source = _plan_split(f, split, rows, root)
-                writer = SplitWriter(f, split, len(rows), config.feature_dim, len(config.pyramid_kernels), group=group)
+                writer = SplitWriter(f, split, len(rows), network.feature_dim, network.num_levels, group=group,
+                                     global_dim=network.global_dim)
                 _extract_split(writer, run, rows, root, split, batch_size, skip_bad, progress, kill, source)
                 _swap_in(f, split)
         except BaseException:
@@ -405,7 +476,7 @@ def _extract_split(
         todo = [i for i in order[b.start : b.stop] if paths[i] not in reuse]
         return _load_batch([abs_paths[i] for i in todo], run.prep, skip_bad)
 
-    d, k = writer.ds["local"].shape[1], writer.ds["grid"].shape[1]
+    d, k, gd = writer.ds["local"].shape[1], writer.ds["grid"].shape[1], writer.ds["global"].shape[1]
     with ThreadPoolExecutor(max_workers=1) as pool:
         pending = pool.submit(load, batches[0]) if batches else None
         for n, b in enumerate(batches):
@@ -417,7 +488,7 @@ def _extract_split(
                 feats = run.features(loaded.images)
                 _check_finite(feats, [str(paths[computed[pos]]) for pos in loaded.kept], run.checkpoint)
             else:
-                feats = (np.zeros((0, d), np.float32), np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros((0, d), np.float32), np.zeros((0, k, 2), np.int32))
+                feats = (np.zeros((0, d), np.float32), np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros((0, gd), np.float32), np.zeros((0, k, 2), np.int32))
             fresh = {computed[pos]: j for j, pos in enumerate(loaded.kept)}  # manifest row -> row of feats
             failed = {computed[pos]: reason for pos, reason in loaded.bad}
             records = {computed[pos]: rec for pos, rec in enumerate(loaded.files)}

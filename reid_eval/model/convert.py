@@ -168,7 +168,7 @@ def _torchreid_osnet(state: Mapping[str, torch.Tensor], where: str) -> ForeignWe
     if other:
         raise ReidEvalError(f"{where} looks like a torchreid OSNet but has keys reid-eval cannot map: {_few(other)}")
     has_fc = "fc.0.weight" in trunk
-    defaults: dict[str, Any] = {**_TORCHREID_SETTINGS, "last_stride": 1, "global_feature": "embedding" if has_fc else "average"}
+    defaults: dict[str, Any] = {**_TORCHREID_SETTINGS, "global_feature": "embedding" if has_fc else "average"}
     layout = "torchreid OSNet state dict" + (" with its fc embedding" if has_fc else "")
     return ForeignWeights(trunk, layout, defaults=defaults, dropped=_groups(dropped))
 
@@ -420,12 +420,19 @@ def _load_neck(model: FPRNet, neck: Mapping[str, torch.Tensor], where: str) -> N
             target.copy_(value.reshape(target.shape))
 
 
-def convert_checkpoint(source: str, in_path: str | os.PathLike, seed: int = 0, **config_fields: Any) -> tuple[FPRNet, ModelConfig, dict]:
-    """Read ``in_path`` (a ``source`` file, see the module docstring) and :func:`convert_state` it."""
+def convert_checkpoint(
+    source: str, in_path: str | os.PathLike, seed: int = 0, name: str | None = None, **config_fields: Any
+) -> tuple[FPRNet, ModelConfig, dict]:
+    """Read ``in_path`` (a ``source`` file, see the module docstring) and :func:`convert_state` it.
+
+    ``name`` (the model in words, for tables) goes into ``extra["name"]``;
+    by default the trunk, the source and the file's name.
+    """
     if source not in CONVERTERS:
         raise ValueError(f"--from must be one of {', '.join(CONVERT_SOURCES)}, got {source!r}")
     path = Path(in_path)
     payload = read_torch_file(path, f"{source} checkpoint", ignore_objects=True)
     model, config, extra = convert_state(source, payload, str(path), seed, **config_fields)
-    extra.update({"source_file": str(path.resolve()), "source_sha256": file_sha256(path)})
+    extra.update({"source_file": str(path.resolve()), "source_sha256": file_sha256(path),
+                  "name": name or f"{config.backbone}, {source} ({path.name})"})
     return model, config, extra
