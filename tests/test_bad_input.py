@@ -179,6 +179,15 @@ def test_missing_split_folder(base, tmp_path, capsys):
     refused("folder: gallery folder missing", cli(capsys, *extract_args(tree, tmp_path / "cache", base["ckpt"])), "whole_body_images", str(tree))
 
 
+def test_split_folder_that_is_a_file_is_called_a_file(base, tmp_path, capsys):
+    tree = copy_tree(base, tmp_path)
+    shutil.rmtree(tree / "whole_body_images")
+    (tree / "whole_body_images").write_text("not a folder\n")
+    line = refused("folder: gallery folder is a file", cli(capsys, *extract_args(tree, tmp_path / "cache", base["ckpt"])),
+                   str(tree / "whole_body_images"), "is a file")
+    assert "missing" not in line
+
+
 def test_dataset_one_level_deeper_is_found_or_named(base, tmp_path, capsys):
     outer = tmp_path / "data" / "Partial-REID"
     shutil.copytree(base["tree"], outer / "Partial_REID")

@@ -455,3 +455,83 @@ def test_asymmetric_rerank_follows_the_authors_release(k1, k2, lam):
     # and the order matters: the same matrices read by rows give another result
     rows = release_re_ranking(qg, qq.T, gg.T, k1, k2, lam)
     assert np.abs(rows - want).max() > 1e-3
+
+
+# ------------------------------------------------------------------ messages that name the file, the table or the option
+
+
+def test_a_per_query_table_with_a_non_number_names_the_file_column_and_row(cache, tmp_path):
+    from reid_eval.evaluation import read_query_records
+
+    results = tmp_path / "results"
+    a = match_cache(cache, MatchParams(metric="fpr", resamples=0), results).results_file
+    b = match_cache(cache, MatchParams(metric="euclidean", resamples=0), results).results_file
+    data = json.loads(a.read_text())
+    del data["query_records_sha256"]  # a results file from before the digest: the table itself is checked
+    a.write_text(json.dumps(data))
+    table_file = a.parent / data["query_records"]
+    table = pd.read_csv(table_file, dtype=str, keep_default_na=False)
+    table.loc[3, "ap"] = "abc"
+    table.to_csv(table_file, index=False)
+    with pytest.raises(ValueError, match=rf"{table_file}: column ap of query row 3 holds 'abc', not a number"):
+        read_query_records(table_file)
+    with pytest.raises(ReidEvalError, match=r"column ap of query row 3"):
+        compare_results(a, b, resamples=50)
+
+
+def test_a_cache_with_string_pids_or_without_a_table_is_named(cache):
+    from reid_eval.features import read_split_index
+
+    with h5py.File(cache, "r+") as f:
+        pids = f["query/pid"][...]
+        del f["query/pid"]
+        f["query"].create_dataset("pid", data=np.array([str(v) for v in pids], dtype=h5py.string_dtype()))
+        del f["gallery/path"]
+    with pytest.raises(ReidEvalError, match=rf"cache {cache} split query: table pid holds .* not integer ids"):
+        read_split_index(cache, "query")
+    with pytest.raises(ReidEvalError, match=rf"cache {cache} split gallery is damaged \(no path table\)"):
+        read_split_index(cache, "gallery")
+
+
+def test_exif_orientation_is_applied_and_recorded_in_the_cache_key(tmp_path):
+    from PIL import Image
+
+    from reid_eval.features.images import load_rgb, oriented_size
+    from reid_eval.features.preprocess import Preprocessing
+
+    pixels = np.zeros((10, 30, 3), np.uint8)
+    pixels[:, :5] = 255  # a white band on the left of the stored (sideways) picture
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90° clockwise to view": a phone portrait stored landscape
+    Image.fromarray(pixels).save(tmp_path / "phone.jpg", exif=exif.tobytes(), quality=100)
+    upright = np.asarray(load_rgb(tmp_path / "phone.jpg"))
+    assert upright.shape == (30, 10, 3)  # portrait: 30 high, 10 wide
+    assert upright[:5].mean() > 200 and upright[-5:].mean() < 50  # the band is now on top
+    with Image.open(tmp_path / "phone.jpg") as img:
+        assert oriented_size(img) == (10, 30)
+    assert Preprocessing(resize="fixed", size=(64, 32), stride=16, min_height=32).to_dict()["orientation"] == "exif"
+
+
+def test_pil_warnings_never_reach_the_user_of_the_report(tmp_path, monkeypatch):
+    import warnings
+
+    from PIL import Image
+
+    from reid_eval.report.figures import load_tile
+
+    Image.fromarray(np.zeros((12, 12, 3), np.uint8)).save(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 144 pixels: PIL's DecompressionBombWarning, not its error
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tile, ok = load_tile(tmp_path / "big.png")
+    assert ok and tile.ndim == 3
+
+
+def test_full_disk_for_a_mask_names_it_and_leaves_no_temporary(full_disk):
+    from reid_eval.training.masks import _write_png
+
+    folder, fill = full_disk
+    fill()
+    with pytest.raises(ReidEvalError, match=r"cannot write mask .*a\.png: No space left on device"):
+        _write_png(folder / "masks" / "a.png", np.zeros((64, 32), np.uint8))
+    assert _tmp_files(folder) == []

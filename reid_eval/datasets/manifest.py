@@ -140,6 +140,9 @@ def _split_folder(spec: DatasetSpec, split: SplitSpec, root: Path) -> str:
     if folder is not None:
         return folder
     tried = " or ".join(split.folders)
+    files = [f for f in split.folders if (Path(root) / f).exists()]
+    if files:
+        raise ReidEvalError(f"{spec.name}: {split.name} split folder {Path(root) / files[0]} is a file, not a folder")
     inner = nested_roots(spec, root)
     hint = f"; the dataset is one level down: use --root {inner[0]}" if len(inner) == 1 else (
         f"; folders one level down hold it: {', '.join(str(p) for p in inner)} (choose one with --root)" if inner else "")

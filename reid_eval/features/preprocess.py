@@ -22,7 +22,6 @@ Resize modes:
 from __future__ import annotations
 
 import os
-import warnings
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -30,7 +29,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from reid_eval.errors import ReidEvalError
+from reid_eval.features.images import load_rgb
 from reid_eval.model import IMAGENET_MEAN, IMAGENET_STD, ModelConfig
 
 RESIZE_MODES: tuple[str, ...] = ("fixed", "keep-aspect")
@@ -45,7 +44,10 @@ class Preprocessing:
 
     resize: "fixed" | "keep-aspect"; size: model (height, width) in pixels;
     stride: rounding of keep-aspect heights; min_height: smallest keep-aspect height;
-    interpolation: PIL resize filter, "bilinear" or "bicubic" (from the model config).
+    interpolation: PIL resize filter, "bilinear" or "bicubic" (from the model config);
+    orientation: "exif", each image turned upright by its EXIF Orientation tag
+    before anything else (:func:`reid_eval.features.images.load_rgb`). Part of
+    the key because caches made before it held phone photos sideways.
     """
 
     resize: str
@@ -55,6 +57,7 @@ class Preprocessing:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     interpolation: str = "bilinear"
+    orientation: str = "exif"
 
     @classmethod
     def for_model(cls, config: ModelConfig, resize: str = "fixed") -> "Preprocessing":
@@ -80,46 +83,6 @@ class Preprocessing:
         h = height * W / max(width, 1)
         h = int(round(h / self.stride)) * self.stride
         return max(self.min_height, min(h, MAX_ASPECT_FACTOR * H)), W
-
-
-def load_rgb(path: str | os.PathLike) -> Image.Image:
-    """Open an image fully decoded as 8-bit RGB.
-
-    Grayscale, palette (transparency included), RGBA/LA (alpha dropped), CMYK
-    and 16-bit / 32-bit integer or float images are converted; 16-bit data is
-    scaled by its full range (v / 65535 · 255). Raises ReidEvalError naming the
-    file when it cannot be read or decoded (truncated, not an image, missing).
-    """
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # PIL's palette-transparency note
-            with Image.open(path) as img:
-                img.load()
-                return _to_rgb(img)
-    except ReidEvalError:
-        raise
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        reason = " ".join(str(exc).split()) or type(exc).__name__
-        raise ReidEvalError(f"cannot read image {path}: {reason}") from exc
-
-
-def _to_rgb(img: Image.Image) -> Image.Image:
-    mode = img.mode
-    if mode == "RGB":
-        return img.copy()
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        arr = np.asarray(img, dtype=np.float64)
-        if mode.startswith("I;16"):
-            scale = 65535.0
-        elif mode == "I":
-            scale = 65535.0 if arr.max(initial=0) > 255 else 255.0
-        else:  # float images: assume [0, 1] when they look like it, else [0, 255]
-            scale = 1.0 if arr.max(initial=0) <= 1.0 else 255.0
-        gray = np.clip(np.rint(arr / scale * 255.0), 0, 255).astype(np.uint8)
-        return Image.fromarray(gray, mode="L").convert("RGB")
-    if mode == "P" and "transparency" in img.info:
-        img = img.convert("RGBA")
-    return img.convert("RGB")
 
 
 def load_image_array(path: str | os.PathLike, prep: Preprocessing) -> np.ndarray:

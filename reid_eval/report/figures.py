@@ -28,10 +28,12 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from PIL import Image, UnidentifiedImageError  # noqa: E402
+from PIL import Image  # noqa: E402
 
 from reid_eval.atomic import write_atomically  # noqa: E402
+from reid_eval.errors import ReidEvalError  # noqa: E402
 from reid_eval.experiments.record import PAPER_BETA  # noqa: E402
+from reid_eval.features.images import load_rgb  # noqa: E402
 from reid_eval.report.results import ResultRecord  # noqa: E402
 
 DPI = 100
@@ -89,12 +91,11 @@ def load_tile(path: Path | None, warn: Warn | None = None) -> tuple[np.ndarray, 
     """The image at ``path`` as a [128, 64, 3] float32 RGB tile in [0, 1]; grey (and False) if unreadable."""
     if path is not None:
         try:
-            with Image.open(path) as image:
-                rgb = image.convert("RGB").resize((TILE_W, TILE_H), Image.BILINEAR)
+            rgb = load_rgb(path).resize((TILE_W, TILE_H), Image.BILINEAR)  # upright by EXIF, PIL's warnings kept back
             return np.asarray(rgb, dtype=np.float32) / 255.0, True
-        except (OSError, UnidentifiedImageError, ValueError) as exc:
+        except ReidEvalError as exc:
             if warn:
-                warn(f"{path}: cannot read image ({type(exc).__name__}); drawn as a grey tile")
+                warn(f"{exc}; drawn as a grey tile")
     elif warn:
         warn("image location unknown (cache has no dataset_root); drawn as a grey tile")
     return np.full((TILE_H, TILE_W, 3), GREY, dtype=np.float32), False

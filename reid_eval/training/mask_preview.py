@@ -8,12 +8,13 @@ dimmed and the mask's outline drawn in red. Triplets are laid out
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 from PIL import Image, ImageFilter
+
+from reid_eval.atomic import write_atomically
 
 OUTLINE_RGB = (255, 32, 32)
 BACKGROUND_DIM = 0.4  # background pixels of the outline panel keep this share of their brightness
@@ -69,9 +70,5 @@ def preview_grid(images: Sequence[np.ndarray], masks: Sequence[np.ndarray], cell
 
 def write_preview(path: Path, images: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> Path:
     """Write :func:`preview_grid` of the crops to ``path`` (PNG) and return it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    preview_grid(images, masks).save(tmp, format="PNG")
-    os.replace(tmp, path)
-    return path
+    return write_atomically(path, lambda tmp: preview_grid(images, masks).save(tmp, format="PNG"), "mask preview",
+                            "`reid-eval masks --preview`")

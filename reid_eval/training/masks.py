@@ -34,7 +34,6 @@ rename), so an interrupted run resumes where it stopped.
 from __future__ import annotations
 
 import json
-import os
 import time
 import urllib.error
 from concurrent.futures import ThreadPoolExecutor
@@ -48,6 +47,7 @@ import torch.nn.functional as F
 import torchvision
 from PIL import Image
 
+from reid_eval.atomic import write_atomically, write_text_atomically
 from reid_eval.datasets import load_manifest
 from reid_eval.errors import ReidEvalError
 from reid_eval.features import resolve_device
@@ -159,10 +159,9 @@ _KILL_ENV = "REID_EVAL_TEST_KILL_AFTER_MASKS"
 
 
 def _write_png(path: Path, mask: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    Image.fromarray(mask, mode="L").save(tmp, format="PNG")
-    os.replace(tmp, path)
+    """One mask file, atomically (reid_eval.atomic: a full disk names the file and leaves no temporary)."""
+    write_atomically(path, lambda tmp: Image.fromarray(mask, mode="L").save(tmp, format="PNG"), "mask",
+                     "`reid-eval masks` (masks already written are kept)")
 
 
 # One model's masks of a batch: prepare(paths) runs in the loader thread (decoding, resizing) and returns
@@ -245,11 +244,8 @@ def _check_record(out_dir: Path, settings: dict[str, Any]) -> bool:
 
 
 def _write_record(out_dir: Path, settings: dict[str, Any]) -> None:
-    record = out_dir / MASK_RECORD
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = record.with_name(f".{record.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, record)
+    write_text_atomically(out_dir / MASK_RECORD, json.dumps(settings, indent=2, sort_keys=True) + "\n",
+                          "mask settings record", "`reid-eval masks`")
 
 
 def write_person_masks(dataset: str, root: Path, out_dir: Path | None = None, splits: Sequence[str] = ("train",),
