@@ -128,7 +128,7 @@ def tune_on_train(train: Any, *, max_ids: int = HOLD_OUT_IDS, seed: int = 0, bac
     The distances are the preset's (κ, shortlist by cosine, fill), computed in
     memory on the held-out images only (at most ``max_ids`` identities).
     """
-    from reid_eval.experiments.scoring import fill_outside_shortlist
+    from reid_eval.experiments.match import fill_outside_shortlist
     from reid_eval.matching import fpr_distances, global_distances
 
     q_rows, g_rows = held_out_split(train.pids, train.camids, max_ids, seed)
@@ -166,8 +166,8 @@ def run_fastreid(
     from pathlib import Path
 
     from reid_eval.experiments.match import compute_distances, match_cache
-    from reid_eval.experiments.scoring import _fingerprint
-    from reid_eval.features import read_split, read_split_index, split_complete, write_distances
+    from reid_eval.experiments.stored import store_matrix
+    from reid_eval.features import read_split, read_split_index, split_complete
     from reid_eval.features.cache import read_global_block
     from reid_eval.matching import global_distances
 
@@ -185,8 +185,7 @@ def run_fastreid(
     unfused = dataclasses.replace(fastreid_params(0.0, base), fuse=None).validate()
     local, how = compute_distances(cache_file, unfused, execution)
     # stored under its own name: the fused run below reuses it instead of reconstructing again
-    write_distances(cache_file, unfused.distance_name, local, {**unfused.to_json(), **how, "distance_name": unfused.distance_name,
-                                                               "features_fingerprint": _fingerprint(cache_file, ("query", "gallery"))})
+    store_matrix(cache_file, unfused, local, how)
     q, g = read_split_index(cache_file, "query"), read_split_index(cache_file, "gallery")
     glob = global_distances(read_global_block(cache_file, "query", 0, len(q.pids)),
                             read_global_block(cache_file, "gallery", 0, len(g.pids)), metric=FASTREID_GLOBAL)

@@ -19,8 +19,9 @@ For one cache file (one dataset, checkpoint and preprocessing) and one
    on the test set;
 3. store it in the cache as ``distances/<params.distance_name>`` with its
    parameters; a stored matrix of the same distance identity, made from the
-   same features, is reused instead (``recompute=True`` forces step 2);
-4. evaluate it (:func:`reid_eval.experiments.scoring.score_matrix`: one
+   same features, is reused instead (``recompute=True`` forces step 2; the
+   rules live in :mod:`reid_eval.experiments.stored`);
+4. evaluate it (:func:`reid_eval.experiments.scores.score_matrix`: one
    :func:`reid_eval.evaluation.query_stats` pass gives CMC/mAP/mINP, the
    identity-bootstrap intervals, TPR at FPR and the per-query records
    written beside the results file as ``<results stem>.queries.csv``) under the
@@ -58,21 +59,28 @@ from reid_eval.datasets import get_spec
 from reid_eval.errors import ReidEvalError
 from reid_eval.evaluation import records_path, write_query_records
 from reid_eval.experiments.record import GLOBAL_METRICS, MatchParams, MatchResult
-from reid_eval.experiments.scoring import format_interval, score_matrix
+from reid_eval.experiments.reranking import rerank_with_aux, rerank_with_global_aux, stored_rows
+from reid_eval.experiments.scores import format_interval, score_matrix
+from reid_eval.experiments.stored import (
+    QUERY_GALLERY,
+    discard_tiles,
+    matrix_name,
+    reusable,
+    store_matrix,
+    stored_matrix,
+    tile_folder,
+)
 from reid_eval.features import (
     iter_cache_files,
-    list_distances,
     read_attrs,
     read_distances,
     read_split_index,
     split_complete,
     split_status,
-    write_distances,
 )
-from reid_eval.features.cache import read_global_block, split_fingerprint
-from reid_eval.matching import global_distances
+from reid_eval.features.cache import read_global_block
+from reid_eval.matching import EngineSettings, global_distances
 from reid_eval.matching.streaming import MatchProgress, fpr_distances_from_cache, fpr_shortlist_from_cache
-from reid_eval.matching.tile_store import TileStore, tile_dir
 
 #: Provenance fields of the refined share (StreamResult.provenance), copied from a reused matrix's attributes.
 REFINEMENT_FIELDS: tuple[str, ...] = ("refined_entries", "computed_entries", "refined_share", "tiles_without_counts")
@@ -129,14 +137,14 @@ class MatchExecution:
     """How the matrix is computed — never what it is: recorded as provenance, not named.
 
     memory_budget_bytes: working memory of the tiles in flight (None:
-    ``REID_EVAL_MEMORY_BUDGET`` or 1.5 GB); workers: a Dask LocalCluster of
+    :func:`reid_eval.matching.memory.default_memory_budget`); workers: a Dask LocalCluster of
     that many single-thread workers; scheduler: address of an existing Dask
     cluster; recompute: ignore a stored matrix and finished tiles; progress:
     called with a :class:`~reid_eval.matching.streaming.MatchProgress` after
     every tile.
 
     The matrix depends on the tile plan only (the blocks, chosen from the
-    budget when a computation starts; see reid_eval.matching.tiles): for a
+    budget when a computation starts; see reid_eval.matching.plan): for a
     given plan it is bit-identical whatever the workers or scheduler, and an
     interrupted run resumes with its recorded plan. Another budget gives
     other blocks and can move a distance by GEMM rounding (within the
@@ -151,75 +159,71 @@ class MatchExecution:
     progress: Callable[[MatchProgress], None] | None = None
 
 
-def _features_fingerprint(cache_file: Path) -> str:
-    return "-".join(split_fingerprint(cache_file, s) for s in MATCH_SPLITS)
-
-
-def _global(cache_file: Path, split: str, n: int):
-    return read_global_block(cache_file, split, 0, n)
-
-
 def _global_distances(cache_file: Path, probe_split: str, gallery_split: str, n_q: int, n_g: int, metric: str) -> np.ndarray:
     try:
-        return global_distances(_global(cache_file, probe_split, n_q), _global(cache_file, gallery_split, n_g), metric=metric)
-    except ValueError as exc:  # NaN, infinite or (cosine) all-zero features: name the file they came from (#17)
+        return global_distances(read_global_block(cache_file, probe_split, 0, n_q),
+                                read_global_block(cache_file, gallery_split, 0, n_g), metric=metric)
+    except ValueError as exc:  # NaN, infinite or (cosine) all-zero features: name the file they came from
         raise ReidEvalError(f"cache {cache_file}: {exc}") from None
+
+
+def engine_settings(params: MatchParams) -> EngineSettings:
+    """The engine settings of a reconstruction metric's ``params`` (FPR weighted, DSR not): derived here only."""
+    return EngineSettings(beta=params.beta, weighted=params.metric == "fpr", backend=params.backend)
 
 
 def compute_distances(
     cache_file: str | os.PathLike,
     params: MatchParams,
     execution: MatchExecution | None = None,
-    splits: tuple[str, str] = ("query", "gallery"),
+    splits: tuple[str, str] = QUERY_GALLERY,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """[P, G] float32 distances (smaller = more similar) between a cache's query and gallery under ``params``.
 
     Returns the matrix and how it was computed (tile plan, resumed tiles,
     runner). FPR/DSR read blocks of the pyramid features from the cache;
-    finished tiles of the exact matrix wait in ``<cache>.tiles/<name>/``
-    until the caller stores the matrix (:func:`match_cache` then removes them).
-    ``splits``: (probe, gallery) splits; re-ranking's query–query and
-    gallery–gallery matrices come from here too (:mod:`reid_eval.experiments.scoring`).
-    With ``params.rerank`` the matrix is the re-ranked one.
+    finished tiles of the exact matrix wait in their tile folder
+    (:func:`reid_eval.experiments.stored.tile_folder`) until the matrix is
+    stored (:func:`match_cache` then removes them). ``splits``: (probe,
+    gallery) splits. With ``params.rerank`` the matrix is the re-ranked one,
+    its base and auxiliary matrices stored in the cache
+    (:mod:`reid_eval.experiments.reranking`).
     """
-    params.validate()
-    execution = execution or MatchExecution()
-    cache_file = Path(cache_file).resolve()
-    if params.rerank is not None:
-        from reid_eval.experiments.scoring import rerank_from_cache
+    return _compute(Path(cache_file).resolve(), params.validate(), execution or MatchExecution(), splits)
 
-        return rerank_from_cache(cache_file, params, execution, compute_distances)
+
+def _compute(cache_file: Path, params: MatchParams, execution: MatchExecution,
+             splits: tuple[str, str]) -> tuple[np.ndarray, dict[str, Any]]:
+    """:func:`compute_distances` of checked ``params``."""
+    if params.rerank is not None:
+        return _reranked(cache_file, params, execution)
     probe_split, gallery_split = splits
     n_q = len(read_split_index(cache_file, probe_split).pids)
     n_g = len(read_split_index(cache_file, gallery_split).pids)
     if params.metric in GLOBAL_METRICS:
         D = _global_distances(cache_file, probe_split, gallery_split, n_q, n_g, params.metric)
         return np.asarray(D, np.float32), {}
-    engine = {"beta": params.beta, "weighted": params.metric == "fpr", "backend": params.backend,
-              "memory_budget_bytes": execution.memory_budget_bytes, "progress": execution.progress}
     exact = dataclasses.replace(params, fuse=None)
     reused = None
-    if params.fuse is not None and not execution.recompute and splits == ("query", "gallery"):  # the FPR part may be stored already
-        reused = _stored_matrix(cache_file, exact, _features_fingerprint(cache_file), (n_q, n_g))
+    if params.fuse is not None and not execution.recompute and splits == QUERY_GALLERY:  # the FPR part may be stored already
+        reused = stored_matrix(cache_file, exact, (n_q, n_g))
     if reused is not None:
         local, how = reused[0], {"reused_matrix": exact.distance_name, **_recorded_refinement(reused[1])}
     else:
-        suffix = "" if splits == ("query", "gallery") else f"__aux-{probe_split}-{gallery_split}"
-        store = tile_dir(cache_file, exact.distance_name + suffix)
         if execution.recompute:
-            TileStore(store).remove()
+            discard_tiles(cache_file, exact, splits)
+        engine = dict(settings=engine_settings(params), memory_budget_bytes=execution.memory_budget_bytes,
+                      progress=execution.progress, resume_dir=tile_folder(cache_file, exact, splits))
         if params.shortlist is not None:
             if execution.workers is not None or execution.scheduler is not None:
                 raise ReidEvalError("--shortlist runs in one process; leave out --workers and --scheduler")
             streamed = fpr_shortlist_from_cache(cache_file, params.shortlist, params.shortlist_metric, probe_split,
-                                                gallery_split, resume_dir=store, **engine)
+                                                gallery_split, **engine)
         else:
             streamed = fpr_distances_from_cache(cache_file, probe_split, gallery_split, workers=execution.workers,
-                                                scheduler=execution.scheduler, resume_dir=store, **engine)
+                                                scheduler=execution.scheduler, **engine)
         local, how = np.asarray(streamed.distances, np.float32), streamed.provenance()
         if params.shortlist is not None and params.shortlist_fill is not None:
-            from reid_eval.experiments.scoring import fill_outside_shortlist
-
             local = fill_outside_shortlist(local, params.shortlist, params.shortlist_fill)
     if params.fuse is not None:
         glob = _global_distances(cache_file, probe_split, gallery_split, n_q, n_g, params.fuse_global)
@@ -227,15 +231,61 @@ def compute_distances(
     return local, how
 
 
-def _stored_matrix(cache_file: Path, params: MatchParams, fingerprint: str, shape: tuple[int, int]) -> tuple[np.ndarray, dict] | None:
-    """The stored ``distances/<name>`` when it has the same distance identity, features and shape; else None."""
-    stored = list_distances(cache_file).get(params.distance_name)
-    if stored is None or stored.get("features_fingerprint") != fingerprint:
-        return None
-    if MatchParams.from_json(stored).identity("distance") != params.identity("distance"):
-        return None
-    D, attrs = read_distances(cache_file, params.distance_name)
-    return (D, attrs) if D.shape == shape else None
+def fill_outside_shortlist(distances: np.ndarray, shortlist: int, fill: float) -> np.ndarray:
+    """Replace every entry outside each row's shortlist by ``fill`` (fast-reid: 100); [P, G] float32.
+
+    The shortlist engine puts ``max(shortlisted) + 1 + rank`` outside the
+    shortlist, so each row's ``shortlist`` smallest entries are exactly the
+    reconstructed ones.
+    """
+    d = np.asarray(distances, np.float32)
+    if shortlist >= d.shape[1]:
+        return d
+    keep = np.argpartition(d, shortlist - 1, axis=1)[:, :shortlist]
+    out = np.full_like(d, np.float32(fill))
+    np.put_along_axis(out, keep, np.take_along_axis(d, keep, axis=1), axis=1)
+    return out
+
+
+def _kept_or_stored(cache_file: Path, params: MatchParams, execution: MatchExecution,
+                    splits: tuple[str, str]) -> tuple[str, dict[str, Any]]:
+    """Name of ``params``' matrix between ``splits`` in the cache: the stored one when reusable, else computed and stored."""
+    if not execution.recompute and reusable(cache_file, params, splits):
+        return matrix_name(params, splits), {"reused": True}
+    t0 = time.perf_counter()
+    matrix, how = _compute(cache_file, params, execution, splits)
+    name = store_matrix(cache_file, params, matrix, {"splits": ",".join(splits),
+                                                     "seconds": round(time.perf_counter() - t0, 3)}, splits)
+    return name, {"reused": False, **how}
+
+
+def _reranked(cache_file: Path, params: MatchParams, execution: MatchExecution) -> tuple[np.ndarray, dict[str, Any]]:
+    """The re-ranked query–gallery matrix of ``params`` and how it was made (:mod:`reid_eval.experiments.reranking`).
+
+    The matrix before re-ranking is stored under its own name, so a plain run
+    of it reuses it (and vice versa); for ``rerank="same"`` so are the
+    query–query and gallery–gallery matrices, read back a block of rows at a time.
+    """
+    base = dataclasses.replace(params, rerank=None)
+    qg_name, how = _kept_or_stored(cache_file, base, execution, QUERY_GALLERY)
+    qg = read_distances(cache_file, qg_name)[0]
+    t0 = time.perf_counter()
+    info: dict[str, Any] = {"base_matrix": f"{qg_name} ({'reused' if how.get('reused') else 'computed'})",
+                            **{k: v for k, v in how.items() if k != "reused"}}
+    if params.rerank == "same":
+        qq_name, qq_how = _kept_or_stored(cache_file, base, execution, ("query", "query"))
+        gg_name, gg_how = _kept_or_stored(cache_file, base, execution, ("gallery", "gallery"))
+        info["rerank_aux"] = ", ".join(
+            f"{n} ({'reused' if h.get('reused') else 'computed'})" for n, h in ((qq_name, qq_how), (gg_name, gg_how)))
+        with stored_rows(cache_file, qq_name) as qq, stored_rows(cache_file, gg_name) as gg:
+            D = rerank_with_aux(qg, qq[...], gg, params)
+    else:
+        n_q = len(read_split_index(cache_file, "query").pids)
+        n_g = len(read_split_index(cache_file, "gallery").pids)
+        D = rerank_with_global_aux(qg, params, read_global_block(cache_file, "query", 0, n_q),
+                                   read_global_block(cache_file, "gallery", 0, n_g))
+    info["rerank_seconds"] = round(time.perf_counter() - t0, 3)
+    return D, info
 
 
 def match_cache(
@@ -264,14 +314,13 @@ def match_cache(
         raise ReidEvalError(f"cache {cache_file} was made with checkpoint {sha[:12]}, not {params.checkpoint_sha256[:12]} (--checkpoint)")
     params = dataclasses.replace(params, checkpoint_sha256=sha)
     query, gallery = read_split_index(cache_file, "query"), read_split_index(cache_file, "gallery")
-    fingerprint = _features_fingerprint(cache_file)
     name = params.distance_name
-    kept = None if execution.recompute else _stored_matrix(cache_file, params, fingerprint, (len(query.pids), len(gallery.pids)))
+    kept = None if execution.recompute else stored_matrix(cache_file, params, (len(query.pids), len(gallery.pids)))
     t0 = time.perf_counter()
     if kept is not None:
         D, engine = kept[0], {"reused_matrix": name, **_recorded_refinement(kept[1])}
     else:
-        D, engine = compute_distances(cache_file, params, execution)
+        D, engine = _compute(cache_file, params, execution, QUERY_GALLERY)
     seconds = time.perf_counter() - t0
     single_gallery_shot = bool(getattr(get_spec(stored), "single_gallery_shot", False))
     reconstructs = params.metric not in GLOBAL_METRICS
@@ -289,10 +338,7 @@ def match_cache(
         **engine,
     }
     if kept is None:
-        write_distances(cache_file, name, D, {**provenance, **params.to_json(), "distance_name": name,
-                                              "features_fingerprint": fingerprint})
-        if params.metric not in GLOBAL_METRICS:  # the matrix is stored: its finished tiles are no longer needed
-            TileStore(tile_dir(cache_file, dataclasses.replace(params, fuse=None).distance_name)).remove()
+        store_matrix(cache_file, params, D, provenance)  # and its finished tiles are removed
     scores = score_matrix(D, query.pids, gallery.pids, query.camids, gallery.camids, list(query.paths), params,
                           single_gallery_shot=single_gallery_shot)
     r = scores.ranking

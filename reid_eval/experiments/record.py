@@ -81,7 +81,7 @@ GLOBAL_METRICS: tuple[str, ...] = ("euclidean", "cosine")
 METRIC_NAMES: dict[str, str] = {"euclidean": "Baseline", "cosine": "Cosine baseline", "dsr": "DSR", "fpr": "FPR"}
 #: Where k-reciprocal re-ranking takes its query–query and gallery–gallery distances:
 #: "same" = the run's own metric (for FPR: the gallery–gallery FPR matrix, cached), "global" = the
-#: global-feature euclidean distance (cheap; see reid_eval.experiments.scoring for the trade-off).
+#: global-feature euclidean distance (cheap; see reid_eval.experiments.reranking for the trade-off).
 RERANK_AUX: tuple[str, ...] = ("same", "global")
 #: Hex digits of the checkpoint's SHA-256 in a results file name.
 CHECKPOINT_PREFIX = 8
