@@ -46,6 +46,9 @@ _INIT_HELP = (
 @click.option("--alpha", type=FiniteFloat(min=0), default=0.02, show_default=True, help="Weight α of the foreground loss (Eq. 10).")
 @click.option("--tau", type=FiniteFloat(0, 1), default=0.35, show_default=True, help="Foreground label threshold τ (Eq. 8).")
 @click.option("--no-foreground-loss", is_flag=True, help="Train without masks: triplet loss only.")
+@click.option("--freeze-trunk", is_flag=True,
+              help="Train only the foreground generator on the --init network's frozen trunk (its weights and "
+                   "BatchNorm statistics stay): the cheap way to give a converted zoo model the paper's foreground.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its checkpoint.pt.")
 @click.option("--backbone", default="resnet50", show_default=True, help="torchvision ResNet when starting from random weights.")
 @click.option("--input-size", default="384x128", show_default=True, help="HEIGHTxWIDTH in pixels, when starting from random weights.")
@@ -71,7 +74,7 @@ _INIT_HELP = (
               help="Stop after this much wall time (a later --resume redoes the interrupted epoch).")
 @threads_option
 def train_command(dataset, root, data_root, masks, out_dir, init, epochs, batch_p, batch_k, lr, lr_schedule,
-                  warmup_epochs, lr_milestones, margin, alpha, tau, no_foreground_loss, resume, backbone, input_size,
+                  warmup_epochs, lr_milestones, margin, alpha, tau, no_foreground_loss, freeze_trunk, resume, backbone, input_size,
                   pyramid_kernels, pyramid_stride, flip, pad_crop, random_erasing, workers, amp, eval_every, seed,
                   device, max_minutes, threads) -> None:
     """Train the FPR network: batch-hard triplet loss on the FPR distance + α·foreground loss.
@@ -105,7 +108,8 @@ def train_command(dataset, root, data_root, masks, out_dir, init, epochs, batch_
     cfg = TrainConfig(dataset=dataset, root=root, out_dir=out_dir or Path("runs") / dataset, masks=masks, model=model,
                       init_checkpoint=init_checkpoint, epochs=epochs, batch_p=batch_p, batch_k=batch_k, lr=lr,
                       lr_schedule=lr_schedule, warmup_epochs=warmup_epochs, lr_milestones=milestones,
-                      margin=margin, alpha=alpha, tau=tau, foreground_loss=not no_foreground_loss, flip=flip,
+                      margin=margin, alpha=alpha, tau=tau, foreground_loss=not no_foreground_loss,
+                      freeze_trunk=freeze_trunk, flip=flip,
                       pad_crop=pad_crop, random_erasing=random_erasing, workers=workers, amp=amp,
                       eval_every=eval_every, seed=seed, device=device, resume=resume,
                       max_seconds=None if max_minutes is None else 60.0 * max_minutes)

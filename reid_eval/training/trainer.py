@@ -86,6 +86,9 @@ class TrainConfig:
     ``amp``: mixed precision on CUDA (bfloat16 where the GPU has it, else
     float16 with a gradient scaler); the FPR solve stays in float32.
     ``eval_every`` N > 0: evaluate every N epochs and after the last one.
+    ``freeze_trunk``: train only the foreground generator (and nothing of
+    the trunk, whose weights and BatchNorm statistics stay as loaded): the
+    cheap way to give a converted zoo network the paper's foreground.
     ``max_seconds`` is a wall-clock guard: the run stops after the iteration
     that crosses it, and the interrupted epoch is undone (weights and
     optimizer back to the end of the last completed epoch, in the checkpoint
@@ -112,6 +115,7 @@ class TrainConfig:
     tau: float = DEFAULT_TAU
     beta: float = DEFAULT_BETA
     foreground_loss: bool = True
+    freeze_trunk: bool = False
     flip: bool = False
     pad_crop: int = 0
     random_erasing: float = 0.0
@@ -148,6 +152,8 @@ class TrainConfig:
             raise ValueError(f"--beta must be positive, got {self.beta}")
         if self.workers is not None and self.workers < 0:
             raise ValueError(f"--workers must be non-negative, got {self.workers}")
+        if self.freeze_trunk and not self.model.foreground_head and self.init_checkpoint is None:
+            raise ValueError("--freeze-trunk trains only the foreground generator, and the model has none")
         if self.eval_every < 0:
             raise ValueError(f"--eval-every must be non-negative (0: never), got {self.eval_every}")
         self.schedule.check(self.epochs)
@@ -263,7 +269,7 @@ def _load_start(cfg: TrainConfig) -> tuple[FPRNet | None, ModelConfig, dict | No
         if "optimizer" not in state or "epochs_completed" not in state:
             raise ReidEvalError(f"--resume: {ckpt} holds no training state")
         saved = state.get("train", {})
-        for key in ("dataset", "batch_p", "batch_k", "seed"):
+        for key in ("dataset", "batch_p", "batch_k", "seed", "freeze_trunk"):
             if key in saved and saved[key] != getattr(cfg, key):
                 raise ReidEvalError(f"--resume: {ckpt} was trained with {key}={saved[key]!r}, not {getattr(cfg, key)!r}")
         return model, mcfg, state
@@ -322,6 +328,12 @@ def _train(cfg: TrainConfig, ctx: distributed.DistContext, device: torch.device,
     model = model.to(device)
     if cfg.foreground_loss and not mcfg.foreground_head:
         raise ReidEvalError("the model has no foreground head, so it cannot learn from masks; pass --no-foreground-loss")
+    if cfg.freeze_trunk:
+        if model.foreground is None:
+            raise ReidEvalError("--freeze-trunk trains only the foreground generator, and the model has none")
+        for p in model.parameters():
+            p.requires_grad_(False)
+        model.foreground.requires_grad_(True)
 
     def data_setup():
         images = training_images(cfg.dataset, cfg.root, cfg.masks, need_masks=cfg.foreground_loss)
@@ -338,7 +350,8 @@ def _train(cfg: TrainConfig, ctx: distributed.DistContext, device: torch.device,
     net: torch.nn.Module = model
     if ctx.enabled:
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
     amp_dtype = amp_dtype_for(device) if cfg.amp else None
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
     start_epoch, best = 0, None
@@ -352,6 +365,8 @@ def _train(cfg: TrainConfig, ctx: distributed.DistContext, device: torch.device,
     log = _Log(cfg.out_dir / LOG_NAME, ctx.is_main)
     fg_note = ("on" if cfg.foreground_loss else
                "off (--no-foreground-loss): the foreground generator learns only through the FPR triplet loss")
+    if cfg.freeze_trunk:
+        fg_note += "; trunk frozen (--freeze-trunk): only the foreground generator learns"
     init_note = (f"resumed from {cfg.out_dir / CHECKPOINT_NAME}" if cfg.resume else
                  f"from {cfg.init_checkpoint}" if cfg.init_checkpoint is not None else
                  "random (torchvision's initialisation)")
@@ -374,6 +389,8 @@ def _train(cfg: TrainConfig, ctx: distributed.DistContext, device: torch.device,
     try:
         for epoch in range(start_epoch, cfg.epochs):
             net.train()
+            if cfg.freeze_trunk:  # its BatchNorm statistics stay as loaded too
+                model.backbone.eval()
             batch_sampler.set_epoch(epoch)
             sums: dict[str, float] = {}
             steps = 0
@@ -431,6 +448,7 @@ def _train(cfg: TrainConfig, ctx: distributed.DistContext, device: torch.device,
                 """Rank 0: checkpoint, log, and evaluation; returns the best evaluation so far."""
                 def save(best_so_far: dict | None) -> Path:
                     extra = {"optimizer": optimizer.state_dict(), "epochs_completed": completed, "best": best_so_far,
+                             "trained_on": cfg.dataset,
                              "train": cfg.to_json(),
                              "grad_scaler": scaler.state_dict() if scaler is not None else None}
                     return save_checkpoint(cfg.out_dir / CHECKPOINT_NAME, model, mcfg, extra=extra)
