@@ -2,7 +2,8 @@
 
 How workers reach the data: through the file system. A task carries the
 :class:`~reid_eval.matching.loop.TileJob` (the cache's absolute path, the
-engine settings, the plan and the probe centre: a few kilobytes) and its block indices; the worker reads its blocks from the HDF5 file itself and
+engine settings, the plan and the probe centre: a few kilobytes) and its
+block indices; the worker reads its blocks from the HDF5 file itself and
 commits each finished tile, with its refinement counts, into the tile folder
 beside the cache (:mod:`reid_eval.matching.tile_store`); this process reads
 the counts back from there when it assembles the matrix, so only the list of
@@ -17,8 +18,9 @@ network file system), writable for the tile folder; a worker that cannot
 see it fails the match with a one-line error naming the file.
 
 A worker runs the same tile task as this process
-(:func:`~reid_eval.matching.loop.run_tile_task`, one BLAS thread per tile), so the matrix is bit-identical to the single-process run for the same
-tile plan, given the same BLAS library and CPU kind on the workers.
+(:func:`~reid_eval.matching.loop.run_tile_task`, one BLAS thread per tile),
+so the matrix is bit-identical to the single-process run for the same tile
+plan, given the same BLAS library and CPU kind on the workers.
 """
 
 from __future__ import annotations

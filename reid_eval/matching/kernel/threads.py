@@ -75,7 +75,6 @@ def over_row_ranges(n_rows: int, fn: Any) -> None:
     parallel(fn, [(int(a), int(b)) for a, b in zip(cuts[:-1], cuts[1:]) if b > a])
 
 
-
 def over_chunks(n: int, fn: Any) -> None:
     """``fn(i)`` for i < n, spread over the CPU threads (each call one BLAS thread)."""
     workers = min(n, os.cpu_count() or 1)

@@ -21,8 +21,10 @@ class TileWorkspace:
     tile's float64 residuals ``[g, ΣN]``. A tile's product and operands are
     hundreds of MB; allocated afresh for every tile, their pages would be
     faulted in and zeroed by the OS each time (glibc maps every large block
-    anew), a cost of the order of the tile's epilogue. Pass one workspace to consecutive :func:`prepare_probes` and
-    :func:`fpr_tile` calls of one thread (never share it between threads);
+    anew), a cost of the order of the tile's epilogue. Pass one workspace to
+    consecutive :func:`~reid_eval.matching.kernel.prepare_probes` and
+    :func:`~reid_eval.matching.kernel.fpr_tile` calls of one thread (never
+    share it between threads);
     each slot grows to the largest tile and is freed with the workspace.
     Buffers come from :func:`~reid_eval.matching.kernel.backend.large_empty`
     (huge pages advised on Linux).
