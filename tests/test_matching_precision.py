@@ -82,3 +82,24 @@ def test_streamed_auto_records_its_choice_with_the_tiles(device_picks, cache, tm
     device_picks("float32" if chosen == "float64" else "float64")
     again = fpr_distances_from_cache(cache, backend="numpy", block_rows=20, threads=2, resume_dir=tmp_path / "tiles")
     assert again.tiles_resumed == 0 and again.plan.precision != chosen
+
+
+def test_engine_settings_are_checked_at_the_edge_and_fix_auto_once(cache):
+    import pickle
+
+    from reid_eval.errors import ReidEvalError
+    from reid_eval.matching import EngineSettings
+
+    fixed = EngineSettings(backend="numpy").resolved()
+    assert (fixed.precision, fixed.backend) == ("float32", "numpy") and fixed.resolved() == fixed
+    assert pickle.loads(pickle.dumps(fixed)) == fixed  # carried to Dask workers as it is
+    for field, bad in (("beta", 0.0), ("beta", float("nan")), ("float32_atol", -1.0), ("float32_atol", "x")):
+        with pytest.raises(ValueError, match=f"{field} must be positive"):
+            EngineSettings(**{field: bad}).resolved()
+    with pytest.raises(ReidEvalError, match="beta must be positive"):  # the streamed engine says it in one line
+        fpr_distances_from_cache(cache, backend="numpy", beta=0.0)
+    # keywords override a settings value, field by field
+    given = fpr_distances_from_cache(cache, settings=EngineSettings(weighted=False, backend="numpy"), block_rows=20,
+                                     threads=1)
+    dsr = fpr_distances_from_cache(cache, weighted=False, backend="numpy", block_rows=20, threads=1)
+    np.testing.assert_array_equal(given.distances, dsr.distances)

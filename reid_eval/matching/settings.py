@@ -43,13 +43,10 @@ class EngineSettings:
 
         Raises ValueError naming the bad field.
         """
-        if not (isinstance(self.beta, (int, float)) and math.isfinite(self.beta) and self.beta > 0):
-            raise ValueError(f"beta must be positive, got {self.beta}")
-        if not (isinstance(self.float32_atol, (int, float)) and self.float32_atol > 0):
-            raise ValueError(f"float32_atol must be positive, got {self.float32_atol}")
+        beta, atol = _positive(self.beta, "beta"), _positive(self.float32_atol, "float32_atol")
         xp = get_array_module(self.backend)
-        return replace(self, beta=float(self.beta), weighted=bool(self.weighted), normalize=bool(self.normalize),
-                       precision=resolve_precision(self.precision, xp), float32_atol=float(self.float32_atol),
+        return replace(self, beta=beta, weighted=bool(self.weighted), normalize=bool(self.normalize),
+                       precision=resolve_precision(self.precision, xp), float32_atol=atol,
                        backend="numpy" if xp is np else "cupy")
 
     @property
@@ -66,3 +63,14 @@ class EngineSettings:
         """The fields as recorded in a tile folder's identity (resolved settings)."""
         return {"beta": self.beta, "weighted": self.weighted, "normalize": self.normalize, "precision": self.precision,
                 "float32_atol": self.float32_atol, "backend": self.backend}
+
+
+def _positive(value: Any, name: str) -> float:
+    """``value`` as a finite positive float; ValueError naming ``name`` otherwise."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if not (math.isfinite(number) and number > 0):
+        raise ValueError(f"{name} must be positive, got {value}")
+    return number
