@@ -7,6 +7,7 @@ imports no torch (only `--checkpoint` hashing loads the model stage).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
@@ -54,8 +55,9 @@ _DEFAULT = MatchParams()
               show_default=True, show_envvar=True,
               help="Working memory of the matching tiles in flight (the [P, G] result is extra). Sets the tile "
                    "plan of a new matrix; an interrupted one resumes with its own.")
-@click.option("--workers", type=click.IntRange(min=1), default=None,
-              help="Run the tiles on a Dask LocalCluster of N single-thread worker processes (reid-eval[dask]).")
+@click.option("--workers", type=click.IntRange(min=1, max=os.cpu_count() or 1), default=None,
+              help="Run the tiles on a Dask LocalCluster of N single-thread worker processes (reid-eval[dask]); "
+                   "at most one per CPU core (each holds its own --memory-budget).")
 @click.option("--scheduler", default=None, metavar="tcp://HOST:PORT",
               help="Run the tiles on an existing Dask cluster; its workers must see the cache at the same path.")
 @click.option("--recompute", is_flag=True, help="Compute the matrix again even when the cache holds it (or some of its tiles).")

@@ -37,15 +37,10 @@ class FiniteFloat(click.FloatRange):
         return "FLOAT"
 
 class ByteSize(click.ParamType):
-    """A number of bytes: ``1500000000``, ``1.5e9``, ``1.5GB``, ``500MiB``; from 1 to :attr:`MAX` (1 PiB), naming the option.
-
-    The bound keeps every byte count a machine integer (int64 in NumPy and
-    HDF5 attributes, where the budget is recorded) with room for the sums the
-    tile planner forms; no machine has that much memory.
-    """
+    """A number of bytes: ``1500000000``, ``1.5e9``, ``1.5GB``, ``500MiB``; from 1 to 1 PiB, naming the option
+    (the library's parser and bound: reid_eval.matching.memory.parse_bytes)."""
 
     name = "BYTES"
-    MAX = 2**50  # reid_eval.matching.memory.MAX_BYTES
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         # the library's parser: the same text means the same bytes as REID_EVAL_MEMORY_BUDGET does in demo and training

@@ -129,8 +129,9 @@ def test_a_full_disk_while_storing_a_matrix_names_match_and_keeps_the_old_one(ca
         (("--metric", "fpr", "--resamples", "100000000"), "--resamples"),
         (("--metric", "fpr", "--shortlist", "100000000000000000000"), "--shortlist"),
         (("--metric", "fpr", "--ci-seed", "100000000000000000000"), "--ci-seed"),
+        (("--metric", "fpr", "--workers", "100000"), "--workers"),  # more than this machine's cores
     ],
-    ids=["k1", "k2", "memory-budget", "resamples", "shortlist", "ci-seed"],
+    ids=["k1", "k2", "memory-budget", "resamples", "shortlist", "ci-seed", "workers"],
 )
 def test_numeric_options_beyond_what_the_code_holds_are_refused_at_parsing(args, option, tmp_path, capsys):
     code = main(["match", *args, "--cache-dir", str(tmp_path / "no-cache"), "--results-dir", str(tmp_path / "r")])
@@ -535,3 +536,22 @@ def test_full_disk_for_a_mask_names_it_and_leaves_no_temporary(full_disk):
     with pytest.raises(ReidEvalError, match=r"cannot write mask .*a\.png: No space left on device"):
         _write_png(folder / "masks" / "a.png", np.zeros((64, 32), np.uint8))
     assert _tmp_files(folder) == []
+
+
+def test_a_re_ranked_fpr_result_of_the_row_order_is_not_shown_as_a_current_one(tmp_path):
+    from reid_eval.experiments.record import OutdatedResultError
+    from reid_eval.report.results import load_results
+
+    params = MatchParams(metric="fpr", rerank="same", checkpoint_sha256="ab" * 32)
+    data = MatchResult("partial_reid", params, (0.4, 1.0), 0.42, 0.3, 5, 3, 8).to_json()
+    assert MatchResult.from_json(data).params == params  # written now: current
+    old = {k: v for k, v in data.items() if k != "averaged_over"}  # written before the release order
+    with pytest.raises(OutdatedResultError, match=r"old\.json: re-ranked by an earlier reid-eval.*rerun"):
+        MatchResult.from_json(old, "old.json")
+    global_aux = MatchResult("partial_reid", dataclasses.replace(params, rerank="global"), (0.4, 1.0), 0.42, 0.3, 5, 3, 8)
+    assert MatchResult.from_json({k: v for k, v in global_aux.to_json().items() if k != "averaged_over"}).params.rerank == "global"
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    (tmp_path / "new.json").write_text(json.dumps(data))
+    warnings: list[str] = []
+    assert [r.path.name for r in load_results(tmp_path, warnings.append)] == ["new.json"]
+    assert len(warnings) == 1 and "old.json" in warnings[0] and "skipped" in warnings[0]

@@ -423,6 +423,7 @@ class MatchResult:
             )
         except (TypeError, ValueError) as exc:
             raise ReidEvalError(f"{source}: malformed results file ({exc})") from exc
+        _check_not_outdated(data, result.params, source)
         rates = [*result.cmc, result.mAP, result.mINP]
         if not result.cmc or not all(0.0 <= r <= 1.0 for r in rates):
             raise ReidEvalError(f"{source}: cmc, mAP and mINP must be fractions in [0, 1] (is this a percentage?)")
@@ -491,6 +492,25 @@ def records_file(result: MatchResult, results_file: str | os.PathLike) -> Path:
                 f"{table} is not the per-query table {results_file.name} was written with (its SHA-256 differs: "
                 "edited, or left by a `match` that did not finish); rerun `reid-eval match` to write both again")
     return table
+
+
+class OutdatedResultError(ReidEvalError):
+    """A results file whose numbers this version no longer computes under its name (rerun `match` to replace it)."""
+
+
+def _check_not_outdated(data: Mapping[str, Any], params: MatchParams, source: str | os.PathLike) -> None:
+    """Refuse a results file that an earlier version re-ranked with an asymmetric metric's own aux matrices.
+
+    Those read each image's query–query and gallery–gallery distances by row;
+    re-ranking now reads them by column, as the authors' release does
+    (reid_eval.evaluation.rerank), which changes an FPR or DSR result under
+    the same name. Such files predate ``averaged_over``.
+    """
+    if "averaged_over" not in data and params.rerank == "same" and params.metric not in GLOBAL_METRICS:
+        raise OutdatedResultError(
+            f"{source}: re-ranked by an earlier reid-eval, which read the {params.metric} query-query and "
+            "gallery-gallery distances by row (the authors' release, and reid-eval now, read them by column); "
+            "rerun `reid-eval match --rerank` with its parameters to replace it")
 
 
 def _flavour_of(data: Mapping[str, Any]) -> str:

@@ -3,8 +3,10 @@
 A results file is one :class:`reid_eval.experiments.MatchResult` (its layout,
 keys and checks live there). The report reads every ``*.json`` directly under
 the results folder that carries the results keys; other JSON files there are
-skipped with a warning, and a file with the keys but impossible values is an
-error naming it. :class:`ResultRecord` adds what the report needs for display.
+skipped with a warning, as is a results file this version no longer computes
+under its name (an outdated re-ranking, :class:`OutdatedResultError`), and a
+file with the keys but impossible values is an error naming it.
+:class:`ResultRecord` adds what the report needs for display.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from reid_eval.experiments.record import (
     RESULT_KEYS,
     MatchParams,
     MatchResult,
+    OutdatedResultError,
 )
 
 # CUHK03-NP's two box variants are two datasets (data_manifests/cuhk03_np*.toml).
@@ -211,6 +214,10 @@ def load_results(results_dir: Path, warn: Warn | None = None) -> list[ResultReco
                 missing = [k for k in RESULT_KEYS if not isinstance(data, dict) or k not in data]
                 warn(f"{path}: not a results file (missing {', '.join(missing)}); skipped")
             continue
-        records.append(parse_result(path, data))
+        try:
+            records.append(parse_result(path, data))
+        except OutdatedResultError as exc:
+            if warn:
+                warn(f"{exc}; skipped")
     records.sort(key=lambda r: (r.dataset, r.sort_key))
     return records
