@@ -1,4 +1,4 @@
-"""Tiles on a Dask LocalCluster give the same bits as one process (issue 10)."""
+"""Tiles on a Dask LocalCluster give the same bits as one process."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Matching at scale: block reads from the cache, tile plans, resumable tiles (issue 10)."""
+"""Matching at scale: block reads from the cache, tile plans, resumable tiles."""
 
 from __future__ import annotations
 

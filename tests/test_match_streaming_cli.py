@@ -1,4 +1,4 @@
-"""`reid-eval match` at scale: progress on stderr, --memory-budget, reuse, --recompute, kill -9 and resume (issue 10)."""
+"""`reid-eval match` at scale: progress on stderr, --memory-budget, reuse, --recompute, kill -9 and resume."""
 
 from __future__ import annotations
 

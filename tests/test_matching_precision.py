@@ -1,4 +1,4 @@
-"""precision="auto": float32 or float64 chosen per device from its GEMM rates (issue 12).
+"""precision="auto": float32 or float64 chosen per device from its GEMM rates.
 
 A GPU with full-rate float64 (H100/H200) computes the exact float64 path as
 fast as float32, so there the float32 error bound and refinement only cost

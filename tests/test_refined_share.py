@@ -1,4 +1,4 @@
-"""The refined share of the streamed FPR engine: counted per tile, committed with it, reported (issue 12)."""
+"""The refined share of the streamed FPR engine: counted per tile, committed with it, reported."""
 
 from __future__ import annotations
 
