@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from reid_eval.evaluation.bootstrap import DEFAULT_LEVEL, DEFAULT_RESAMPLES, DEFAULT_SEED
+from reid_eval.evaluation.bootstrap import DEFAULT_LEVEL, DEFAULT_RESAMPLES, DEFAULT_SEED, MAX_RESAMPLES
 
 from .options import FiniteFloat
 
@@ -12,7 +12,7 @@ from .options import FiniteFloat
 @click.command("compare")
 @click.argument("results_a", type=click.Path(dir_okay=False))
 @click.argument("results_b", type=click.Path(dir_okay=False))
-@click.option("--resamples", type=click.IntRange(min=1), default=DEFAULT_RESAMPLES, show_default=True,
+@click.option("--resamples", type=click.IntRange(min=1, max=MAX_RESAMPLES), default=DEFAULT_RESAMPLES, show_default=True,
               help="Identity bootstrap resamples.")
 @click.option("--seed", type=click.IntRange(min=0), default=DEFAULT_SEED, show_default=True)
 @click.option("--level", type=FiniteFloat(0.0, 1.0, min_open=True, max_open=True), default=DEFAULT_LEVEL,

@@ -555,3 +555,11 @@ def test_a_re_ranked_fpr_result_of_the_row_order_is_not_shown_as_a_current_one(t
     warnings: list[str] = []
     assert [r.path.name for r in load_results(tmp_path, warnings.append)] == ["new.json"]
     assert len(warnings) == 1 and "old.json" in warnings[0] and "skipped" in warnings[0]
+
+
+def test_compare_bounds_its_resamples_at_parsing(tmp_path, capsys):
+    a = tmp_path / "a.json"
+    a.write_text("{}")
+    code = main(["compare", str(a), str(a), "--resamples", "100000000"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--resamples" in err.strip().splitlines()[-1] and "Traceback" not in err
