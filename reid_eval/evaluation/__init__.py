@@ -4,7 +4,7 @@ a researcher needs around it.
 ``evaluate_ranking`` scores a whole distance matrix; ``query_stats`` on blocks
 of query rows, ``merge_query_stats`` and ``summarize`` stream a matrix too large
 for memory and give exactly the same result. See ``ranking``'s docstring for
-the protocol (junk rules, both AP flavours, CUHK03 single gallery shot).
+the protocol (junk rules, the AP flavours and their averages, CUHK03 single gallery shot).
 
 Around it, each in its module with its exact rules:
 

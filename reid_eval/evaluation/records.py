@@ -10,7 +10,8 @@ Columns, one row per query in query order:
 - ``query_index`` (int): row of the query in the distance matrix.
 - ``path`` (str), ``pid`` (int), ``camid`` (int): the query image.
 - ``num_good`` (int): its correct matches (same pid, other camera); 0 where
-  the query is not valid (no correct match: left out of every average).
+  the query is not valid (no correct match: it scores 0 in the official
+  ``market1501`` averages and is left out of the others).
 - ``first_rank`` (int or empty): 1-based rank of its first correct match
   among its non-junk gallery images; empty where not valid.
 - ``ap`` (float or empty): its AP in the results' flavour (``ap_flavour`` in
@@ -123,11 +124,6 @@ def read_query_records(path: str | os.PathLike) -> pd.DataFrame:
         table[column] = numbers
     table["first_rank"] = table["first_rank"].astype("Int64")
     return table
-
-
-def valid_mask(table: pd.DataFrame) -> np.ndarray:
-    """bool [num_query]: queries with a correct match (the ones every average is over)."""
-    return table["num_good"].to_numpy() > 0
 
 
 def recorded_ranks(table: pd.DataFrame, top_k: int) -> tuple[np.ndarray, np.ndarray] | None:

@@ -136,4 +136,5 @@ def compare_results(
     if va.shape[0] == 0:
         raise ReidEvalError(f"{pa.name}: no valid query to compare")
     diff = paired_difference(va, vb, pids, resamples=resamples, seed=seed, level=level)
-    return Comparison(a, b, pa, pb, va.mean(axis=0), vb.mean(axis=0), diff, len(table_a), int(va.shape[0]))
+    num_valid = int(np.count_nonzero(table_a["num_good"].to_numpy() > 0))
+    return Comparison(a, b, pa, pb, va.mean(axis=0), vb.mean(axis=0), diff, len(table_a), num_valid)
