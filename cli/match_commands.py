@@ -50,7 +50,9 @@ _DEFAULT = MatchParams()
 @click.option("--fuse-global", type=click.Choice(GLOBAL_METRICS), default="euclidean", show_default=True,
               help="Global distance used by --fuse.")
 @click.option("--ap", type=click.Choice(AP_FLAVOURS), default=_DEFAULT.ap, show_default=True,
-              help=f"AP flavour ({PAPER_AP}: the official trapezoid rule the paper's tables used).")
+              help=f"AP flavour ({PAPER_AP}: the official code's trapezoid AP, CMC and mAP over all queries, a query "
+                   "without a correct match counting 0, as in the paper's tables; market1501-valid: that AP over the "
+                   "valid queries; standard: torchreid's and fast-reid's).")
 @click.option("--memory-budget", type=ByteSize(), envvar=MEMORY_BUDGET_ENV, default=DEFAULT_MEMORY_BUDGET,
               show_default=True, show_envvar=True,
               help="Working memory of the matching tiles in flight (the [P, G] result is extra). Sets the tile "

@@ -353,8 +353,14 @@ def test_output_folder_under_a_file_or_missing(base, tmp_path, capsys):
         (("match", "--metric", "fpr", "--beta", "-1"), "--beta"),
         (("extract", "--batch-size", "0"), "--batch-size"),
         (("extract", "--splits", "query,holdout"), "--splits"),
+        # values beyond what the code can hold: refused where parsed, before anything is computed
+        (("match", "--metric", "euclidean", "--rerank", "--rerank-k1", "100000000000000000000"), "--rerank-k1"),
+        (("match", "--metric", "fpr", "--memory-budget", "1e30"), "--memory-budget"),
+        (("match", "--metric", "fpr", "--resamples", "100000000"), "--resamples"),
+        (("match", "--metric", "fpr", "--workers", "100000"), "--workers"),
     ],
-    ids=["beta-inf", "beta-nan", "beta-negative", "batch-size-0", "unknown-split"],
+    ids=["beta-inf", "beta-nan", "beta-negative", "batch-size-0", "unknown-split", "rerank-k1-huge", "memory-budget-huge",
+         "resamples-huge", "workers-beyond-cores"],
 )
 def test_bad_option_values(base, tmp_path, capsys, args, option):
     more = ("--dataset", "partial_reid", "--root", base["tree"], "--checkpoint", base["ckpt"], "--allow-mismatch") if args[0] == "extract" else ()
