@@ -178,11 +178,12 @@ class MediaPipeMasker:
         warnings.filterwarnings("ignore", message=r"SymbolDatabase\.GetPrototype\(\) is deprecated")
         self._pose = self._selfie = None
         mediapipe_folder()  # installed, and a release with mp.solutions: else say how to install it
+        if model == "mediapipe-pose":
+            check_pose_model(recipe.complexity)  # before mediapipe would try to download it
         with _quiet():
             from mediapipe.python.solutions import pose, selfie_segmentation
 
             if model == "mediapipe-pose":
-                check_pose_model(recipe.complexity)
                 self._pose = pose.Pose(static_image_mode=True, enable_segmentation=True,
                                        model_complexity=recipe.complexity)
             if model == "mediapipe-selfie" or recipe.fallback:
