@@ -68,6 +68,8 @@ __all__ = [
     "ProgressCounter",
     "SequentialRunner",
     "ThreadRunner",
+    "task_groups",
+    "tile_work",
     "run_tiles",
 ]
 
@@ -334,6 +336,11 @@ def task_groups(pending: Sequence[tuple[int, int]], parallel: int) -> list[tuple
         size = max(1, math.ceil(len(pis) / parts))
         groups += [(gi, pis[k : k + size]) for k in range(0, len(pis), size)]
     return groups
+
+
+# A runner has ``name`` (provenance: "threads:N", ...), ``run(job, pending, sink, done)`` (compute the
+# pending tiles, commit each to ``sink`` and call ``done(gi, pi)`` in this process) and, for the
+# shortlist, ``mapper()`` (a context giving the ``map`` its calls run on).
 
 
 class SequentialRunner:
