@@ -128,6 +128,9 @@ def test_tests_step_reports_the_summary_and_each_failure(capsys):
     run = Scripted((1, out))
     dc.step_tests(dc.Report(None), 60, run)
     assert run.commands[0][1:5] == ["-m", "pytest", "-m", "gpu"]
+    files = run.commands[0][run.commands[0].index("--continue-on-collection-errors") + 1:]
+    assert {"tests/test_matching_cupy.py", "tests/test_match_streaming.py"} <= set(files)
+    assert "tests/test_device_check.py" not in files and all((ROOT / f).is_file() for f in files)
     assert _lines(capsys) == ["tests (-m gpu): 1 failed, 3 passed, 1 skipped in 9.1s",
                               "  FAILED tests/test_matching_cupy.py::test_x - AssertionError"]
 
