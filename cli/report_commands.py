@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from reid_eval.evaluation.ranking import MAX_TOP_K
+
 from .options import Folder, cache_dir_option, results_dir_input_option
 
 
@@ -25,8 +27,8 @@ def _probe_list(ctx: click.Context, param: click.Parameter, value: str | None) -
               help="Where tables/ and figures/ go (default: the results dir).")
 @click.option("--probes", callback=_probe_list, default=None, metavar="IDX,...",
               help="Query indices for the retrieval figures (default: the best and worst probes).")
-@click.option("--top-k", type=click.IntRange(min=1), default=10, show_default=True,
-              help="Gallery images per retrieval row.")
+@click.option("--top-k", type=click.IntRange(min=1, max=MAX_TOP_K), default=10, show_default=True,
+              help=f"Gallery images per retrieval row (at most {MAX_TOP_K}).")
 @click.option("--no-figures", is_flag=True, help="Tables only.")
 def report_command(results_dir: Path, cache_dir: Path, out_dir: Path | None, probes: list[int] | None, top_k: int, no_figures: bool) -> None:
     """Regenerate Tables 3 and 4 (paper rows beside measured rows) and the figures.

@@ -563,3 +563,11 @@ def test_compare_bounds_its_resamples_at_parsing(tmp_path, capsys):
     code = main(["compare", str(a), str(a), "--resamples", "100000000"])
     err = capsys.readouterr().err
     assert code == 2 and "--resamples" in err.strip().splitlines()[-1] and "Traceback" not in err
+
+
+def test_report_bounds_its_top_k_at_parsing_and_the_library_too(tmp_path, capsys):
+    code = main(["report", "--results-dir", str(tmp_path), "--top-k", "100000000"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--top-k" in err.strip().splitlines()[-1] and "Traceback" not in err
+    with pytest.raises(ValueError, match="top_k must be an integer in"):
+        query_stats(np.zeros((1, 2)), [1], [1, 2], [1], [2, 3], top_k=10**8)
