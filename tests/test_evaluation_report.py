@@ -66,7 +66,7 @@ def test_paper_table_cells_carry_intervals_and_marks(tmp_path):
     table = build_paper_table(load_paper_tables()["table3"], records)
     measured = [row for row in table.rows if row.source == "measured"]
     assert [row.label for row in measured] == ["DSR (measured)", "FPR (measured)"]
-    dsr_r1, fpr_r1 = measured[0].cells[0], measured[1].cells[0]
+    dsr_r1, fpr_r1 = str(measured[0].cells[0]), str(measured[1].cells[0])
     assert "[" in dsr_r1 and fpr_r1.startswith(f"{100 * records[1].rank(1):.2f} [0.0, 100.0]°")
     # DSR is far below FPR: the next-row mark is absent; the note explains both marks
     assert "*" not in dsr_r1
@@ -81,8 +81,8 @@ def test_indistinguishable_rows_are_marked_and_verification_reported(tmp_path):
     table = build_dataset_table("occluded_dukemtmc", records)
     assert "beyond the paper" in table.title
     assert table.column_groups[0][1][-3:] == ["TPR@FPR1e-4", "TPR@FPR1e-3", "TPR@FPR1e-2"]
-    assert table.rows[0].cells[0].endswith("*")  # DSR vs FPR: paired interval includes 0
-    assert not table.rows[1].cells[0].endswith("*")  # last row: no next row
+    assert table.rows[0].cells[0].marks == "*"  # DSR vs FPR: paired interval includes 0
+    assert table.rows[1].cells[0].marks == ""  # last row: no next row
     summary = build_report(tmp_path, figures=False)
     assert "Verification: TPR at fixed FPR" in summary.markdown
     tpr = records[0].result.verification["tpr_at_fpr"]["0.01"]

@@ -39,7 +39,8 @@ def run(tmp_path_factory):
     assert main(["extract", "--dataset", "partial_reid", "--data-root", str(data), "--checkpoint", str(ckpt),
                  "--device", "cpu", "--batch-size", "8", "--allow-mismatch", *common]) == 0
     for metric in ("fpr", "euclidean"):
-        assert main(["match", "--metric", metric, "--results-dir", str(results), *common]) == 0
+        untrained = ["--untrained-foreground"] if metric == "fpr" else []  # a random network
+        assert main(["match", "--metric", metric, *untrained, "--results-dir", str(results), *common]) == 0
     (cache_file,) = cache.rglob("*.h5")
     sha = str(read_attrs(cache_file)["checkpoint_sha256"])
     return {"ckpt": ckpt, "cache": cache, "results": results, "cache_file": cache_file, "data": data, "sha": sha}
@@ -81,7 +82,7 @@ def test_stored_matrix_equals_the_engine_and_results_equal_the_protocol(run):
 
 
 def test_fuse_and_beta_name_the_files_and_combine_the_matrices(run, capsys):
-    assert main(["match", "--metric", "fpr", "--fuse", "0.25", "--beta", "0.1", "--dataset", "partial_reid",
+    assert main(["match", "--metric", "fpr", "--untrained-foreground", "--fuse", "0.25", "--beta", "0.1", "--dataset", "partial_reid",
                  "--cache-dir", str(run["cache"]), "--results-dir", str(run["results"])]) == 0
     line = capsys.readouterr().out.strip()
     assert line.startswith("partial_reid fpr+euclidean__beta0.1__fuse0.25: R1 ") and "mINP" in line
@@ -125,14 +126,14 @@ def test_dsr_and_cosine_and_shortlist(run):
 
 def test_user_errors_are_one_line(run, tmp_path, capsys):
     cases = [
-        (["match", "--metric", "fpr", "--cache-dir", str(tmp_path / "empty")], "no complete feature cache"),
+        (["match", "--metric", "fpr", "--untrained-foreground", "--cache-dir", str(tmp_path / "empty")], "no complete feature cache"),
         (["match", "--metric", "euclidean", "--fuse", "0.5", "--cache-dir", str(run["cache"]),
           "--results-dir", str(tmp_path)], "--fuse"),
         (["extract", "--dataset", "partial_reid", "--root", str(run["data"] / "Partial-REID"),
           "--cache-dir", str(tmp_path), "--allow-mismatch"], "checkpoint init"),
         (["extract", "--dataset", "partial_reid", "--root", str(run["data"] / "Partial-REID"),
           "--checkpoint", str(tmp_path / "nope.pt"), "--cache-dir", str(tmp_path), "--allow-mismatch"], "nope.pt"),
-        (["match", "--metric", "fpr", "--cache-dir", str(run["cache"]), "--checkpoint", str(tmp_path / "x.pt")], "x.pt"),
+        (["match", "--metric", "fpr", "--untrained-foreground", "--cache-dir", str(run["cache"]), "--checkpoint", str(tmp_path / "x.pt")], "x.pt"),
     ]
     for argv, needle in cases:
         status = main(argv)
@@ -165,7 +166,7 @@ def test_both_ap_flavours_get_their_own_file_and_report_row(run, tmp_path):
     assert MatchParams(metric="fpr", beta=0.1).results_file_name("market1501") == "market1501__fpr__beta0.1.json"
     mine = tmp_path / "results"
     for ap in ("standard", "market1501"):
-        assert main(["match", "--metric", "fpr", "--ap", ap, "--dataset", "partial_reid",
+        assert main(["match", "--metric", "fpr", "--untrained-foreground", "--ap", ap, "--dataset", "partial_reid",
                      "--cache-dir", str(run["cache"]), "--results-dir", str(mine)]) == 0
     standard_file, official_file = results_file(run, mine, metric="fpr"), results_file(run, mine, metric="fpr", ap="market1501")
     assert sorted(mine.glob("*.json")) == sorted([standard_file, official_file])
@@ -184,26 +185,30 @@ def test_both_ap_flavours_get_their_own_file_and_report_row(run, tmp_path):
     warnings = []
     summary = build_report(mine, top_k=2, warn=warnings.append)
     with open(mine / "tables" / "table3.csv", newline="") as handle:
-        rows = [r for r in csv.DictReader(handle) if r["source"] == "measured"]
+        rows = [r for r in csv.DictReader(handle) if r["source"] == "measured" and r["dataset"] == "Partial-REID"
+                and r["measure"] == "mAP"]
     # the paper's flavour is unmarked; the other one is marked in the row itself
     assert [r["method"] for r in rows] == ["FPR (measured)", "FPR (measured, standard AP)"]
-    # cells: value, then its bootstrap interval (issue 15)
-    assert [r["Partial-REID mAP"].split(" [")[0] for r in rows] == [f"{100 * official['mAP']:.2f}", f"{100 * standard['mAP']:.2f}"]
-    assert "AP market1501" in rows[0]["note"] and "AP standard" in rows[1]["note"]
+    # numeric cells: the value and its bootstrap interval in columns of their own
+    assert [float(r["value"]) for r in rows] == pytest.approx([100 * official["mAP"], 100 * standard["mAP"]])
+    assert all(float(r["low"]) <= float(r["value"]) <= float(r["high"]) for r in rows)
+    # how each row was computed: the report's appendix
+    appendix = summary.markdown.split("## Appendix: provenance of the measured rows")[1]
+    assert "- FPR (measured): " in appendix and "AP market1501" in appendix and "AP standard" in appendix
     # the market1501 results find their matrix through the recorded name: no retrieval row left out
     assert not any("left out" in w for w in warnings), warnings
     assert any(p.name.startswith("retrieval_partial_reid_q") for p in summary.figure_files)
 
 
 def test_non_positive_beta_is_refused_before_any_cache_is_read(tmp_path, capsys):
-    status = main(["match", "--metric", "fpr", "--beta", "0", "--cache-dir", str(tmp_path / "no-cache")])
+    status = main(["match", "--metric", "fpr", "--untrained-foreground", "--beta", "0", "--cache-dir", str(tmp_path / "no-cache")])
     err = capsys.readouterr().err
     assert status == 2 and "--beta" in err and "Traceback" not in err
 
 
 @pytest.mark.parametrize(("option", "value"), [("--beta", "inf"), ("--beta", "nan"), ("--fuse", "nan"), ("--fuse", "-inf")])
 def test_nan_and_infinity_are_refused_at_the_option(option, value, tmp_path, capsys):
-    status = main(["match", "--metric", "fpr", option, value, "--cache-dir", str(tmp_path / "no-cache")])
+    status = main(["match", "--metric", "fpr", "--untrained-foreground", option, value, "--cache-dir", str(tmp_path / "no-cache")])
     err = capsys.readouterr().err
     assert status == 2 and option in err and "not a finite number" in err and "Traceback" not in err
 

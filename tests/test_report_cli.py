@@ -14,7 +14,7 @@ def test_report_command_prints_markdown_and_writes_files(tmp_path, capsys):
     status = main(["report", "--results-dir", str(results), "--cache-dir", str(tmp_path / "cache"), "--probes", "1,2", "--top-k", "3"])
     out, err = capsys.readouterr()
     assert status == 0, err
-    assert "| FPR (measured, standard AP) | measured (a) | 81.23 | 76.54 | — | — | — | — |" in out
+    assert "| FPR (measured, standard AP) | measured | 81.23 | 76.54 | — | — | — | — |" in out
     assert "### Measured results on Synthetic occluded" in out
     for name in ("table3", "table4", "synthetic_occluded"):
         for suffix in (".md", ".csv", ".tex"):

@@ -21,9 +21,10 @@ def png_size(path):
 
 
 def test_sizes_in_pixels():
-    assert fig.retrieval_size(10, 2) == (110 + 80 * 11, 40 + 180 * 2)
-    assert fig.retrieval_size(2, 1) == (110 + 80 * 5, 220)  # at least four gallery columns
-    assert fig.foreground_size(6) == (20 + 80 * 6 + 80, 40 + 320)
+    assert fig.retrieval_size(10, 2) == (130 + 80 * 11, 48 + 180 * 2)
+    assert fig.retrieval_size(2, 1) == (130 + 80 * 6, 228)  # at least five gallery columns
+    assert fig.foreground_size(6) == (24 + 152 * 6 + 110, 56 + 2 * 296)  # tiles of 128×256 pixels
+    assert fig.cmc_size(3) == (640, 400 + 40 + 3 * 16)  # a legend line per curve, below the axes
 
 
 def test_probe_choice_and_retrieval_rows_use_the_evaluation_ranks():
@@ -46,11 +47,20 @@ def test_probe_choice_and_retrieval_rows_use_the_evaluation_ranks():
         shown = stats.top_gallery[q][stats.top_gallery[q] >= 0]
         assert int(np.flatnonzero(g_pids[shown] == q_pids[q])[0]) == ranks[q]
     assert stats.top_gallery[0].tolist() == [1, 2, 0, 4, -1]  # gallery 3 is junk for query 0
-    assert fig.choose_probes({"fpr": ranks}, "fpr", 1, 1) == [1, 2]
-    other = np.array([0, 4, 3, 1])
-    # Against another metric: query 1 gains most (0 vs 4), query 0 loses most (2 vs 0).
-    assert fig.choose_probes({"fpr": ranks, "dsr": other}, "fpr", 1, 1) == [1, 0]
-    assert fig.choose_probes({"fpr": np.array([-1, -1])}, "fpr") == []
+    ap = stats.ap("standard")
+    assert ap.tolist() == [1 / 3, 1.0, 0.25, 0.5]  # one correct match each, at ranks 3, 1, 4, 2
+    picked = fig.choose_probes({"FPR": ap}, "FPR", 1, 1)
+    assert [(c.index, c.reason) for c in picked] == [(1, "best query for FPR: AP 1.00"), (2, "worst query for FPR: AP 0.25")]
+    # Against other metrics, per query the best of them: query 2 gains most (0.25 vs 0.05), query 0
+    # loses most (1/3 vs 0.5); queries 1 and 3 tie with their best other: the lower index comes first
+    dsr, base = np.array([0.5, 0.1, 0.05, 0.5]), np.array([0.2, 1.0, 0.01, np.nan])
+    picked = fig.choose_probes({"FPR": ap, "DSR": dsr, "Baseline": base}, "FPR", 1, 2)
+    assert [c.index for c in picked] == [2, 0, 1]
+    assert picked[0].reason == "best query for FPR: AP change +0.20 against the best other method (FPR 0.25, DSR 0.05)"
+    assert picked[1].reason == "worst query for FPR: AP change -0.17 against the best other method (FPR 0.33, DSR 0.50)"
+    assert picked[2].reason == ("2nd worst query for FPR: AP change +0.00 against the best other method "
+                                "(FPR 1.00, Baseline 1.00)")
+    assert fig.choose_probes({"FPR": np.array([np.nan, np.nan])}, "FPR") == []
 
 
 def test_foreground_map_is_the_finest_level(tmp_path):
@@ -76,9 +86,9 @@ def test_report_draws_retrieval_foreground_cmc_and_beta(tmp_path):
     # Best probe: query 0, where FPR ranks its match first and the Baseline last; worst after it.
     retrievals = sorted(n for n in names if n.startswith("retrieval_") and n.endswith(".png"))
     assert len(retrievals) == 4 and "retrieval_partial_reid_q0.png" in retrievals
-    assert png_size(figures / "retrieval_partial_reid_q0.png") == fig.retrieval_size(3, 2) == (510, 400)
+    assert png_size(figures / "retrieval_partial_reid_q0.png") == fig.retrieval_size(3, 2) == (610, 408)
     assert png_size(figures / "foreground_partial_reid.png") == fig.foreground_size(4)
-    assert png_size(figures / "cmc_partial_reid.png") == (640, 480)
+    assert png_size(figures / "cmc_partial_reid.png") == fig.cmc_size(3)
     assert png_size(figures / "beta_sweep_partial_reid.png") == (960, 400)
     assert (figures / "retrieval_partial_reid_q0.pdf").read_bytes().startswith(b"%PDF")
     # The β=0.1 results have no matrix of their own (distances/fpr holds β=0.01): said, not drawn wrongly.
@@ -87,10 +97,10 @@ def test_report_draws_retrieval_foreground_cmc_and_beta(tmp_path):
     assert any("0001_c2_4.png" in w and "grey" in w for w in warnings)
     image = np.asarray(Image.open(figures / "retrieval_partial_reid_q0.png").convert("RGB"))
     # FPR row (second), third tile: grey 128 inside its green border.
-    x = 110 + 2 * 80 + 8 + 32
-    y = 40 + 180 + 10 + 64
+    x = 130 + 2 * 80 + 8 + 32
+    y = 48 + 180 + 10 + 64
     assert all(126 <= v <= 129 for v in image[y, x].tolist())  # 0.5 grey
-    neighbour = image[y, x - 80].tolist()  # FPR's first hit, a real (reddish) image
+    neighbour = image[y - 40, x - 80].tolist()  # FPR's first hit, a real (reddish) image
     assert neighbour[0] > 150 and neighbour[2] < 100
 
 
@@ -137,11 +147,30 @@ def test_cache_found_in_cache_dir(tmp_path):
 def test_load_tile_grey_for_missing(tmp_path):
     warnings = []
     tile, ok = fig.load_tile(tmp_path / "nope.png", warnings.append)
-    assert not ok and tile.shape == (128, 64, 3) and np.all(tile == 0.5)
+    assert not ok and tile.shape == (256, 128, 3) and np.all(tile == 0.5)
     assert "nope.png" in warnings[0]
     Image.fromarray(np.full((10, 5, 3), 255, np.uint8)).save(tmp_path / "white.png")
     tile, ok = fig.load_tile(tmp_path / "white.png")
-    assert ok and tile.shape == (128, 64, 3) and np.all(tile == 1.0)
+    assert ok and tile.shape == (256, 128, 3) and np.all(tile == 1.0)
+
+
+def test_a_partial_crop_keeps_its_aspect(tmp_path):
+    # a 64×51 (width × height) upper-body crop: as wide as the box, 102 of 256 rows tall, not stretched
+    Image.fromarray(np.full((51, 64, 3), 255, np.uint8)).save(tmp_path / "crop.png")
+    tile, ok = fig.load_tile(tmp_path / "crop.png")
+    assert ok and tile.shape == (102, 128, 3) and fig.fitted_size(51, 64) == (102, 128)
+    assert fig.fitted_size(400, 100) == (256, 64)  # taller than the box: fitted to its height
+    # drawn top-aligned at that aspect: the box below the crop stays the figure's white
+    base = tmp_path / "fg"
+    fig.foreground_figure(base, "t", [tile], [np.zeros((2, 2))], ["c"])
+    image = np.asarray(Image.open(base.with_suffix(".png")).convert("RGB")).astype(int)
+    left, top = 24 + (152 - 128) // 2, 56 + 5
+    assert image[top + 50, left + 64].tolist() == [255, 255, 255]  # the white crop
+    assert image[top + 200, left + 64].tolist() == [255, 255, 255]  # empty box: figure background
+    masked = image[56 + 296 + 5 + 50, left + 64]  # the map row: the crop under a blue (P=0) overlay
+    assert masked[2] > masked[0] + 50
+    below = image[56 + 296 + 5 + 200, left + 64]  # below the crop in the map row: no overlay
+    assert below.tolist() == [255, 255, 255]
 
 
 def test_beta_groups_need_two_betas(tmp_path):

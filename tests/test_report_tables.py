@@ -6,12 +6,14 @@ import csv
 import io
 import json
 import re
+import shutil
+import subprocess
 
 import pytest
 
 from reid_eval.errors import ReidEvalError
 from reid_eval.report import build_paper_table, build_report, load_paper_tables, load_results, to_csv, to_markdown
-from reid_eval.report.tables import build_dataset_table, latex_escape
+from reid_eval.report.tables import Cell, build_dataset_table, latex_escape, provenance_markdown, to_latex
 from test_report_helpers import write_result
 
 
@@ -55,31 +57,45 @@ def test_measured_values_land_in_their_row_and_column(tmp_path):
     md = to_markdown(table3)
     rows = md_rows(md)
     header = rows["Method"]
-    assert rows["FPR (measured, standard AP)"][header.index("Partial-REID R1")] == "81.23"
-    assert rows["FPR (measured, standard AP)"][header.index("Partial-REID mAP")] == "76.54"
-    assert rows["FPR (measured, standard AP)"][header.index("Occluded-REID R1")] == "50.00"
-    assert rows["FPR (measured, standard AP)"][header.index("Partial-iLIDS R1")] == "—"
-    assert rows["Baseline (measured, standard AP)"][header.index("Partial-REID R1")] == "45.67"
-    assert rows["FPR (ours)"][header.index("Partial-REID R1")] == "81.00"
+    # A dataset's name heads its first column only
+    assert header[2:] == ["Partial-REID R1", "mAP", "Partial-iLIDS R1", "mAP", "Occluded-REID R1", "mAP"]
+    col = {name: 2 + i for i, name in enumerate(table3.value_columns)}  # 'Partial-REID mAP' -> its position
+    assert rows["FPR (measured, standard AP)"][col["Partial-REID R1"]] == "81.23"
+    assert rows["FPR (measured, standard AP)"][col["Partial-REID mAP"]] == "76.54"
+    assert rows["FPR (measured, standard AP)"][col["Occluded-REID R1"]] == "50.00"
+    assert rows["FPR (measured, standard AP)"][col["Partial-iLIDS R1"]] == "—"
+    assert rows["Baseline (measured, standard AP)"][col["Partial-REID R1"]] == "45.67"
+    assert rows["FPR (ours)"][col["Partial-REID R1"]] == "81.00"
     assert rows["FPR (ours)"][header.index("Source")] == "paper"
-    # Table 4's dataset stays out of Table 3 (its rows and footnotes; the AP note names the flavour market1501)
-    assert not any("market1501" in line for line in md.splitlines() if line.startswith(("|", "- (")))
+    # Table 4's dataset stays out of Table 3 (its rows and notes; the AP note names the flavour market1501)
+    assert not any("market1501" in line for line in md.splitlines() if line.startswith("|"))
     # Rows scored with another AP flavour than the paper's are marked in the table itself.
     assert any(line.startswith("- Rows marked 'standard AP'") and "--ap market1501" in line for line in md.splitlines())
-    # Footnote names checkpoint and parameters.
-    letter = rows["FPR (measured, standard AP)"][header.index("Source")].split("(")[1].rstrip(")")
-    footnote = next(line for line in md.splitlines() if line.startswith(f"- ({letter})"))
-    assert "checkpoint 01234567" in footnote and "beta=0.01" in footnote and "backend=numpy" in footnote
+    # The table names the model and no engine setting; the provenance goes to the report's appendix.
+    assert "- Measured rows: checkpoint 01234567 (how each row was computed: the report's provenance appendix)." in md
+    assert "backend=" not in md and "cache_file" not in md
+    fpr_row = next(r for r in table3.rows if r.label == "FPR (measured, standard AP)")
+    assert fpr_row.provenance.splitlines()[0].startswith("partial_reid__fpr.json: metric fpr; checkpoint 01234567;")
+    assert "beta=0.01" in fpr_row.provenance and "backend=numpy" in fpr_row.provenance
+    appendix = provenance_markdown([table3])
+    assert appendix.startswith("## Appendix: provenance of the measured rows")
+    assert "- FPR (measured, standard AP): occluded_reid__fpr.json: metric fpr; checkpoint 01234567;" in appendix
     # The dataset without results names the commands that fill it.
     assert "`reid-eval extract --dataset partial_ilids` then `reid-eval match --metric fpr --dataset partial_ilids`" in md
 
+    # CSV: one line per (row, dataset, measure), numbers in their own columns
     parsed = list(csv.DictReader(io.StringIO(to_csv(table3))))
-    fpr = next(r for r in parsed if r["method"] == "FPR (measured, standard AP)")
-    assert fpr["Partial-REID R1"] == "81.23" and fpr["Occluded-REID mAP"] == "25.00" and fpr["source"] == "measured"
-    assert "checkpoint 01234567" in fpr["note"]
-    quoted = next(r for r in parsed if r["method"] == "DSR")
-    assert quoted["source"] == "He et al. ICCV 2019, Table 3" and quoted["Partial-iLIDS mAP"] == "58.12"
-    assert [r["method"] for r in parsed[:6]] == ["MaskReID", "PCB", "AMC+SWM", "DSR", "Baseline", "FPR (ours)"]
+    assert list(parsed[0]) == ["table", "group", "method", "source", "dataset", "measure", "value", "low", "high",
+                               "marks"]
+    cell = {(r["method"], r["dataset"], r["measure"]): r for r in parsed}
+    fpr = cell[("FPR (measured, standard AP)", "Partial-REID", "R1")]
+    assert float(fpr["value"]) == pytest.approx(81.23) and fpr["source"] == "measured"
+    assert float(cell[("FPR (measured, standard AP)", "Occluded-REID", "mAP")]["value"]) == pytest.approx(25.0)
+    assert cell[("FPR (measured, standard AP)", "Partial-iLIDS", "R1")]["value"] == ""  # no result: empty, not '—'
+    quoted = cell[("DSR", "Partial-iLIDS", "mAP")]
+    assert quoted["source"] == "He et al. ICCV 2019, Table 3" and float(quoted["value"]) == 58.12
+    assert quoted["low"] == quoted["high"] == ""
+    assert [r["method"] for r in parsed[::6][:6]] == ["MaskReID", "PCB", "AMC+SWM", "DSR", "Baseline", "FPR (ours)"]
 
 
 def test_table4_cuhk03_variants_beta_and_duplicates(tmp_path):
@@ -94,15 +110,15 @@ def test_table4_cuhk03_variants_beta_and_duplicates(tmp_path):
     rows = {r.label: r for r in table.rows}
     cols = table.value_columns
     # Two checkpoints in the table: every measured row names its own, so no two rows read alike.
-    assert rows["FPR (measured, standard AP, ckpt 01234567)"].cells[cols.index("CUHK03 R1")] == "70.11"
-    assert rows["FPR (measured, standard AP, labeled, ckpt 01234567)"].cells[cols.index("CUHK03 mAP")] == "68.22"
-    assert rows["FPR (measured, β=0.1, standard AP, ckpt 01234567)"].cells[cols.index("Market1501 R1")] == "95.00"
+    assert str(rows["FPR (measured, standard AP, ckpt 01234567)"].cells[cols.index("CUHK03 R1")]) == "70.11"
+    assert str(rows["FPR (measured, standard AP, labeled, ckpt 01234567)"].cells[cols.index("CUHK03 mAP")]) == "68.22"
+    assert str(rows["FPR (measured, β=0.1, standard AP, ckpt 01234567)"].cells[cols.index("Market1501 R1")]) == "95.00"
     # Two checkpoints for the same row and dataset give two rows, not an overwrite.
-    assert rows["Baseline (measured, standard AP, ckpt 01234567)"].cells[0] == "90.00"
-    assert rows["Baseline (measured, standard AP, ckpt abababab)"].cells[0] == "91.00"
-    assert len({r.footnote for r in table.rows if r.footnote}) == 5
-    assert rows["PCB (ECCV18)"].cells == ["92.30", "77.40", "61.30", "54.20", "81.80", "66.10"]
-    assert rows["SPReID (CVPR18)"].cells[2:] == ["—"] * 4
+    assert str(rows["Baseline (measured, standard AP, ckpt 01234567)"].cells[0]) == "90.00"
+    assert str(rows["Baseline (measured, standard AP, ckpt abababab)"].cells[0]) == "91.00"
+    assert len([r for r in table.rows if r.provenance]) == 5
+    assert [str(c) for c in rows["PCB (ECCV18)"].cells] == ["92.30", "77.40", "61.30", "54.20", "81.80", "66.10"]
+    assert [str(c) for c in rows["SPReID (CVPR18)"].cells[2:]] == ["—"] * 4
 
 
 def test_other_dataset_gets_its_own_table(tmp_path):
@@ -113,8 +129,9 @@ def test_other_dataset_gets_its_own_table(tmp_path):
     table = build_dataset_table("synthetic_occluded", records)
     assert [r.label for r in table.rows] == ["DSR (measured, standard AP)", "FPR (measured, standard AP)"]
     assert any("'standard AP'" in n for n in table.notes)
-    assert table.rows[1].cells == ["50.00", "85.00", "95.00", "43.21", "21.61"]
-    assert table.rows[0].cells[1:3] == ["—", "—"]  # the CMC stops at rank 2
+    assert [str(c) for c in table.rows[1].cells] == ["50.00", "85.00", "95.00", "43.21", "21.61"]
+    assert [str(c) for c in table.rows[0].cells[1:3]] == ["—", "—"]  # the CMC stops at rank 2
+    assert table.headers == ["R1", "R5", "R10", "mAP", "mINP"]  # the title names the dataset
     summary = build_report(tmp_path, figures=False)
     assert (tmp_path / "tables" / "synthetic_occluded.md").is_file()
     assert "Measured results on Synthetic occluded" in summary.markdown
@@ -126,7 +143,8 @@ def test_other_dataset_gets_its_own_table(tmp_path):
 
 def latex_rows(tex: str) -> tuple[int, list[str]]:
     """Number of columns from the tabular spec, and the rows between \\toprule and \\bottomrule."""
-    spec = re.search(r"\\begin\{tabular\}\{([^}]*)\}", tex).group(1)
+    spec = re.search(r"\\begin\{tabularx\}\{\\columnwidth\}\{(.*)\}$", tex, re.M).group(1)
+    spec = re.sub(r">\{[^}]*\}|@\{\}", "", spec)  # the label column's >{...} and the @{} ends
     body = tex[tex.index("\\toprule") : tex.index("\\bottomrule")]
     rows = [line for line in body.splitlines() if line.strip() and not line.lstrip().startswith(("\\toprule", "\\midrule", "\\cmidrule"))]
     return len(spec.replace(" ", "")), rows
@@ -145,9 +163,9 @@ def test_latex_is_balanced_booktabs(tmp_path, key):
     write_result(tmp_path, "synthetic_occluded", "fpr", 0.5, 0.4, beta=0.1)
     build_report(tmp_path, figures=False)
     tex = (tmp_path / "tables" / f"{key}.tex").read_text()
-    for env in ("table", "tabular"):
+    for env in ("table", "tabularx"):
         assert tex.count(f"\\begin{{{env}}}") == tex.count(f"\\end{{{env}}}") == 1
-    assert tex.index("\\toprule") < tex.index("\\midrule") < tex.index("\\bottomrule") < tex.index("\\end{tabular}")
+    assert tex.index("\\toprule") < tex.index("\\midrule") < tex.index("\\bottomrule") < tex.index("\\end{tabularx}")
     n_cols, rows = latex_rows(tex)
     assert len(rows) >= 2
     for row in rows:
@@ -155,7 +173,42 @@ def test_latex_is_balanced_booktabs(tmp_path, key):
         assert span(row.rstrip()[:-2]) == n_cols, row
     unescaped = tex.replace("\\{", "").replace("\\}", "")
     assert unescaped.count("{") == unescaped.count("}")
-    assert "β" not in tex and "—" not in tex and "λ" not in tex
+    assert tex.isascii()  # no raw β, λ, —, ° (the marks are $^{\circ}$ and $^{*}$)
+    assert "backend" not in tex and "checkpoint 01234567" in tex  # the model named, no engine setting
+
+
+def test_latex_cells_marks_and_intervals():
+    cell = Cell(45.0, 38.12, 51.25, "°*")
+    assert cell.text() == "45.00 [38.1, 51.2]°*" and cell.text(intervals=False) == "45.00°*"
+    assert Cell(None).text() == "—" and Cell(float("nan")).text() == "—"
+    from reid_eval.report.tables import Row, Table
+
+    table = Table("t", "Table 9. A title", [("Partial-REID", ["R1"])], [Row("FPR (ours)", "paper", [Cell(81.0)]),
+                                                                          Row("FPR (measured)", "measured", [cell])])
+    tex = to_latex(table)
+    assert "\\caption{A title}" in tex  # LaTeX numbers the table itself
+    assert "FPR & 45.00$^{\\circ*}$ \\\\" in tex and "[38.1" not in tex
+    assert "FPR & 45.00 [38.1, 51.2]$^{\\circ*}$ \\\\" in to_latex(table, intervals=True)
+    assert "\\emph{Measured here}" in tex and tex.isascii()
+
+
+@pytest.mark.skipif(shutil.which("pdflatex") is None, reason="no pdflatex on this machine (checked: structure only)")
+def test_latex_compiles_and_fits_a_two_column_page(tmp_path):
+    for dataset in ("partial_reid", "partial_ilids", "occluded_reid"):
+        for metric in ("fpr", "dsr", "euclidean"):
+            write_result(tmp_path, dataset, metric, 0.8123, 0.7654, beta=None if metric == "euclidean" else 0.01)
+    write_result(tmp_path, "cuhk03_np_labeled", "fpr", 0.7311, 0.6822)
+    write_result(tmp_path, "synthetic_occluded", "fpr", 0.5, 0.4, beta=0.1)
+    build_report(tmp_path, figures=False)
+    tables = sorted((tmp_path / "tables").glob("*.tex"))
+    doc = tmp_path / "paper.tex"
+    doc.write_text("\\documentclass[twocolumn]{article}\n\\usepackage[T1]{fontenc}\n\\usepackage{booktabs,tabularx}\n"
+                   "\\begin{document}\n" + "".join(f"\\input{{{t}}}\n" for t in tables) + "\\end{document}\n")
+    run = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", doc.name], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)
+    log = (tmp_path / "paper.log").read_text(errors="replace")
+    assert run.returncode == 0, log[-3000:]
+    assert "Overfull \\hbox" not in log  # every table fits its column
 
 
 def test_latex_escapes_specials():
@@ -169,7 +222,7 @@ def test_latex_escapes_specials():
 def test_markdown_of_fused_metric_names_lambda(tmp_path):
     write_result(tmp_path, "market1501", "fpr+euclidean", 0.9, 0.8, fuse=0.3)
     table = build_paper_table(load_paper_tables()["table4"], load_results(tmp_path))
-    assert "| measured | FPR + Baseline (measured, λ=0.3, standard AP) | measured (a) | 90.00 | 80.00 |" in to_markdown(table)
+    assert "| measured | FPR + Baseline (measured, λ=0.3, standard AP) | measured | 90.00 | 80.00 |" in to_markdown(table)
 
 
 def test_results_in_percent_are_refused(tmp_path):

@@ -25,6 +25,7 @@ from reid_eval.report.tables import (
     build_paper_table,
     build_verification_table,
     dataset_label,
+    provenance_markdown,
     to_markdown,
     write_table,
 )
@@ -99,7 +100,7 @@ def build_report(
         tables.append(build_dataset_table(dataset, records))
     if any(r.result.verification for r in records):
         tables.append(build_verification_table(records))
-    markdown = "\n".join(to_markdown(t) for t in tables)
+    markdown = "\n".join(to_markdown(t) for t in tables) + "\n" + provenance_markdown(tables)
     table_dir = out_dir / "tables"
     table_files = [p for t in tables for p in write_table(t, table_dir)]
     table_files.append(write_text_atomically(table_dir / "report.md", markdown, "report", "`reid-eval report`"))
@@ -155,7 +156,8 @@ def _figures(
 
 
 def _recorded_stats(record: ResultRecord, paths: Sequence[str], top_k: int) -> SimpleNamespace | None:
-    """``first_rank`` and ``top_gallery`` from the result's per-query records, or None when unusable."""
+    """``first_rank``, ``top_gallery`` and ``ap`` (the results' AP flavour) from the result's per-query
+    records, or None when unusable."""
     if not record.result.query_records:
         return None
     try:
@@ -165,7 +167,15 @@ def _recorded_stats(record: ResultRecord, paths: Sequence[str], top_k: int) -> S
     if table["path"].tolist() != [str(p) for p in paths]:
         return None
     ranks = recorded_ranks(table, top_k)
-    return None if ranks is None else SimpleNamespace(first_rank=ranks[0], top_gallery=ranks[1])
+    if ranks is None:
+        return None
+    return SimpleNamespace(first_rank=ranks[0], top_gallery=ranks[1], ap=table["ap"].to_numpy(dtype=np.float64))
+
+
+def _computed_stats(record: ResultRecord, d: np.ndarray, query, gallery, top_k: int) -> SimpleNamespace:
+    """The same three, computed by the evaluation stage from the distance matrix ``d`` [P, G]."""
+    stats = query_stats(d, query.pids, gallery.pids, query.camids, gallery.camids, top_k=top_k)
+    return SimpleNamespace(first_rank=stats.first_rank, top_gallery=stats.top_gallery, ap=stats.ap(record.ap_flavour))
 
 
 def _find_cache(record: ResultRecord, cache_dir: Path | None, note: Callable[[str], None]) -> tuple[Path | None, str]:
@@ -229,21 +239,23 @@ def _cache_figures(
 
     written: list[Path] = []
     top_k = min(top_k, len(gallery.paths))
-    chosen = list(probes) if probes is not None else []
+    chosen: list[fig.ProbeChoice] = [fig.ProbeChoice(q, "chosen with --probes") for q in probes or []]
     if matrices:
-        # The evaluation stage's per-query ranks and top-k (one rank rule: junk left out, ties by gallery
-        # index), so the probes picked and the images shown agree with the CMC reported beside them.
-        # Read from the per-query records `match` wrote beside each results file (issue 15) when they cover
-        # these queries and top_k; recomputed otherwise (older results files).
+        # The evaluation stage's per-query ranks, APs and top-k (one rank rule: junk left out, ties by
+        # gallery index), so the probes picked and the images shown agree with the CMC and mAP reported
+        # beside them. Read from the per-query records `match` wrote beside each results file when they
+        # cover these queries and top_k; recomputed otherwise (older results files).
         stats = {
-            label: _recorded_stats(r, query.paths, top_k)
-            or query_stats(d, query.pids, gallery.pids, query.camids, gallery.camids, top_k=top_k)
+            label: _recorded_stats(r, query.paths, top_k) or _computed_stats(r, d, query, gallery, top_k)
             for label, (r, d) in matrices.items()
         }
         if probes is None:
             primary = next((label for label, (r, _) in matrices.items() if r.metric == "fpr"), next(iter(matrices)))
-            chosen = fig.choose_probes({label: s.first_rank for label, s in stats.items()}, primary, N_BEST, N_WORST)
-        for q in chosen:
+            chosen = fig.choose_probes({label: s.ap for label, s in stats.items()}, primary, N_BEST, N_WORST)
+        else:
+            chosen = [fig.ProbeChoice(q, "chosen with --probes") for q in probes]
+        for choice in chosen:
+            q = choice.index
             rows = []
             for label, (_, d) in matrices.items():
                 shown = [int(g) for g in stats[label].top_gallery[q] if g >= 0]
@@ -253,11 +265,14 @@ def _cache_figures(
                         gallery=[int(g) for g in shown],
                         distances=[float(d[q, g]) for g in shown],
                         correct=[bool(gallery.pids[g] == query.pids[q]) for g in shown],
+                        ap=float(stats[label].ap[q]),
+                        first_rank=int(stats[label].first_rank[q]),
                     )
                 )
             written += fig.retrieval_figure(
                 folder / f"retrieval_{name}_q{q}",
-                f"{title}, query {q} (pid {int(query.pids[q])})\ntop {top_k}; green: same identity, red: other; distance below",
+                f"{title}, query {q} (pid {int(query.pids[q])}): {choice.reason}\n"
+                f"top {top_k}; green: same identity, red: other; distance below",
                 tile("query", q),
                 rows,
                 lambda g: tile("gallery", g),
@@ -266,7 +281,7 @@ def _cache_figures(
     else:
         note(f"{view.path}: no usable distance matrix for {dataset}; retrieval figures skipped")
 
-    shown_fg = (chosen or list(range(min(FOREGROUND_IMAGES, len(query.paths)))))[:8]
+    shown_fg = ([c.index for c in chosen] or list(range(min(FOREGROUND_IMAGES, len(query.paths)))))[:8]
     if shown_fg:
         written += fig.foreground_figure(
             folder / f"foreground_{name}",
