@@ -202,7 +202,7 @@ def bench_synthetic(args: argparse.Namespace) -> bool:
         sync = cupy.cuda.Device().synchronize
         a_dev, b_dev = cupy.asarray(a), cupy.asarray(b)
         t_mm, _ = best_time(lambda: cupy.matmul(a_dev, b_dev), args.repeats + 2, sync)
-        t_fpr, dist = best_time(lambda: fpr_distances(probe, gallery, beta=beta, backend="cupy"), args.repeats + 2, sync)
+        t_fpr, dist = best_time(lambda: fpr_distances(probe, gallery, beta=beta, backend="cupy", precision="float32"), args.repeats + 2, sync)
         t_pair, pair = best_time(lambda: per_pair_torch(probe, gallery, beta), 1, sync)
         t_pair_single = None
         pair_name = "per-pair (torch, GPU)"
@@ -212,7 +212,7 @@ def bench_synthetic(args: argparse.Namespace) -> bool:
         warm = memory_warmer(max(a.shape[0] * b.shape[1] * 4, DEFAULT_MEMORY_BUDGET) + (256 << 20))
         for _ in range(args.repeats):
             t_mm = min(t_mm, best_time(lambda: np.matmul(a, b), 1, before=warm)[0])
-            t, dist = best_time(lambda: fpr_distances(probe, gallery, beta=beta, backend="numpy"), 1, before=warm)
+            t, dist = best_time(lambda: fpr_distances(probe, gallery, beta=beta, backend="numpy", precision="float32"), 1, before=warm)
             t_fpr = min(t_fpr, t)
         # The per-pair algorithm as written runs with NumPy's default BLAS
         # threads; its many small GEMMs run much faster on one thread on a
@@ -364,7 +364,7 @@ def bench_source(name: str, probe: SpatialFeatures, gallery: SpatialFeatures, ar
                       concurrent_tiles=1, strict=False)
     g_rows = [(int(gallery.offsets[i]), int(gallery.offsets[j])) for i, j in plan.gallery_blocks]
     p_rows = [(int(probe.offsets[i]), int(probe.offsets[j])) for i, j in plan.probe_blocks]
-    run32 = lambda: fpr_distances(probe, gallery, backend=args.backend)  # noqa: E731
+    run32 = lambda: fpr_distances(probe, gallery, backend=args.backend, precision="float32")  # noqa: E731
     run64 = lambda: fpr_distances(probe, gallery, backend=args.backend, precision="float64")  # noqa: E731
     if args.backend == "cupy":
         import cupy
@@ -427,7 +427,7 @@ def bench_source(name: str, probe: SpatialFeatures, gallery: SpatialFeatures, ar
     paired_mm = float(np.median(ratios_mm))
     paired_64 = float(np.median(t32a / t64a))
     stats = RefinementStats()
-    fpr_distances(probe, gallery, backend=args.backend, stats=stats)
+    fpr_distances(probe, gallery, backend=args.backend, precision="float32", stats=stats)
     n_check = min(args.check_pairs, len(probe))
     ref = np.array([[fpr_distance_reference(probe.image(i), gallery.image(j), probe.image_foreground(i))
                      for j in range(len(gallery))] for i in range(n_check)])
