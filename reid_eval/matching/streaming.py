@@ -352,11 +352,9 @@ def fpr_shortlist_from_cache(
     cache_file = Path(cache_file).resolve()
     source = CacheSource(str(cache_file), probe_split, gallery_split)
     budget = default_memory_budget() if memory_budget_bytes is None else int(memory_budget_bytes)
+    poff, goff, dim = _read_geometry(cache_file, probe_split, gallery_split, settings.weighted)
+    n_probe, n_gallery = len(poff) - 1, len(goff) - 1
     with open_cache(cache_file) as f:
-        poff = read_split_offsets(f, probe_split)
-        goff = read_split_offsets(f, gallery_split)
-        dim = int(f[probe_split]["local"].shape[1])
-        n_probe, n_gallery = len(poff) - 1, len(goff) - 1
         pglob = read_global_block(f, probe_split, 0, n_probe)
         gglob = read_global_block(f, gallery_split, 0, n_gallery)
     k = min(int(shortlist), n_gallery)
