@@ -199,6 +199,15 @@ def test_damaged_or_old_cache_is_refused_in_one_line(cache, tmp_path, damage, me
     assert "\n" not in str(err.value)
 
 
+def test_the_streamed_shortlist_refuses_a_cache_without_foreground_in_one_line(cache, tmp_path):
+    path = _copy(cache, tmp_path)
+    with h5py.File(path, "r+") as f:
+        del f["query"]["foreground"]
+    with pytest.raises(ReidEvalError, match="foreground") as err:
+        fpr_shortlist_from_cache(path, 4, backend="numpy", threads=1)
+    assert "\n" not in str(err.value) and str(path) in str(err.value)
+
+
 def test_a_nan_in_the_first_probe_block_is_named_and_leaves_no_tile_folder(cache, tmp_path):
     """The shared centre is taken from the first probe block: a bad row there fails in one line, nothing left behind."""
     path = _copy(cache, tmp_path)
