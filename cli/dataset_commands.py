@@ -122,6 +122,10 @@ def manifest_command(name: str, root: Path | None, output: Path | None, allow_mi
     The CSV has columns path (relative to the dataset root), pid, camid, split,
     ordered by split (train, query, gallery) and then path. Junk pids are left
     out, distractor pids kept.
+
+    The CSV is a report of what was found: extract, match and train do not read
+    it, they scan the dataset folder again with the same code (so they always
+    agree with it).
     """
     spec = get_spec(name)
     if root is None:

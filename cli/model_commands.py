@@ -10,10 +10,12 @@ import click
 from reid_eval.model import BACKBONE_NAMES, CONVERT_SOURCES, GLOBAL_FEATURES, INTERPOLATIONS, STEMS
 
 
-def _model_fields(input_size, pyramid_kernels, no_foreground, last_stride, stem, global_feature, interpolation) -> dict[str, Any]:
+def _model_fields(input_size, pyramid_kernels, pyramid_stride, no_foreground, last_stride, stem, global_feature,
+                  interpolation) -> dict[str, Any]:
     """The ModelConfig fields the user gave (None for the ones left to their default)."""
     fields: dict[str, Any] = {
         "input_size": tuple(input_size) if input_size else None,
+        "pyramid_stride": pyramid_stride,
         "last_stride": last_stride,
         "stem": stem,
         "global_feature": global_feature,
@@ -32,6 +34,8 @@ _model_options = [
     click.option("--input-size", type=(click.IntRange(min=1), click.IntRange(min=1)), default=None, metavar="H W",
                  help="Input height and width in pixels [default: 384 128; converting: the source's]."),
     click.option("--pyramid-kernels", default=None, metavar="K1,K2,...", help="Pyramid max-pooling kernels [default: 2,4,6,8]."),
+    click.option("--pyramid-stride", type=click.IntRange(min=1), default=None,
+                 help="Pyramid max-pooling stride [default: 2; the demo's model: 1]."),
     click.option("--no-foreground", is_flag=True, help="Leave out the foreground probability generator (DSR-only models)."),
     click.option("--last-stride", type=click.Choice(["1", "2"]), default=None,
                  help="Stride of layer4 [default: 1 (the paper's); converting torchreid resnet50: 2, its own]."),

@@ -30,6 +30,10 @@ class FiniteFloat(click.FloatRange):
             self.fail(f"{value!r} is not a finite number.", param, ctx)
         return super().convert(number, param, ctx)
 
+    def _describe_range(self) -> str:
+        # click writes an unbounded range as "x<=None" in --help: an option without bounds shows none
+        return "" if (self.min, self.max) == (None, None) else super()._describe_range()
+
     def __repr__(self) -> str:
         return f"FiniteFloat({self._describe_range()})" if (self.min, self.max) != (None, None) else "FiniteFloat"
 
@@ -131,14 +135,22 @@ def _results_dir_option(output: bool):
 results_dir_option = _results_dir_option(output=True)
 #: --results-dir for commands that only read it (report checks it can write there when it does).
 results_dir_input_option = _results_dir_option(output=False)
-checkpoint_option = click.option(
-    "--checkpoint",
-    type=click.Path(dir_okay=False, path_type=Path),
-    envvar="REID_EVAL_CHECKPOINT",
-    default=None,
-    show_envvar=True,
-    help="Model checkpoint in reid-eval's format (see `reid-eval checkpoint`).",
-)
+def _checkpoint_option(required: bool):
+    # no default=None where required: click (8.3 on) takes an explicit None default as a given value
+    return click.option(
+        "--checkpoint",
+        type=click.Path(dir_okay=False, path_type=Path),
+        envvar="REID_EVAL_CHECKPOINT",
+        required=required,
+        show_envvar=True,
+        help="Model checkpoint in reid-eval's format (see `reid-eval checkpoint`).",
+    )
+
+
+#: --checkpoint where it only chooses among caches (match, report).
+checkpoint_option = _checkpoint_option(required=False)
+#: --checkpoint where the command needs a model (extract).
+required_checkpoint_option = _checkpoint_option(required=True)
 
 
 def parse_ints(text: str, option: str) -> tuple[int, ...]:
@@ -150,3 +162,19 @@ def parse_ints(text: str, option: str) -> tuple[int, ...]:
     if not values:
         raise click.BadParameter("expected at least one integer", param_hint=option)
     return values
+
+
+def refuse_unused(ctx: click.Context, switch: str, on: bool, dependents: tuple[str, ...]) -> None:
+    """A usage error naming them when options that act only with ``switch`` are given on the command line
+    while ``on`` is false (``--rerank-lambda 2`` without ``--rerank``): an option with no effect is refused,
+    not silently ignored. ``dependents`` are click parameter names (``rerank_lambda``)."""
+    if on:
+        return
+    given = [name for name in dependents
+             if ctx.get_parameter_source(name) in (click.core.ParameterSource.COMMANDLINE,
+                                                   click.core.ParameterSource.ENVIRONMENT)]
+    if given:
+        names = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise click.UsageError(f"{names} {'acts' if len(given) == 1 else 'act'} only with {switch}; "
+                               f"add {switch} or leave {'it' if len(given) == 1 else 'them'} out")
+

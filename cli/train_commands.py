@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from reid_eval.model import BACKBONE_NAMES
+
 from .options import FiniteFloat, data_root_option, parse_ints
 from .progress import Bars, echo_err, set_threads, threads_option
 
@@ -27,7 +29,7 @@ _INIT_HELP = (
                    "[default: <root>/masks].")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Run folder: checkpoint.pt, model.pt (last), best.pt, train_log.jsonl [default: ./runs/<dataset>].")
-@click.option("--init", "init", default="random", show_default=True, metavar="FILE|random", help=_INIT_HELP)
+@click.option("--init", "init", default="random", metavar="FILE|random", help=_INIT_HELP)
 @click.option("--epochs", type=click.IntRange(min=1), default=200, show_default=True, help="The paper trains 200.")
 @click.option("--batch-p", type=click.IntRange(min=2), default=16, show_default=True,
               help="Identities per batch (P), per process.")
@@ -37,8 +39,9 @@ _INIT_HELP = (
 @click.option("--lr-schedule", type=click.Choice(["cosine", "step", "constant"]), default="cosine", show_default=True,
               help="Decay after the warmup: half cosine to 0 at the last step, ×0.1 at each of --lr-milestones, or none "
                    "(the paper states none; see the README).")
-@click.option("--warmup-epochs", type=click.IntRange(min=0), default=10, show_default=True,
-              help="Linear warmup from 0.1·lr to lr over these epochs (Bag of Tricks, Luo et al. 2019).")
+@click.option("--warmup-epochs", type=click.IntRange(min=0), default=None,
+              help="Linear warmup from 0.1·lr to lr over these epochs (Bag of Tricks, Luo et al. 2019) "
+                   "[default: 10, or half of --epochs when that is fewer than 20].")
 @click.option("--lr-milestones", default="", help="Epochs after which --lr-schedule step multiplies the rate by 0.1, "
                                                    "e.g. 40,70.")
 @click.option("--margin", type=FiniteFloat(min=0), default=0.1, show_default=True,
@@ -50,10 +53,12 @@ _INIT_HELP = (
               help="Train only the foreground generator on the --init network's frozen trunk (its weights and "
                    "BatchNorm statistics stay): the cheap way to give a converted zoo model the paper's foreground.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its checkpoint.pt.")
-@click.option("--backbone", default="resnet50", show_default=True, help="torchvision ResNet when starting from random weights.")
+@click.option("--backbone", type=click.Choice(BACKBONE_NAMES), default="resnet50", show_default=True,
+              help="The trunk, when starting from random weights (as `reid-eval checkpoint init --backbone`).")
 @click.option("--input-size", default="384x128", show_default=True, help="HEIGHTxWIDTH in pixels, when starting from random weights.")
 @click.option("--pyramid-kernels", default="2,4,6,8", show_default=True, help="Pyramid max-pool kernels, when starting from random weights.")
-@click.option("--pyramid-stride", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("--pyramid-stride", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Pyramid max-pool stride, when starting from random weights.")
 @click.option("--flip", is_flag=True, help="Random horizontal flips (the paper uses no augmentation).")
 @click.option("--pad-crop", type=click.IntRange(min=0), default=0, show_default=True,
               help="Pad this many pixels, then crop a random window back (0: off; 10 is the usual choice).")

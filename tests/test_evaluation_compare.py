@@ -40,7 +40,7 @@ def two_runs(tmp_path):
 
 def test_compare_prints_the_paired_difference(two_runs, capsys):
     _, a, b, ta, tb, ids = two_runs
-    assert main(["compare", str(a), str(b), "--resamples", "300", "--seed", "2"]) == 0
+    assert main(["compare", str(a), str(b), "--resamples", "300", "--ci-seed", "2"]) == 0
     out = capsys.readouterr().out.splitlines()
     valid = ta["num_good"].to_numpy() > 0
     va = np.column_stack([(ta["first_rank"] == 1).to_numpy(float), ta["ap"].to_numpy(float)])[valid]

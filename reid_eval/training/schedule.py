@@ -22,6 +22,16 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 LR_SCHEDULES: tuple[str, ...] = ("cosine", "step", "constant")
+#: Warmup epochs when none are given: Bag of Tricks' 10, or half of a shorter run (so a default never
+#: refuses a valid --epochs).
+DEFAULT_WARMUP_EPOCHS = 10
+
+
+def default_warmup_epochs(epochs: int) -> int:
+    """The warmup of a run of ``epochs`` when none is given: ``min(10, epochs // 2)``."""
+    return min(DEFAULT_WARMUP_EPOCHS, max(0, epochs) // 2)
+
+
 #: The warmup starts at this fraction of the base rate (Bag of Tricks: 3.5e-5 → 3.5e-4).
 WARMUP_START = 0.1
 

@@ -59,7 +59,7 @@ from reid_eval.training.losses import (
     foreground_loss,
 )
 from reid_eval.training.sampler import EpochBatchSampler, PKSampler
-from reid_eval.training.schedule import LRSchedule
+from reid_eval.training.schedule import LRSchedule, default_warmup_epochs
 
 CHECKPOINT_NAME = "checkpoint.pt"
 FINAL_NAME = "model.pt"
@@ -108,7 +108,7 @@ class TrainConfig:
     lr: float = 3.5e-4
     weight_decay: float = 5e-4
     lr_schedule: str = "cosine"
-    warmup_epochs: int = 10
+    warmup_epochs: int | None = None  # None: schedule.default_warmup_epochs(epochs)
     lr_milestones: tuple[int, ...] = ()
     margin: float = DEFAULT_MARGIN
     alpha: float = DEFAULT_ALPHA
@@ -130,7 +130,8 @@ class TrainConfig:
 
     @property
     def schedule(self) -> LRSchedule:
-        return LRSchedule(self.lr_schedule, self.warmup_epochs, tuple(self.lr_milestones))
+        warmup = default_warmup_epochs(self.epochs) if self.warmup_epochs is None else self.warmup_epochs
+        return LRSchedule(self.lr_schedule, warmup, tuple(self.lr_milestones))
 
     @property
     def augmentation(self) -> Augmentation:
