@@ -38,7 +38,7 @@ _INIT_HELP = (
               help="Adam's base learning rate.")
 @click.option("--lr-schedule", type=click.Choice(["cosine", "step", "constant"]), default="cosine", show_default=True,
               help="Decay after the warmup: half cosine to 0 at the last step, ×0.1 at each of --lr-milestones, or none "
-                   "(the paper states none; see the README).")
+                   "(the paper states none; see docs/training.md).")
 @click.option("--warmup-epochs", type=click.IntRange(min=0), default=None,
               help="Linear warmup from 0.1·lr to lr over these epochs (Bag of Tricks, Luo et al. 2019) "
                    "[default: 10, or half of --epochs when that is fewer than 20].")
@@ -86,7 +86,7 @@ def train_command(dataset, root, data_root, masks, out_dir, init, epochs, batch_
 
     A checkpoint is written after every epoch; --resume continues an
     interrupted run. For several GPUs or machines, launch it with torchrun
-    (see the README): each process trains on its own P×K batches and rank 0
+    (see docs/training.md): each process trains on its own P×K batches and rank 0
     writes the files.
     """
     from reid_eval.datasets import find_dataset_root
