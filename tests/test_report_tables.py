@@ -81,7 +81,8 @@ def test_measured_values_land_in_their_row_and_column(tmp_path):
     assert appendix.startswith("## Appendix: provenance of the measured rows")
     assert "- FPR (measured, standard AP): occluded_reid__fpr.json: metric fpr; checkpoint 01234567;" in appendix
     # The dataset without results names the commands that fill it.
-    assert "`reid-eval extract --dataset partial_ilids` then `reid-eval match --metric fpr --dataset partial_ilids`" in md
+    assert ("`reid-eval extract --dataset partial_ilids --checkpoint CHECKPOINT.pt` then `for m in fpr dsr euclidean; "
+            "do reid-eval match --metric $m --dataset partial_ilids --ap market1501; done` with your checkpoint file") in md
 
     # CSV: one line per (row, dataset, measure), numbers in their own columns
     parsed = list(csv.DictReader(io.StringIO(to_csv(table3))))
@@ -249,3 +250,20 @@ def test_empty_results_dir_is_an_error(tmp_path):
         build_report(tmp_path)
     with pytest.raises(ReidEvalError, match="no results under"):
         build_report(tmp_path / "absent")
+
+
+def test_the_hint_for_an_empty_column_names_the_checkpoint_the_other_rows_came_from(tmp_path):
+    import h5py
+
+    from test_report_helpers import make_cache
+
+    cache = make_cache(tmp_path)
+    ckpt = tmp_path / "model.pt"
+    ckpt.write_bytes(b"weights")
+    with h5py.File(cache, "r+") as f:
+        f.attrs["checkpoint_file"] = str(ckpt)
+    write_result(tmp_path / "results", "partial_reid", "fpr", 0.8, 0.7, cache_file=cache)
+    summary = build_report(tmp_path / "results", figures=False)
+    assert (f"Partial-iLIDS: no results yet; run `reid-eval extract --dataset partial_ilids --checkpoint {ckpt}` then "
+            "`for m in fpr dsr euclidean; do reid-eval match --metric $m --dataset partial_ilids --ap market1501; done`."
+            ) in summary.markdown

@@ -93,8 +93,9 @@ def build_report(
 
     tables = []
     paper_tables = load_paper_tables()
+    checkpoint = _extraction_checkpoint(records)
     for paper in paper_tables.values():
-        tables.append(build_paper_table(paper, records))
+        tables.append(build_paper_table(paper, records, checkpoint))
     covered = {ds for p in paper_tables.values() for ds in p.datasets}
     for dataset in sorted({r.dataset for r in records if r.base_dataset not in covered}):
         tables.append(build_dataset_table(dataset, records))
@@ -153,6 +154,23 @@ def _figures(
             written += files
             out_of_range.append(bad)
     return written, out_of_range
+
+
+def _extraction_checkpoint(records: list[ResultRecord]) -> str | None:
+    """The checkpoint file the measured results' caches were extracted with, when one is recorded and still
+    there (the report's hints then run as printed); None otherwise."""
+    for record in records:
+        cache = record.provenance.get("cache_file")
+        if not cache or not Path(cache).is_file():
+            continue
+        try:
+            with ReportCache(Path(cache)) as view:
+                path = view.checkpoint_file
+        except ReidEvalError:
+            continue
+        if path is not None and path.is_file():
+            return str(path)
+    return None
 
 
 def _recorded_stats(record: ResultRecord, paths: Sequence[str], top_k: int) -> SimpleNamespace | None:

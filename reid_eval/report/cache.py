@@ -60,6 +60,12 @@ class ReportCache:
     def dataset(self) -> str:
         return str(self._attrs.get("dataset", ""))
 
+    @property
+    def checkpoint_file(self) -> Path | None:
+        """The checkpoint file the features were extracted with, as recorded (None if absent or empty)."""
+        path = str(self._attrs.get("checkpoint_file") or "")
+        return Path(path) if path else None
+
     def has_split(self, split: str) -> bool:
         """Whether the split is present and complete."""
         return split_complete(self._file, split)

@@ -202,17 +202,21 @@ def _ap_note(records: list[ResultRecord], paper_table: bool) -> list[str]:
     ]
 
 
-def fill_commands(dataset: str) -> str:
-    """The commands that produce the measured rows for a dataset."""
+def fill_commands(dataset: str, checkpoint: str | None = None) -> str:
+    """The commands that produce the measured rows for a dataset, runnable as printed when ``checkpoint``
+    (the file the other measured rows were extracted with) is known."""
+    ckpt = checkpoint if checkpoint is not None else "CHECKPOINT.pt"
     return (
-        f"`reid-eval extract --dataset {dataset}` then `reid-eval match --metric fpr --dataset {dataset}` "
-        f"(and `--metric dsr`, `--metric euclidean` for the DSR and Baseline rows)"
+        f"`reid-eval extract --dataset {dataset} --checkpoint {ckpt}` then "
+        f"`for m in fpr dsr euclidean; do reid-eval match --metric $m --dataset {dataset} --ap {PAPER_AP}; done`"
+        + ("" if checkpoint is not None else " with your checkpoint file")
     )
 
 
-def build_paper_table(paper: PaperTable, records: list[ResultRecord]) -> Table:
+def build_paper_table(paper: PaperTable, records: list[ResultRecord], checkpoint: str | None = None) -> Table:
     """A paper table with its quoted rows followed by measured rows for its datasets.
 
+    ``checkpoint``: the checkpoint file of the measured rows, named in the commands that fill an empty column.
     ``records`` may hold any results; those whose (base) dataset is not one of
     the table's columns are ignored. Two results for the same row and column
     (e.g. two checkpoints) give two rows, never a silent overwrite.
@@ -266,7 +270,7 @@ def build_paper_table(paper: PaperTable, records: list[ResultRecord]) -> Table:
     have = {r.base_dataset for r in mine}
     for column in paper.columns:
         if column.dataset not in have:
-            notes.append(f"{column.label}: no results yet; run {fill_commands(column.dataset)}.")
+            notes.append(f"{column.label}: no results yet; run {fill_commands(column.dataset, checkpoint)}.")
     if paper.cuhk03_variant and "cuhk03_np" in datasets:
         other = "labeled" if paper.cuhk03_variant == "detected" else "detected"
         notes.append(
