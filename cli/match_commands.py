@@ -27,7 +27,7 @@ from reid_eval.experiments.record import (
 from reid_eval.matching.kernel.backend import BACKENDS
 from reid_eval.matching.memory import DEFAULT_MEMORY_BUDGET, MEMORY_BUDGET_ENV
 
-from .options import ByteSize, FiniteFloat, cache_dir_option, checkpoint_option, results_dir_option
+from .options import ByteSize, FiniteFloat, cache_dir_option, checkpoint_option, refuse_unused, results_dir_option
 from .progress import Bars
 
 _DEFAULT = MatchParams()
@@ -84,12 +84,14 @@ _DEFAULT = MatchParams()
               help="fastreid: fast-reid's PartialReID test pipeline (β 0.001, shortlist 100 by cosine, 100 outside, "
                    "(1-λ)·cosine + λ·FPR) with --fuse λ, or without --fuse λ tuned on held-out train identities "
                    "(needs the train split in the cache); the optimistic test-set λ sweep is printed and recorded too.")
+@click.option("--untrained-foreground", "untrained_foreground", is_flag=True,
+              help="Run --metric fpr although the cache's foreground generator was never trained (its rows say so).")
 @cache_dir_option
 @results_dir_option
 @checkpoint_option
 def match_command(metric, dataset, beta, backend, shortlist, shortlist_metric, fuse, fuse_global, ap, memory_budget,
                   workers, scheduler, recompute, shortlist_fill, rerank, rerank_aux, rerank_k1, rerank_k2, rerank_lambda,
-                  resamples, ci_seed, preset, cache_dir, results_dir, checkpoint) -> None:
+                  resamples, ci_seed, preset, untrained_foreground, cache_dir, results_dir, checkpoint) -> None:
     """Distance matrix from the cache, Market-1501 evaluation, results JSON.
 
     With several caches for a dataset, the one made with --checkpoint is used,
@@ -105,8 +107,13 @@ def match_command(metric, dataset, beta, backend, shortlist, shortlist_metric, f
     forces it).
     """
     from reid_eval.experiments import MatchExecution, match_cache, select_caches
+    from reid_eval.experiments.foreground import check_foreground
     from reid_eval.experiments.match import refinement_line
 
+    ctx = click.get_current_context()
+    refuse_unused(ctx, "--rerank", rerank, ("rerank_aux", "rerank_k1", "rerank_k2", "rerank_lambda"))
+    refuse_unused(ctx, "--shortlist", shortlist is not None or preset is not None, ("shortlist_metric", "shortlist_fill"))
+    refuse_unused(ctx, "--fuse", fuse is not None or preset is not None, ("fuse_global",))
     try:  # the ranges and combinations are checked once, by the library, before any cache is read
         params = MatchParams(metric=metric, beta=beta, shortlist=shortlist, shortlist_metric=shortlist_metric,
                              fuse=fuse, fuse_global=fuse_global, ap=ap, backend=backend, shortlist_fill=shortlist_fill,
@@ -130,7 +137,17 @@ def match_command(metric, dataset, beta, backend, shortlist, shortlist_metric, f
     if workers is not None and scheduler is not None:
         raise click.BadParameter("give --workers (a local cluster) or --scheduler (an existing one), not both",
                                  param_hint="--workers/--scheduler")
-    for name, path in select_caches(cache_dir, dataset, sha, warn=lambda m: click.echo(f"Warning: {m}", err=True)).items():
+    if dataset is not None:  # an unknown name is named as such, not taken for a dataset without a cache
+        from reid_eval.datasets import get_spec
+
+        get_spec(dataset)
+    if untrained_foreground and metric != "fpr":
+        raise click.BadParameter("weighs FPR's locations; it has no effect without --metric fpr",
+                                 param_hint="--untrained-foreground")
+    caches = select_caches(cache_dir, dataset, sha, warn=lambda m: click.echo(f"Warning: {m}", err=True))
+    for path in caches.values():  # before any matrix is computed
+        check_foreground(path, metric, untrained_foreground)
+    for name, path in caches.items():
         bars = Bars({"tiles": f"match {name} tiles"})
         execution = MatchExecution(memory_budget_bytes=memory_budget, workers=workers, scheduler=scheduler,
                                    recompute=recompute,

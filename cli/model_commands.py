@@ -119,7 +119,8 @@ def convert_command(source: str, in_file: Path, out: Path, backbone: str | None,
     keeps its fc embedding as the global feature (torchreid's test feature).
     """
     from reid_eval.model import convert_checkpoint, save_checkpoint
-    from reid_eval.model.checkpoint import FOREGROUND_TRAINED, TRAIN_FOREGROUND_HINT
+    from reid_eval.features.cache import TRAIN_FOREGROUND_HINT
+    from reid_eval.model.checkpoint import FOREGROUND_TRAINED
 
     fields = _model_fields(**options)
     if "last_stride" in fields:

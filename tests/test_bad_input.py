@@ -52,7 +52,7 @@ def base(tmp_path_factory):
     ckpt = small_checkpoint(root / "small.pt")
     cache, results = root / "cache", root / "results"
     assert main(["extract", *DATASET, "--root", str(tree), "--checkpoint", str(ckpt), "--cache-dir", str(cache), "--batch-size", "6"]) == 0
-    assert main(["match", "--metric", "fpr", "--cache-dir", str(cache), "--results-dir", str(results)]) == 0
+    assert main(["match", "--metric", "fpr", "--untrained-foreground", "--cache-dir", str(cache), "--results-dir", str(results)]) == 0
     (cache_file,) = (cache / "partial_reid").glob("*.h5")
     return {"root": root, "tree": tree, "ckpt": ckpt, "cache": cache, "cache_file": cache_file, "results": results}
 
@@ -260,7 +260,9 @@ def test_bad_checkpoint_is_named_and_nothing_is_written(base, tmp_path, capsys, 
 
 
 def _match(capsys, cache, results, *more):
-    return cli(capsys, "match", "--metric", more[0] if more else "fpr", "--cache-dir", cache, "--results-dir", results, *more[1:])
+    metric = more[0] if more else "fpr"
+    untrained = ("--untrained-foreground",) if metric == "fpr" else ()  # the fixture's network is random
+    return cli(capsys, "match", "--metric", metric, *untrained, "--cache-dir", cache, "--results-dir", results, *more[1:])
 
 
 def test_truncated_cache(base, tmp_path, capsys):
@@ -348,16 +350,16 @@ def test_output_folder_under_a_file_or_missing(base, tmp_path, capsys):
 @pytest.mark.parametrize(
     "args, option",
     [
-        (("match", "--metric", "fpr", "--beta", "inf"), "--beta"),
-        (("match", "--metric", "fpr", "--beta", "nan"), "--beta"),
-        (("match", "--metric", "fpr", "--beta", "-1"), "--beta"),
+        (("match", "--metric", "fpr", "--untrained-foreground", "--beta", "inf"), "--beta"),
+        (("match", "--metric", "fpr", "--untrained-foreground", "--beta", "nan"), "--beta"),
+        (("match", "--metric", "fpr", "--untrained-foreground", "--beta", "-1"), "--beta"),
         (("extract", "--batch-size", "0"), "--batch-size"),
         (("extract", "--splits", "query,holdout"), "--splits"),
         # values beyond what the code can hold: refused where parsed, before anything is computed
         (("match", "--metric", "euclidean", "--rerank", "--rerank-k1", "100000000000000000000"), "--rerank-k1"),
-        (("match", "--metric", "fpr", "--memory-budget", "1e30"), "--memory-budget"),
-        (("match", "--metric", "fpr", "--resamples", "100000000"), "--resamples"),
-        (("match", "--metric", "fpr", "--workers", "100000"), "--workers"),
+        (("match", "--metric", "fpr", "--untrained-foreground", "--memory-budget", "1e30"), "--memory-budget"),
+        (("match", "--metric", "fpr", "--untrained-foreground", "--resamples", "100000000"), "--resamples"),
+        (("match", "--metric", "fpr", "--untrained-foreground", "--workers", "100000"), "--workers"),
     ],
     ids=["beta-inf", "beta-nan", "beta-negative", "batch-size-0", "unknown-split", "rerank-k1-huge", "memory-budget-huge",
          "resamples-huge", "workers-beyond-cores"],

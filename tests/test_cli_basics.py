@@ -119,8 +119,8 @@ def test_finite_float_option_refuses_nan_and_infinity_naming_the_option():
 @pytest.mark.parametrize(
     ("argv", "option"),
     [
-        (["match", "--metric", "fpr", "--results-dir", "{file}/x"], "--results-dir"),
-        (["match", "--metric", "fpr", "--cache-dir", "{file}/x/y"], "--cache-dir"),
+        (["match", "--metric", "fpr", "--untrained-foreground", "--results-dir", "{file}/x"], "--results-dir"),
+        (["match", "--metric", "fpr", "--untrained-foreground", "--cache-dir", "{file}/x/y"], "--cache-dir"),
         (["report", "--results-dir", "{file}"], "--results-dir"),
         (["report", "--results-dir", "{tmp}", "--out-dir", "{file}/out"], "--out-dir"),
         (["datasets", "--data-root", "{file}/data"], "--data-root"),

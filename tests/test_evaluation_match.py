@@ -128,9 +128,9 @@ def test_match_cli_rerank_preset_and_compare(tmp_path, capsys):
 
     make_cache(tmp_path)
     common = ["--cache-dir", str(tmp_path / "cache"), "--results-dir", str(tmp_path / "res"), "--resamples", "50"]
-    assert main(["match", "--metric", "fpr", "--rerank", "--rerank-aux", "global", "--rerank-k1", "5", *common]) == 0
+    assert main(["match", "--metric", "fpr", "--untrained-foreground", "--rerank", "--rerank-aux", "global", "--rerank-k1", "5", *common]) == 0
     assert "__rerank-global__k1-5" in capsys.readouterr().out
-    assert main(["match", "--metric", "fpr", "--preset", "fastreid", "--fuse", "0.3", *common]) == 0
+    assert main(["match", "--metric", "fpr", "--untrained-foreground", "--preset", "fastreid", "--fuse", "0.3", *common]) == 0
     out = capsys.readouterr().out
     assert "fuse0.3" in out and "optimistic test-set sweep" in out
     assert main(["match", "--metric", "dsr", *common]) == 0

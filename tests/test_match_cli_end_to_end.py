@@ -188,13 +188,14 @@ def test_both_ap_flavours_get_their_own_file_and_report_row(run, tmp_path):
         rows = [r for r in csv.DictReader(handle) if r["source"] == "measured" and r["dataset"] == "Partial-REID"
                 and r["measure"] == "mAP"]
     # the paper's flavour is unmarked; the other one is marked in the row itself
-    assert [r["method"] for r in rows] == ["FPR (measured)", "FPR (measured, standard AP)"]
+    # a random network's foreground generator: FPR ran on request (--untrained-foreground) and its rows say so
+    assert [r["method"] for r in rows] == ["FPR (measured, untrained foreground)", "FPR (measured, standard AP, untrained foreground)"]
     # numeric cells: the value and its bootstrap interval in columns of their own
     assert [float(r["value"]) for r in rows] == pytest.approx([100 * official["mAP"], 100 * standard["mAP"]])
     assert all(float(r["low"]) <= float(r["value"]) <= float(r["high"]) for r in rows)
     # how each row was computed: the report's appendix
     appendix = summary.markdown.split("## Appendix: provenance of the measured rows")[1]
-    assert "- FPR (measured): " in appendix and "AP market1501" in appendix and "AP standard" in appendix
+    assert "- FPR (measured, untrained foreground): " in appendix and "AP market1501" in appendix and "AP standard" in appendix
     # the market1501 results find their matrix through the recorded name: no retrieval row left out
     assert not any("left out" in w for w in warnings), warnings
     assert any(p.name.startswith("retrieval_partial_reid_q") for p in summary.figure_files)
@@ -265,7 +266,9 @@ def test_two_checkpoints_keep_two_results_and_two_report_rows(run, tmp_path, cap
     report = build_report(results, figures=False)
     tables = report.markdown.split("### Verification")[0]  # the verification table (issue 15) repeats each row
     labels = [line.split("|")[1].strip() for line in tables.splitlines() if "(measured" in line and line.startswith("|")]
-    assert sorted(labels) == sorted(f"Baseline (measured, standard AP, ckpt {s[:8]})" for s in shas)
+    names = {json.loads(p.read_text())["checkpoint_sha256"]: json.loads(p.read_text())["params"]["model_name"] for p in files}
+    assert sorted(names.values()) == ["resnet18 (model.pt)", "resnet18 (other.pt)"]  # the cache's model, in words
+    assert sorted(labels) == sorted(f"Baseline (measured, standard AP, {names[s]}, ckpt {s[:8]})" for s in shas)
     # An unfinished newest cache (an interrupted extraction) is named, not replaced by the older one.
     newest = max(cache.rglob("*.h5"), key=lambda p: read_attrs(p)["created"])
     older = next(p for p in cache.rglob("*.h5") if p != newest)

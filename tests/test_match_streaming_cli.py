@@ -19,7 +19,7 @@ from test_match_streaming import kill_after_tiles, write_cache
 
 def test_match_prints_progress_stores_reuses_and_recomputes(tmp_path, capsys):
     path = write_cache(tmp_path / "cache", n_query=10, n_gallery=16, d=40, m=(5, 9), seed=5)
-    args = ["match", "--metric", "fpr", "--cache-dir", str(tmp_path / "cache"), "--results-dir", str(tmp_path / "res")]
+    args = ["match", "--metric", "fpr", "--untrained-foreground", "--cache-dir", str(tmp_path / "cache"), "--results-dir", str(tmp_path / "res")]
     assert main([*args, "--memory-budget", "60KB"]) == 0
     err = capsys.readouterr().err
     assert "match partial_reid tiles: " in err and "GFLOP/s" in err and "pairs/s" in err and "ETA" in err
@@ -56,7 +56,7 @@ def test_kill_9_mid_match_then_the_same_command_resumes_bit_identical(tmp_path):
     cache_dir = tmp_path / "cache"
     path = write_cache(cache_dir, n_query=16, n_gallery=24, d=48, m=8, seed=7)
     cmd = [sys.executable, "-c", "import sys; from reid_eval_cli.main import main; sys.exit(main(sys.argv[1:]))", "match",
-           "--metric", "fpr", "--memory-budget", "60000", "--results-dir", str(tmp_path / "res")]
+           "--metric", "fpr", "--untrained-foreground", "--memory-budget", "60000", "--results-dir", str(tmp_path / "res")]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     uninterrupted = fpr_distances_from_cache(path, memory_budget_bytes=60000)  # same plan, no tiles kept
     reference = uninterrupted.distances
@@ -75,7 +75,7 @@ def test_kill_9_mid_shortlist_then_the_same_command_resumes_bit_identical(tmp_pa
     cache_dir = tmp_path / "cache"
     path = write_cache(cache_dir, n_query=16, n_gallery=60, d=48, m=8, seed=8)
     cmd = [sys.executable, "-c", "import sys; from reid_eval_cli.main import main; sys.exit(main(sys.argv[1:]))", "match",
-           "--metric", "fpr", "--shortlist", "10", "--memory-budget", "60000", "--results-dir", str(tmp_path / "res"),
+           "--metric", "fpr", "--untrained-foreground", "--shortlist", "10", "--memory-budget", "60000", "--results-dir", str(tmp_path / "res"),
            "--cache-dir", str(cache_dir)]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     from reid_eval.matching.streaming import fpr_shortlist_from_cache

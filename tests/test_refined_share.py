@@ -142,7 +142,7 @@ def test_dask_workers_commit_counts_that_the_lead_process_sums(cache, tmp_path):
 
 def test_match_prints_the_refined_share_and_records_it_in_the_results(tmp_path, capsys):
     path = write_cache(tmp_path / "cache", n_query=10, n_gallery=16, d=40, m=(5, 9), seed=5)
-    args = ["match", "--metric", "fpr", "--cache-dir", str(tmp_path / "cache"), "--results-dir", str(tmp_path / "res"),
+    args = ["match", "--metric", "fpr", "--untrained-foreground", "--cache-dir", str(tmp_path / "cache"), "--results-dir", str(tmp_path / "res"),
             "--resamples", "0"]
     assert main([*args, "--memory-budget", "60KB"]) == 0
     captured = capsys.readouterr()
@@ -165,7 +165,7 @@ def test_match_prints_the_refined_share_and_records_it_in_the_results(tmp_path, 
     again = MatchResult.read(next((tmp_path / "res").glob("partial_reid__fpr__*.json")))
     assert again.provenance["reused_matrix"] == "fpr" and again.provenance["computed_entries"] == entries
     # a global metric reconstructs nothing: no line
-    assert main(["match", "--metric", "euclidean", *args[3:]]) == 0
+    assert main(["match", "--metric", "euclidean", *args[4:]]) == 0
     assert "refined in float64" not in capsys.readouterr().err
 
 

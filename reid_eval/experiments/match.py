@@ -57,6 +57,8 @@ import numpy as np
 
 from reid_eval.datasets import get_spec
 from reid_eval.errors import ReidEvalError
+from reid_eval.experiments.foreground import foreground_state
+from reid_eval.features.cache import MODEL_NAME_ATTR
 from reid_eval.evaluation import records_path, write_query_records
 from reid_eval.experiments.record import GLOBAL_METRICS, MatchParams, MatchResult
 from reid_eval.experiments.reranking import rerank_with_aux, rerank_with_global_aux, stored_rows
@@ -330,8 +332,11 @@ def match_cache(
         "normalize": True if reconstructs else None,
         "single_gallery_shot": single_gallery_shot,
         "resize": attrs["settings"]["preprocessing"]["resize"],
-        "backbone": attrs["settings"]["model"]["backbone"],
-        "input_size": attrs["settings"]["model"]["input_size"],
+        # a module's cache (features.module) has no model config: its identity and input size stand in
+        "backbone": attrs["settings"].get("model", {}).get("backbone", attrs.get("checkpoint_file")),
+        "input_size": attrs["settings"].get("model", {}).get("input_size") or attrs["settings"]["preprocessing"].get("size"),
+        "model_name": attrs.get(MODEL_NAME_ATTR),
+        "foreground": foreground_state(cache_file) if params.metric == "fpr" else None,
         "skipped_query": len(query.skipped),
         "skipped_gallery": len(gallery.skipped),
         "matching_seconds": round(seconds, 3),

@@ -716,6 +716,11 @@ def read_attrs(cache_file: CacheSource) -> dict[str, Any]:
 MODEL_NAME_ATTR = "model_name"
 #: Root attribute: whether the foreground probabilities come from a trained generator (bool).
 FOREGROUND_TRAINED_ATTR = "foreground_trained"
+#: How a foreground generator is trained, named wherever an untrained one is refused or reported.
+TRAIN_FOREGROUND_HINT = (
+    "train one with `reid-eval train --init CHECKPOINT --freeze-trunk --masks MASKS ...` "
+    "(person masks from `reid-eval masks`), then extract again"
+)
 
 def write_distances(cache_file: str | os.PathLike, name: str, distances: np.ndarray, params: Mapping[str, Any]) -> None:
     """Store a [P, G] matrix as ``distances/<name>`` (replacing one of that name) with ``params`` as attributes.

@@ -34,11 +34,6 @@ CHECKPOINT_FORMAT_VERSION = 1
 
 #: ``extra`` key: whether the checkpoint's foreground generator was trained (bool).
 FOREGROUND_TRAINED = "foreground_trained"
-#: How a foreground generator is trained, named wherever an untrained one is refused or reported.
-TRAIN_FOREGROUND_HINT = (
-    "train one with `reid-eval train --init CHECKPOINT --freeze-trunk --masks MASKS ...` "
-    "(person masks from `reid-eval masks`), then extract again"
-)
 
 #: What the user is told makes a checkpoint, at the end of every refusal.
 MAKE_CHECKPOINT_HINT = "a checkpoint is made with `reid-eval checkpoint init` or `reid-eval checkpoint convert --from SOURCE FILE`"

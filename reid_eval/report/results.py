@@ -165,15 +165,28 @@ class ResultRecord:
         """'standard AP' when the AP flavour is not the paper's (the official Market-1501 one), else ''."""
         return "" if self.ap_flavour == PAPER_AP else f"{self.ap_flavour} AP"
 
+    @property
+    def model_name(self) -> str:
+        """The model in words as its cache recorded it ('OSNet x0.25, Market-1501, torchreid'); '' for older results."""
+        return str(self.provenance.get("model_name") or "")
+
+    @property
+    def untrained_foreground(self) -> bool:
+        """Whether this FPR row weighed locations with a foreground generator that was never trained."""
+        return self.provenance.get("foreground") in ("untrained", "unrecorded")
+
     def label(self, *more: str, checkpoint: bool = False) -> str:
         """Row label, e.g. 'FPR (measured)', 'FPR (measured, β=0.1, standard AP)'.
 
-        ``more`` adds qualifiers ('labeled'); ``checkpoint`` adds the
-        checkpoint's hash prefix (when rows of several checkpoints share a table).
+        ``more`` adds qualifiers ('labeled'); an FPR row of an untrained
+        foreground generator says so; ``checkpoint`` adds the model's name and
+        the checkpoint's hash prefix (when rows of several models share a table).
         """
         extras = [e for e in (self.variant_label, self.ap_label, *more) if e]
+        if self.untrained_foreground:
+            extras.append("untrained foreground")
         if checkpoint:
-            extras.append(f"ckpt {self.short_sha}")
+            extras.append(f"{self.model_name}, ckpt {self.short_sha}" if self.model_name else f"ckpt {self.short_sha}")
         return f"{self.method_name} (measured{''.join(', ' + e for e in extras)})"
 
     @property

@@ -145,7 +145,7 @@ def _model_note(records: list[ResultRecord]) -> list[str]:
     """One line naming the model(s) behind the measured rows (backbone and input size when recorded, checkpoint)."""
     models = []
     for r in records:
-        backbone, size = r.provenance.get("backbone"), r.provenance.get("input_size")
+        backbone, size = r.model_name or r.provenance.get("backbone"), r.provenance.get("input_size")
         text = (f"{backbone}" + (f" at {'x'.join(map(str, size))}" if size else "") + ", " if backbone else "") \
             + f"checkpoint {r.short_sha}"
         if text not in models:
