@@ -45,10 +45,10 @@ def _cell(value: float, ci: list[float] | None) -> str:
     return text + (f" [{100 * ci[0]:4.1f}, {100 * ci[1]:4.1f}]" if ci else "")
 
 
-def _row(dataset: str, model: str, method: str, result) -> str:
+def _row(dataset: str, model: str, method: str, result, width: int) -> str:
     intervals = result.intervals or {}
     cmc_ci = intervals.get("cmc_ci") or [None] * 3
-    return (f"{dataset:22s} {model:40s} {method:30s} R1 {_cell(result.cmc[0], cmc_ci[0])}  "
+    return (f"{dataset:22s} {model:{width}s} {method:30s} R1 {_cell(result.cmc[0], cmc_ci[0])}  "
             f"R3 {_cell(result.cmc[2], cmc_ci[2])}  mAP {_cell(result.mAP, intervals.get('mAP_ci'))}")
 
 
@@ -63,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
                                           for c in args.fpr_checkpoint]
     sets = {**SETS, **(VARIANTS if args.variants else {})}
     cache_dir, results_dir = work / "cache", work / "results"
-    print(f"{'dataset':22s} {'model':40s} {'method':30s} values in % [95% identity-bootstrap interval], AP {PAPER_AP}")
+    width = max(len(name) for name, _ in models)
+    print(f"{'dataset':22s} {'model':{width}s} {'method':30s} values in % [95% identity-bootstrap interval], AP {PAPER_AP}")
     for dataset, folder in sets.items():
         for name, ckpt in models:
             extract_dataset(dataset, Path(args.data_root) / folder, ckpt, cache_dir, device=args.device,
@@ -78,11 +79,11 @@ def run(args: argparse.Namespace) -> int:
                 params = MatchParams(metric=metric, ap=PAPER_AP, resamples=args.resamples).validate()
                 out = match_cache(cache, params, results_dir, dataset=dataset)
                 files[metric] = out.results_file
-                print(_row(dataset, name, label, out.result), flush=True)
+                print(_row(dataset, name, label, out.result, width), flush=True)
             if "fpr" in files:
                 c = compare_results(files["fpr"], files["dsr"], resamples=args.resamples)
                 d = c.difference
-                print(f"{'':22s} {'':40s} {'FPR - DSR (paired)':30s} R1 {100 * d.point[0]:+5.1f} "
+                print(f"{'':22s} {'':{width}s} {'FPR - DSR (paired)':30s} R1 {100 * d.point[0]:+5.1f} "
                       f"[{100 * d.low[0]:+.1f}, {100 * d.high[0]:+.1f}]  mAP {100 * d.point[1]:+5.1f} "
                       f"[{100 * d.low[1]:+.1f}, {100 * d.high[1]:+.1f}]", flush=True)
     from reid_eval.report import build_report
