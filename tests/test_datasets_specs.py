@@ -22,6 +22,8 @@ PUBLISHED = {
     "cuhk03_pair1": {"train": (7239, 743), "query": (451, 100), "gallery": (487, 100)},  # our protocol, its spec
     "partial_reid": {"query": (300, 60), "gallery": (300, 60)},
     "partial_ilids": {"query": (119, 119), "gallery": (119, 119)},
+    "partial_reid_occluded": {"query": (300, 60), "gallery": (300, 60)},  # the released uncropped probes
+    "partial_ilids_nocrop": {"query": (119, 119), "gallery": (119, 119)},  # the released uncropped probes
     "occluded_reid": {"query": (1000, 200), "gallery": (1000, 200)},
     "synthetic_occluded": {},
     "pets09_s2l1": {"query": (80, 7), "gallery": (125, 10)},  # our protocol, data_manifests/pets09_s2l1.toml
@@ -50,7 +52,7 @@ def test_kinds_split_holistic_from_occluded_sets():
                                                                       "cuhk03_pair1"}
     assert {n for n, k in kinds.items() if k == "occluded"} == {
         "partial_reid", "partial_ilids", "occluded_reid", "synthetic_occluded", "pets09_s2l1", "pets09_s2l1_full",
-        "occluded_dukemtmc", "p_dukemtmc_reid",
+        "occluded_dukemtmc", "p_dukemtmc_reid", "partial_reid_occluded", "partial_ilids_nocrop",
     }
 
 
