@@ -108,7 +108,7 @@ def match_command(metric, dataset, beta, backend, shortlist, shortlist_metric, f
     """
     from reid_eval.experiments import MatchExecution, match_cache, select_caches
     from reid_eval.experiments.foreground import check_foreground
-    from reid_eval.experiments.match import refinement_line
+    from reid_eval.experiments.match import refinement_line, tile_check_line
 
     ctx = click.get_current_context()
     refuse_unused(ctx, "--rerank", rerank, ("rerank_aux", "rerank_k1", "rerank_k2", "rerank_lambda"))
@@ -161,9 +161,9 @@ def match_command(metric, dataset, beta, backend, shortlist, shortlist_metric, f
                 outcome = match_cache(path, params, results_dir, dataset=name, execution=execution)
         finally:
             bars.close()
-        refined = refinement_line(outcome.result.provenance)
-        if refined is not None:  # on stderr with the progress lines: stdout keeps one summary line per dataset
-            click.echo(f"match {name} {refined}", err=True)
+        for line in (tile_check_line(outcome.result.provenance), refinement_line(outcome.result.provenance)):
+            if line is not None:  # on stderr with the progress lines: stdout keeps one summary line per dataset
+                click.echo(f"match {name} {line}", err=True)
         click.echo(outcome.summary)
 
 

@@ -55,10 +55,10 @@ def test_streamed_counts_equal_the_in_memory_engine_on_the_same_tile_plan(cache,
     assert got.plan.num_tiles > 4 and got.plan.num_tiles == expected.tiles
     np.testing.assert_array_equal(got.distances, ref)
     assert got.refinement.to_dict() == expected.to_dict()
-    assert got.refinement.entries == _entries(cache) and got.tiles_without_counts == 0
+    assert got.refinement.entries == _entries(cache) and got.tiles_rejected == ()
     how = got.provenance()
     assert (how["refined_entries"], how["computed_entries"]) == (expected.refined, expected.entries)
-    assert how["refined_share"] == expected.refined_share and how["tiles_without_counts"] == 0
+    assert how["refined_share"] == expected.refined_share and "tiles_failed_check" not in how
     if atol == TINY_ATOL:
         assert got.refinement.refined > 0
 
@@ -74,60 +74,57 @@ def test_a_resumed_match_reports_the_totals_of_an_uninterrupted_one(cache, tmp_p
     tiles = sorted(store.done())
     for t in tiles[::2]:  # "interrupted": half of the tiles were never committed
         store._path(*t).unlink()
-        store._counts_path(*t).unlink()
+        store._record_path(*t).unlink()
     resumed = fpr_distances_from_cache(path, resume_dir=resume, **kwargs)
     assert (resumed.tiles_resumed, resumed.tiles_computed) == (len(tiles[1::2]), len(tiles[::2]))
     every = fpr_distances_from_cache(path, resume_dir=resume, **kwargs)  # nothing left to compute: all from the store
     assert every.tiles_computed == 0
     for run in (first, resumed, every):
-        assert run.refinement.to_dict() == uninterrupted.refinement.to_dict() and run.tiles_without_counts == 0
+        assert run.refinement.to_dict() == uninterrupted.refinement.to_dict() and run.tiles_rejected == ()
         np.testing.assert_array_equal(run.distances, uninterrupted.distances)
 
 
-def test_a_tile_committed_without_counts_loads_and_the_totals_say_they_are_incomplete(cache, tmp_path):
+def test_a_tile_committed_without_a_record_is_computed_again_and_the_totals_stay_complete(cache, tmp_path):
     path = _copy(cache, tmp_path)
     resume = tile_dir(path, "fpr")
     kwargs = dict(backend="numpy", block_rows=12, threads=1, float32_atol=TINY_ATOL)
     full = fpr_distances_from_cache(path, resume_dir=resume, **kwargs)
     store = TileStore(resume)
     old = sorted(store.done())[0]
-    lost = store.counts(*old)
-    assert lost is not None and lost.tiles == 1 and lost.entries > 0
-    store._counts_path(*old).unlink()  # as an older version committed it: the tile alone
+    store._record_path(*old).unlink()  # as an older version committed it: the tile alone, unchecked
     again = fpr_distances_from_cache(path, resume_dir=resume, **kwargs)
-    assert again.tiles_computed == 0 and again.tiles_without_counts == 1
+    assert again.tiles_computed == 1 and again.tiles_resumed == full.plan.num_tiles - 1
+    assert len(again.tiles_rejected) == 1 and "no valid record" in again.tiles_rejected[0]
     np.testing.assert_array_equal(again.distances, full.distances)
-    assert again.refinement.entries == full.refinement.entries - lost.entries
-    assert again.refinement.refined == full.refinement.refined - lost.refined
+    assert again.refinement.to_dict() == full.refinement.to_dict()
     how = again.provenance()
-    assert how["tiles_without_counts"] == 1 and how["computed_entries"] == again.refinement.entries
-    line = refinement_line(how)
-    assert line is not None and "1 resumed tile(s) committed without counts are not included" in line
+    assert how["tiles_failed_check"] == 1 and how["computed_entries"] == full.refinement.entries
 
 
-def test_the_tile_store_keeps_counts_beside_tiles_without_confusing_done(tmp_path):
+def test_the_tile_store_keeps_records_beside_tiles_without_confusing_done(tmp_path):
     store = TileStore(tmp_path / "t")
     store.start({"identity": "x"})
     counts = RefinementStats()
     counts.record(60, 7)
     store.commit(0, 1, np.ones((2, 3), np.float32), counts)
-    assert store.done() == {(0, 1)} and store.counts(0, 1) == counts
-    assert store._counts_path(0, 1).exists()
-    # a sidecar alone (killed between the two writes) is not a done tile
-    store._counts_path(2, 2).write_text(json.dumps({"entries": 1, "refined": 0, "tiles": 1}))
     assert store.done() == {(0, 1)}
-    # an older version's tile: no sidecar; it loads, its counts are unknown
+    loaded = store.load(0, 1, (2, 3), np.float32)
+    assert loaded is not None and loaded.counts == counts and loaded.values.tolist() == [[1.0] * 3] * 2
+    assert store._record_path(0, 1).exists() and store.rejected == []
+    # a record alone (killed between the two writes) is not a done tile
+    store._record_path(2, 2).write_text(json.dumps({"entries": 1, "refined": 0, "tiles": 1}))
+    assert store.done() == {(0, 1)}
+    # a record that does not read back as one fails the tile
     np.save(store._path(1, 0), np.zeros((2, 3), np.float32))
-    assert store.done() == {(0, 1), (1, 0)}
-    assert store.load(1, 0, (2, 3)) is not None and store.counts(1, 0) is None
-    # a sidecar that does not read back as counts is unknown, not wrong
     for bad in ("{", json.dumps({"entries": 5, "refined": 9, "tiles": 1}), json.dumps({"entries": "5"}), "[]"):
-        store._counts_path(1, 0).write_text(bad)
-        assert store.counts(1, 0) is None
-    # a tile that does not read back is dropped with its counts (it is computed and committed again)
-    assert store.load(0, 1, (9, 9)) is None and not store._counts_path(0, 1).exists()
+        store._record_path(1, 0).write_text(bad)
+        np.save(store._path(1, 0), np.zeros((2, 3), np.float32))
+        assert store.load(1, 0, (2, 3), np.float32) is None and not store._path(1, 0).exists()
+    # a tile that does not read back as expected is dropped with its record (computed and committed again)
+    assert store.load(0, 1, (9, 9), np.float32) is None and not store._record_path(0, 1).exists()
+    assert len(store.rejected) == 5 and "shape (2, 3), expected (9, 9)" in store.rejected[-1]
     store.start({"identity": "y"})
-    assert [p.name for p in store.directory.iterdir()] == ["manifest.json"]  # start() clears tiles and counts
+    assert [p.name for p in store.directory.iterdir()] == ["manifest.json"]  # start() clears tiles and records
 
 
 def test_dask_workers_commit_counts_that_the_lead_process_sums(cache, tmp_path):
@@ -153,7 +150,7 @@ def test_match_prints_the_refined_share_and_records_it_in_the_results(tmp_path, 
     how = result.provenance
     entries = _entries(path)
     assert how["computed_entries"] == entries and 0 <= how["refined_entries"] <= entries
-    assert how["refined_share"] == pytest.approx(how["refined_entries"] / entries) and how["tiles_without_counts"] == 0
+    assert how["refined_share"] == pytest.approx(how["refined_entries"] / entries) and "tiles_failed_check" not in how
     assert f"{how['refined_entries']} of {entries:.3g} entries (share {how['refined_share']:.2e})" in lines[0]
     stored = read_distances(path, "fpr")[1]
     assert {k: stored[k] for k in ("refined_entries", "computed_entries", "refined_share")} == {
@@ -172,6 +169,5 @@ def test_match_prints_the_refined_share_and_records_it_in_the_results(tmp_path, 
 def test_refinement_line_needs_counts_and_never_raises():
     assert refinement_line({"runner": "threads:1"}) is None
     assert refinement_line({"refined_entries": "none", "computed_entries": 3}) is None
-    line = refinement_line({"refined_entries": 0, "computed_entries": 528_000, "refined_share": 0.0,
-                            "tiles_without_counts": 0})
+    line = refinement_line({"refined_entries": 0, "computed_entries": 528_000, "refined_share": 0.0})
     assert line == "refined in float64: 0 of 5.28e+05 entries (share 0.00e+00)"

@@ -33,11 +33,13 @@ For one cache file (one dataset, checkpoint and preprocessing) and one
 
 The refined share (how many of the exact matrix's (probe location, gallery
 image) entries the engine recomputed in float64) is part of the provenance:
-``refined_entries``, ``computed_entries``, ``refined_share`` and
-``tiles_without_counts`` (see
-:meth:`reid_eval.matching.streaming.StreamResult.provenance`), in the results
-JSON's params and in the stored matrix's attributes; a reused matrix reports
-what its attributes recorded. :func:`refinement_line` words it for the log.
+``refined_entries``, ``computed_entries`` and ``refined_share`` (see
+:meth:`reid_eval.matching.streaming.StreamResult.provenance`; matrices of
+older versions may add ``tiles_without_counts``), in the results JSON's
+params and in the stored matrix's attributes; a reused matrix reports what
+its attributes recorded. :func:`refinement_line` words it for the log, and
+:func:`tile_check_line` the committed tiles that failed their check and were
+computed again.
 
 Which cache a dataset is matched with is decided by :func:`select_cache`
 alone (the report uses it too).
@@ -114,6 +116,18 @@ def refinement_line(provenance: Mapping[str, Any]) -> str | None:
     if "reused_matrix" in provenance:
         line += f", as recorded with the stored matrix {provenance['reused_matrix']}"
     return line
+
+
+def tile_check_line(provenance: Mapping[str, Any]) -> str | None:
+    """``2 committed tile(s) failed their check and were computed again (first: <file>: checksum mismatch)``.
+
+    None when every resumed tile passed (or nothing was resumed).
+    """
+    failed = provenance.get("tiles_failed_check")
+    if not isinstance(failed, int) or failed <= 0:
+        return None
+    return (f"{failed} committed tile(s) failed their check and were computed again "
+            f"(first: {provenance.get('tile_check_failure', '?')})")
 
 
 class NoCacheError(ReidEvalError):

@@ -38,7 +38,9 @@ def pick_shortlist(probe_global: np.ndarray, gallery_global: np.ndarray, k: int,
 
     ``probe_global`` ``[P, d']``, ``gallery_global`` ``[G, d']``; ``rest_rank``
     ``[P, G]`` (float32 or float64) receives, at each gallery image outside
-    a probe's shortlist, its rank r among the rest (0, 1, ...). Probe rows are
+    a probe's shortlist, its rank r among the rest (0, 1, ...), and 0 in the
+    shortlisted slots (every entry is written: ``rest_rank`` may come from
+    ``np.empty``). Probe rows are
     taken ``chunk_rows`` at a time (distances and their argsort are
     ``[chunk_rows, G]``).
     """
@@ -50,6 +52,9 @@ def pick_shortlist(probe_global: np.ndarray, gallery_global: np.ndarray, k: int,
         order = np.argsort(global_distances(probe_global[a:b], gallery_global, metric=metric), axis=1, kind="stable")
         short[a:b] = order[:, :k]
         np.put_along_axis(rest_rank[a:b], order[:, k:], np.broadcast_to(ranks, (b - a, n_gallery - k)), axis=1)
+        # The shortlisted slots get their exact distances later, but behind_the_shortlist reads whole
+        # rows first: uninitialised bytes there (a signalling NaN) would raise a spurious cast warning.
+        np.put_along_axis(rest_rank[a:b], order[:, :k], 0, axis=1)
         del order
     return short
 
@@ -154,20 +159,21 @@ def fpr_shortlist_pass(
 
 
 def run_shortlist(job: TileJob, short: np.ndarray, exact: np.ndarray, runner: Any, store: TileStore | None,
-                  progress: ProgressCounter | None = None) -> tuple[RefinementStats, int, int]:
+                  progress: ProgressCounter | None = None) -> tuple[RefinementStats, int]:
     """The exact distances of every shortlisted pair of ``job``'s plan into ``exact`` ``[P, K]`` float64.
 
     Pass by pass: each probe pass is prepared once (split along
     ``job.centre``), its units already committed to ``store`` are restored,
     the others computed by :func:`fpr_shortlist_pass` on ``runner``'s
     ``mapper`` and committed to ``store`` (None: in memory, nothing
-    committed). Returns (the refinement counts of every unit, units restored,
-    restored units without counts).
+    committed). Returns (the refinement counts of every unit, units restored).
+    A committed unit is restored only when it passes its record
+    (:meth:`TileStore.load`); one that fails is computed with the others.
     """
     plan = job.plan
     flat_exact = exact.reshape(-1)
     committed = store.done() if store is not None else set()
-    refinement, without_counts, resumed = RefinementStats(), 0, 0
+    refinement, resumed = RefinementStats(), 0
     with runner.mapper() as map_fn, job.source.open() as reader:
 
         def gallery_basis(ga: int, gb: int) -> GalleryBasis:
@@ -176,17 +182,13 @@ def run_shortlist(job: TileJob, short: np.ndarray, exact: np.ndarray, runner: An
         for pi, (pa, pb) in enumerate(plan.probe_blocks):
             todo = []
             for gi, pairs in enumerate(shortlist_units(short, pa, pb - pa, plan.gallery_blocks)):
-                values = store.load(gi, pi, (pairs.size,)) if (gi, pi) in committed else None
-                if values is None:
+                unit = store.load(gi, pi, (pairs.size,), exact.dtype) if (gi, pi) in committed else None
+                if unit is None:
                     todo.append(gi)
                     continue
-                flat_exact[pairs] = values
+                flat_exact[pairs] = unit.values
                 resumed += 1
-                counts = store.counts(gi, pi)
-                if counts is None:
-                    without_counts += 1
-                else:
-                    refinement.merge(counts)
+                refinement.merge(unit.counts)
                 if progress is not None:
                     progress.add_resumed(int(pairs.size))
             if progress is not None:
@@ -205,4 +207,4 @@ def run_shortlist(job: TileJob, short: np.ndarray, exact: np.ndarray, runner: An
                                float32_atol=job.settings.float32_atol, stats=refinement, map_fn=map_fn, blocks=todo,
                                block_done=unit_done)
             del probes
-    return refinement, resumed, without_counts
+    return refinement, resumed

@@ -76,11 +76,12 @@ class StreamResult:
     runner: ``"threads:N"``, ``"dask-local:N"`` or ``"dask:<address>"``.
     refinement: the (probe location, gallery image) entries of the whole
     matrix and how many were recomputed in float64, summed over every tile,
-    resumed ones included (read back from the tile store); None when the
+    resumed ones included (read back from the tile records); None when the
     path that made the matrix does not count them.
-    tiles_without_counts: tiles whose counts are unknown (committed by a
-    version that did not record them); ``refinement`` then covers only the
-    other tiles, and :meth:`provenance` says so.
+    tiles_rejected: ``"<tile file>: <reason>"`` of the committed tiles that
+    failed their check (checksum, dtype, shape, finite values; see
+    :mod:`~reid_eval.matching.tile_store`) and were computed again; they are
+    not among ``tiles_resumed``.
     """
 
     distances: np.ndarray
@@ -90,20 +91,23 @@ class StreamResult:
     seconds: float
     runner: str
     refinement: RefinementStats | None = None
-    tiles_without_counts: int = 0
+    tiles_rejected: tuple[str, ...] = ()
 
     def provenance(self) -> dict[str, Any]:
         """How the matrix was computed (not what it is): for the stored attributes and the results.
 
         With counts: ``refined_entries`` (entries recomputed in float64),
-        ``computed_entries`` (entries counted), ``refined_share`` (their
-        ratio) and ``tiles_without_counts`` (tiles left out of both: when
-        nonzero, the first three cover only the other tiles).
+        ``computed_entries`` (entries counted) and ``refined_share`` (their
+        ratio). ``tiles_failed_check``: how many committed tiles failed their
+        check and were computed again, with the first one's reason in
+        ``tile_check_failure`` (only when there were any).
         """
         how: dict[str, Any] = {**self.plan.provenance(), "tiles_resumed": self.tiles_resumed, "runner": self.runner}
         if self.refinement is not None:
             how.update(refined_entries=self.refinement.refined, computed_entries=self.refinement.entries,
-                       refined_share=self.refinement.refined_share, tiles_without_counts=self.tiles_without_counts)
+                       refined_share=self.refinement.refined_share)
+        if self.tiles_rejected:
+            how.update(tiles_failed_check=len(self.tiles_rejected), tile_check_failure=self.tiles_rejected[0])
         return how
 
 
@@ -259,7 +263,7 @@ def fpr_distances_from_cache(
         if temporary:
             store.remove()
     return StreamResult(done.distances, plan, done.resumed, done.computed, time.perf_counter() - t_start, runner.name,
-                        refinement=done.refinement, tiles_without_counts=done.without_counts)
+                        refinement=done.refinement, tiles_rejected=tuple(store.rejected))
 
 
 @dataclass(frozen=True)
@@ -270,45 +274,46 @@ class _Assembled:
     resumed: int
     computed: int
     refinement: RefinementStats
-    without_counts: int
 
 
 def _compute(job: TileJob, store: TileStore, runner: Any, poff: np.ndarray, goff: np.ndarray, dim: int,
              n_probe: int, n_gallery: int, progress: Callable[[MatchProgress], None] | None) -> _Assembled:
-    """The tiles not yet in ``store`` computed into it, then the matrix assembled from the store."""
+    """The tiles not yet in ``store`` computed into it, the matrix assembled from the store's checked tiles.
+
+    A committed tile counts as resumed only when it passes its record
+    (:meth:`TileStore.load`); one that fails is computed with the others.
+    The counts come from the records too, so tiles that Dask workers
+    committed are counted like this run's own.
+    """
     plan = job.plan
     work = tile_work(plan, poff, goff, dim)
-    done = store.done() & set(plan.tiles())
-    resumed = len(done)
-    counter = ProgressCounter(plan.num_tiles, n_probe * n_gallery, progress)
-    for tile in done:
-        counter.add_resumed(work(*tile)[0])
-    counter.report()
     out = np.empty((n_probe, n_gallery), dtype=job.settings.out_dtype)
+    refinement = RefinementStats()
+    counter = ProgressCounter(plan.num_tiles, n_probe * n_gallery, progress)
+
+    def take(gi: int, pi: int) -> bool:
+        (pa, pb), (ga, gb) = plan.probe_blocks[pi], plan.gallery_blocks[gi]
+        tile = store.load(gi, pi, (pb - pa, gb - ga), out.dtype)
+        if tile is None:
+            return False
+        out[pa:pb, ga:gb] = tile.values
+        refinement.merge(tile.counts)
+        return True
+
+    committed = store.done()
+    pending = [t for t in plan.tiles() if not (t in committed and take(*t))]
+    resumed = plan.num_tiles - len(pending)
+    for t in set(plan.tiles()) - set(pending):
+        counter.add_resumed(work(*t)[0])
+    counter.report()
     computed = 0
     for _attempt in range(2):
-        pending = [t for t in plan.tiles() if t not in done]
-        if pending:
-            run_tiles(job, pending, store, runner, counter, work)
-            computed += len(pending)
-        # Assemble from the committed tiles; one that does not read back is computed again.
-        # The counts come from the store too, so resumed tiles and tiles that
-        # Dask workers committed are counted like this run's own.
-        done = set()
-        refinement, without_counts = RefinementStats(), 0
-        for gi, pi in plan.tiles():
-            (pa, pb), (ga, gb) = plan.probe_blocks[pi], plan.gallery_blocks[gi]
-            tile = store.load(gi, pi, (pb - pa, gb - ga))
-            if tile is not None:
-                out[pa:pb, ga:gb] = tile
-                done.add((gi, pi))
-                counts = store.counts(gi, pi)
-                if counts is None:
-                    without_counts += 1
-                else:
-                    refinement.merge(counts)
-        if len(done) == plan.num_tiles:
-            return _Assembled(out, resumed, computed, refinement, without_counts)
+        if not pending:
+            return _Assembled(out, resumed, computed, refinement)
+        run_tiles(job, pending, store, runner, counter, work)
+        computed += len(pending)
+        # this run's tiles pass through the same check; one that does not read back is computed again
+        pending = [t for t in pending if not take(*t)]
     raise ReidEvalError(f"tiles in {store.directory} could not be written and read back; check the disk")
 
 
@@ -381,11 +386,11 @@ def fpr_shortlist_from_cache(
     counter = ProgressCounter(plan.num_tiles, n_probe * k, progress)
     try:
         job = TileJob(source, settings, plan, shared_centre(source, settings, plan))  # every pass shares one centre
-        refinement, resumed, without_counts = run_shortlist(job, short, exact, runner, store, counter)
+        refinement, resumed = run_shortlist(job, short, exact, runner, store, counter)
     finally:
         if temporary:
             store.remove()
     # 3. the rest behind the shortlist: (max + 1) + r
     behind_the_shortlist(out, short, exact)
     return StreamResult(out, plan, resumed, plan.num_tiles - resumed, time.perf_counter() - t_start, runner.name,
-                        refinement=refinement, tiles_without_counts=without_counts)
+                        refinement=refinement, tiles_rejected=tuple(store.rejected))

@@ -20,14 +20,18 @@ moment the process dies at. The record of done tiles *is* the set of tile
 files; a tile file that cannot be read back (e.g. after a power loss that
 lost the unsynced folder entry's data) counts as not done and is recomputed.
 
-Refinement counts. Each tile carries the :class:`~reid_eval.matching.kernel.RefinementStats`
-of its computation (entries, and how many were recomputed in float64) in a
-sidecar ``g<gi>-p<pi>.counts.json``, committed the same way *before* the tile
-file: a committed tile therefore always has its counts, and the totals of a
-resumed matrix include the tiles an earlier run computed. The ``.npy`` alone
-stays the record of done-ness. A tile committed by an older version has no
-sidecar; :meth:`TileStore.counts` then returns None and the caller reports
-its totals as incomplete.
+Records. Each tile has a record, ``g<gi>-p<pi>.json``, committed the same way
+*before* the tile file: its SHA-256, dtype and shape, and the
+:class:`~reid_eval.matching.kernel.RefinementStats` of its computation
+(entries, and how many were recomputed in float64), so the totals of a
+resumed matrix include the tiles an earlier run computed. A finished tile is
+used only when it passes its record (:meth:`TileStore.load`): the expected
+shape and dtype, the recorded checksum, and finite values. One that fails
+(flipped bytes, a file replaced by zeros or by float64 of the same shape, a
+NaN, a tile without a record as an older version committed them) is dropped
+with its record, its reason kept in :attr:`TileStore.rejected`, and the
+driver computes it again and says so: a tile that has not been checked never
+reaches a matrix.
 
 Workers on other machines commit the same way into the same folder (it sits
 beside the cache, which they read through the same shared path).
@@ -35,12 +39,14 @@ beside the cache, which they read through the same shared path).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import shutil
 import tempfile
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +59,7 @@ from reid_eval.matching.kernel.accuracy import RefinementStats
 # process right after its k-th tile commit (tests/test_match_streaming*.py).
 _KILL_ENV = "REID_EVAL_TEST_KILL_AFTER_TILES"
 
-__all__ = ["TileStore", "tile_dir"]
+__all__ = ["TileStore", "StoredTile", "tile_dir"]
 
 _TILE = re.compile(r"^g(\d+)-p(\d+)\.npy$")
 
@@ -90,11 +96,29 @@ def _write_atomic(path: Path, write: Any) -> None:
     _fsync_dir(path.parent)
 
 
+@dataclass(frozen=True)
+class StoredTile:
+    """A committed tile that passed its record: the values and the refinement counts of their computation."""
+
+    values: np.ndarray
+    counts: RefinementStats
+
+
+def _digest(tile: np.ndarray) -> str:
+    """SHA-256 of a tile's bytes in C order (what the record holds)."""
+    return hashlib.sha256(np.ascontiguousarray(tile).data).hexdigest()
+
+
 class TileStore:
-    """The tile folder of one distance matrix (see the module docstring)."""
+    """The tile folder of one distance matrix (see the module docstring).
+
+    rejected: ``"<tile file>: <reason>"`` of every committed tile that
+    :meth:`load` found failing its record (and dropped) through this object.
+    """
 
     def __init__(self, directory: str | os.PathLike) -> None:
         self.directory = Path(directory)
+        self.rejected: list[str] = []
         self._kill = kill_hook(_KILL_ENV)
 
     @property
@@ -109,7 +133,7 @@ class TileStore:
             return None
 
     def start(self, manifest: Mapping[str, Any]) -> None:
-        """Begin afresh: remove every tile (and its counts) and record ``manifest``."""
+        """Begin afresh: remove every tile (and its record) and record ``manifest``."""
         self.remove()
         self.directory.mkdir(parents=True, exist_ok=True)
         blob = (json.dumps(dict(manifest), sort_keys=True, indent=1) + "\n").encode()
@@ -118,12 +142,12 @@ class TileStore:
     def _path(self, gi: int, pi: int) -> Path:
         return self.directory / f"g{gi}-p{pi}.npy"
 
-    def _counts_path(self, gi: int, pi: int) -> Path:
-        # not matched by _TILE, so done() never mistakes a sidecar for a tile
-        return self.directory / f"g{gi}-p{pi}.counts.json"
+    def _record_path(self, gi: int, pi: int) -> Path:
+        # not matched by _TILE, so done() never mistakes a record for a tile
+        return self.directory / f"g{gi}-p{pi}.json"
 
     def done(self) -> set[tuple[int, int]]:
-        """``{(gallery block, probe block)}`` of the committed tiles."""
+        """``{(gallery block, probe block)}`` of the committed tiles (not yet checked: see :meth:`load`)."""
         if not self.directory.is_dir():
             return set()
         out = set()
@@ -134,54 +158,72 @@ class TileStore:
         return out
 
     def commit(self, gi: int, pi: int, tile: np.ndarray, counts: RefinementStats) -> None:
-        """Write one finished ``[p, g]`` tile and its refinement ``counts`` (each atomic).
+        """Write one finished tile and its record (checksum, dtype, shape, refinement ``counts``), each atomic.
 
-        The counts go first: the tile file is what marks the tile done, so a
+        The record goes first: the tile file is what marks the tile done, so a
         process killed between the two writes leaves a tile that is not done
-        (recomputed, its sidecar overwritten), never a done tile without counts.
+        (recomputed, its record overwritten), never a done tile without one.
         """
-        blob = (json.dumps({"entries": int(counts.entries), "refined": int(counts.refined),
-                            "tiles": int(counts.tiles)}, sort_keys=True) + "\n").encode()
-        _write_atomic(self._counts_path(gi, pi), lambda fh: fh.write(blob))
-        _write_atomic(self._path(gi, pi), lambda fh: np.save(fh, np.ascontiguousarray(tile), allow_pickle=False))
+        tile = np.ascontiguousarray(tile)
+        record = {"sha256": _digest(tile), "dtype": tile.dtype.str, "shape": list(tile.shape),
+                  "entries": int(counts.entries), "refined": int(counts.refined), "tiles": int(counts.tiles)}
+        blob = (json.dumps(record, sort_keys=True) + "\n").encode()
+        _write_atomic(self._record_path(gi, pi), lambda fh: fh.write(blob))
+        _write_atomic(self._path(gi, pi), lambda fh: np.save(fh, tile, allow_pickle=False))
         if self._kill is not None:
             self._kill()
 
-    def counts(self, gi: int, pi: int) -> RefinementStats | None:
-        """The refinement counts committed with tile ``(gi, pi)``; None when it has none.
-
-        None means the tile was committed by a version that did not record
-        counts (or the sidecar does not read back as valid counts): the caller
-        leaves the tile out of the totals and says they are incomplete.
-        """
+    def _record(self, gi: int, pi: int) -> dict[str, Any] | None:
         try:
-            raw = json.loads(self._counts_path(gi, pi).read_text())
+            raw = json.loads(self._record_path(gi, pi).read_text())
             entries, refined, tiles = (raw[k] for k in ("entries", "refined", "tiles"))
-        except (OSError, ValueError, TypeError, KeyError):
+            ok = (isinstance(raw.get("sha256"), str) and isinstance(raw.get("dtype"), str)
+                  and isinstance(raw.get("shape"), list)
+                  and all(type(v) is int for v in (entries, refined, tiles)) and 0 <= refined <= entries and tiles >= 0)
+        except (OSError, ValueError, TypeError, KeyError, AttributeError):
             return None
-        if not all(type(v) is int for v in (entries, refined, tiles)) or not 0 <= refined <= entries or tiles < 0:
-            return None
-        return RefinementStats(entries=entries, refined=refined, tiles=tiles)
+        return raw if ok else None
 
-    def load(self, gi: int, pi: int, shape: tuple[int, int]) -> np.ndarray | None:
-        """The committed tile ``(gi, pi)`` if it reads back with ``shape``; otherwise None (and the file is dropped).
-
-        Its counts are read separately (:meth:`counts`); a dropped tile's
-        sidecar goes with it, as the tile is computed and committed again.
-        """
-        path = self._path(gi, pi)
+    def _checked(self, gi: int, pi: int, shape: tuple[int, ...], dtype: np.dtype) -> StoredTile | str:
+        """The tile ``(gi, pi)`` with its counts when it passes its record, else why it does not."""
+        record = self._record(gi, pi)
+        if record is None:
+            return "no valid record (checksum, dtype, counts)"
         try:
-            tile = np.load(path, allow_pickle=False)
-            if tile.shape == shape:
-                return tile
-        except (OSError, ValueError, EOFError):
-            pass
+            tile = np.load(self._path(gi, pi), allow_pickle=False)
+        except (OSError, ValueError, EOFError) as exc:
+            return f"does not read back ({' '.join(str(exc).split()) or type(exc).__name__})"
+        if tile.shape != tuple(shape) or list(tile.shape) != record["shape"]:
+            return f"shape {tile.shape}, expected {tuple(shape)}"
+        if tile.dtype != dtype or tile.dtype.str != record["dtype"]:
+            return f"dtype {tile.dtype}, expected {dtype}"
+        if _digest(tile) != record["sha256"]:
+            return "checksum mismatch"
+        if not np.isfinite(tile).all():
+            return "non-finite values"
+        return StoredTile(tile, RefinementStats(entries=record["entries"], refined=record["refined"],
+                                                tiles=record["tiles"]))
+
+    def load(self, gi: int, pi: int, shape: tuple[int, ...], dtype: Any) -> StoredTile | None:
+        """The committed tile ``(gi, pi)`` with its counts if it passes its record; otherwise None.
+
+        ``shape`` and ``dtype``: what the caller expects (``[p, g]`` and the
+        matrix's dtype; the shortlist's units are flat float64). A tile that
+        fails is dropped with its record and its reason appended to
+        :attr:`rejected`; the caller computes it again.
+        """
+        checked = self._checked(gi, pi, tuple(shape), np.dtype(dtype))
+        if isinstance(checked, StoredTile):
+            return checked
+        path = self._path(gi, pi)
+        if path.exists():
+            self.rejected.append(f"{path}: {checked}")
         path.unlink(missing_ok=True)
-        self._counts_path(gi, pi).unlink(missing_ok=True)
+        self._record_path(gi, pi).unlink(missing_ok=True)
         return None
 
     def remove(self) -> None:
-        """Delete the folder, tiles and counts alike (and the ``.tiles`` parent when it is left empty)."""
+        """Delete the folder, tiles and records alike (and the ``.tiles`` parent when it is left empty)."""
         shutil.rmtree(self.directory, ignore_errors=True)
         try:
             self.directory.parent.rmdir()

