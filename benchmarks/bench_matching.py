@@ -49,8 +49,8 @@ to reach a realistic number of probe locations per gallery image without
 extracting more images (repeats change no distance). By default the 40
 probe images are stacked to about 70,000 probe locations (16 times at
 384x128, 32 times at 128x64) against as many gallery images as fill one
-gallery block of the default budget (``--cnn-gallery``; 95 at 110
-locations and d = 512, 79 at d = 2048, 181 at 58 locations): several full
+gallery block of the default budget (``--cnn-gallery``; 158 at 110
+locations and d = 512, 130 at d = 2048, 292 at 58 locations): several full
 tiles, as nearly every tile of a run at full scale is (a gallery block half
 full would weigh each probe block's preparation, paid once per tile, twice
 as much), and enough probes per gallery image that the gallery's
