@@ -151,7 +151,8 @@ def match_command(metric, dataset, beta, backend, shortlist, shortlist_metric, f
         bars = Bars({"tiles": f"match {name} tiles"})
         execution = MatchExecution(memory_budget_bytes=memory_budget, workers=workers, scheduler=scheduler,
                                    recompute=recompute,
-                                   progress=lambda p: bars("tiles", p.tiles_done, p.tiles_total, p.rates()))
+                                   progress=lambda p: bars("tiles", p.tiles_done, p.tiles_total, p.rates()),
+                                   notice=lambda line, name=name: click.echo(f"match {name}: {line}", err=True))
         try:
             if preset is not None:
                 from reid_eval.experiments.fastreid import run_fastreid

@@ -11,6 +11,9 @@ without normalisation; the shortlist path raises no cast warning.
 from __future__ import annotations
 
 import os
+import shlex
+import shutil
+import signal
 import subprocess
 import sys
 import warnings
@@ -19,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from reid_eval.experiments.record import MatchResult
 from reid_eval.features import read_distances
 from reid_eval.matching.shortlist import behind_the_shortlist, pick_shortlist
 from reid_eval.matching.streaming import fpr_distances_from_cache, fpr_shortlist_from_cache
@@ -149,3 +153,105 @@ def test_the_shortlist_reads_no_uninitialised_slot():
         D = behind_the_shortlist(out, short, exact)
     assert np.isfinite(D).all()
     np.testing.assert_array_equal(np.take_along_axis(D, short, axis=1), exact.astype(np.float32))
+
+
+# ------------------------------------------------------------------ one match per cache, stale tiles, fusion
+
+
+def _match_cmd(cache_dir: Path, results: Path, *extra: str) -> list[str]:
+    untrained = ["--untrained-foreground"] if "fpr" in extra else []  # the synthetic caches' foreground
+    return [*CLI, "match", *untrained, "--memory-budget", "60000", "--resamples", "0",
+            "--cache-dir", str(cache_dir), "--results-dir", str(results), *extra]
+
+
+def test_a_second_identical_match_waits_for_the_first_and_reuses_its_matrix(tmp_path):
+    cache_dir = tmp_path / "cache"
+    path = write_cache(cache_dir, n_query=16, n_gallery=24, d=48, m=8, seed=9)
+    cmd = _match_cmd(cache_dir, tmp_path / "res", "--metric", "fpr")
+    # the first stops itself (SIGSTOP) after its third tile, holding the lock, mid-computation
+    first = subprocess.Popen(cmd, env={**ENV, "REID_EVAL_TEST_KILL_AFTER_TILES": "3:STOP"},
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _, status = os.waitpid(first.pid, os.WUNTRACED)
+        assert os.WIFSTOPPED(status)
+        second = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        said = []
+        for line in second.stderr:  # until it says it waits (or ends without saying so)
+            said.append(line)
+            if "waiting for another match" in line:
+                break
+        assert said and f"waiting for another match (pid {first.pid})" in said[-1], "".join(said)
+        os.kill(first.pid, signal.SIGCONT)
+        out1, err1 = first.communicate(timeout=300)
+        out2, err2 = second.communicate(timeout=300)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert first.returncode == 0, err1
+    assert second.returncode == 0, err2
+    assert "tiles" not in err2  # it computed nothing: the first one's matrix was reused
+    assert out1.split(" -> ")[0] == out2.split(" -> ")[0]
+    assert MatchResult.read(next((tmp_path / "res").glob("partial_reid__fpr__*.json"))).provenance["reused_matrix"] == "fpr"
+    np.testing.assert_array_equal(read_distances(path, "fpr")[0],
+                                  fpr_distances_from_cache(path, memory_budget_bytes=60000).distances)
+
+
+def test_tile_folders_of_stored_matrices_are_removed_and_others_kept(tmp_path):
+    cache_dir = tmp_path / "cache"
+    path = write_cache(cache_dir, n_query=8, n_gallery=12, d=16, m=4, seed=4)
+    assert main_rc(_match_cmd(cache_dir, tmp_path / "res", "--metric", "fpr")) == 0
+    # as if killed between storing the matrix and removing its tiles
+    fpr_distances_from_cache(path, memory_budget_bytes=60000, resume_dir=tile_dir(path, "fpr"))
+    fpr_distances_from_cache(path, memory_budget_bytes=60000, weighted=False, resume_dir=tile_dir(path, "dsr"))
+    assert TileStore(tile_dir(path, "fpr")).done() and TileStore(tile_dir(path, "dsr")).done()
+    assert main_rc(_match_cmd(cache_dir, tmp_path / "res", "--metric", "fpr")) == 0  # reuses the stored matrix
+    assert not tile_dir(path, "fpr").exists()
+    assert TileStore(tile_dir(path, "dsr")).done()  # an unfinished computation: kept for its resume
+
+
+def test_a_fused_match_stores_its_fpr_matrix_for_a_plain_run(tmp_path):
+    cache_dir = tmp_path / "cache"
+    path = write_cache(cache_dir, n_query=8, n_gallery=12, d=16, m=4, seed=4)
+    assert main_rc(_match_cmd(cache_dir, tmp_path / "res", "--metric", "fpr", "--fuse", "0.5")) == 0
+    D, attrs = read_distances(path, "fpr")
+    np.testing.assert_array_equal(D, fpr_distances_from_cache(path, memory_budget_bytes=60000).distances)
+    assert not tile_dir(path, "fpr").exists()
+    assert main_rc(_match_cmd(cache_dir, tmp_path / "res", "--metric", "fpr")) == 0
+    plain = MatchResult.read(next((tmp_path / "res").glob("partial_reid__fpr__*.json")))
+    assert plain.provenance["reused_matrix"] == "fpr"
+
+
+def main_rc(cmd: list[str]) -> int:
+    run = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+    assert "Traceback" not in run.stderr, run.stderr
+    return run.returncode
+
+
+# ------------------------------------------------------------------ a read-only cache
+
+
+def _can_mount_read_only(tmp: Path) -> bool:
+    if shutil.which("unshare") is None or os.geteuid() != 0:
+        return False
+    probe = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c",
+                            f"mount --bind {tmp} {tmp} && mount -o remount,bind,ro {tmp} && ! touch {tmp}/x"],
+                           capture_output=True)
+    return probe.returncode == 0
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "fpr"])
+def test_a_cache_on_a_read_only_mount_is_named_and_kept(tmp_path, metric):
+    cache_dir = tmp_path / "cache"
+    write_cache(cache_dir, n_query=8, n_gallery=12, d=16, m=4, seed=4)
+    if not _can_mount_read_only(cache_dir):
+        pytest.skip("needs root and unshare to mount a folder read-only")
+    before = {p: p.read_bytes() for p in cache_dir.rglob("*") if p.is_file()}
+    match = " ".join(shlex.quote(a) for a in _match_cmd(cache_dir, tmp_path / "res", "--metric", metric))
+    run = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c",
+                          f"mount --bind {cache_dir} {cache_dir} && mount -o remount,bind,ro {cache_dir} && {match}"],
+                         env=ENV, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 1, run.stderr
+    lines = [line for line in run.stderr.splitlines() if line.startswith("Error:")]
+    assert len(lines) == 1 and "read-only file system" in lines[0] and str(cache_dir) in lines[0], run.stderr
+    assert "delete" not in run.stderr and "Errno" not in run.stderr and "Traceback" not in run.stderr
+    assert {p: p.read_bytes() for p in cache_dir.rglob("*") if p.is_file()} == before

@@ -51,6 +51,7 @@ import dataclasses
 import os
 import time
 from collections.abc import Callable, Mapping
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,8 +68,11 @@ from reid_eval.experiments.reranking import rerank_with_aux, rerank_with_global_
 from reid_eval.experiments.scores import format_interval, score_matrix
 from reid_eval.experiments.stored import (
     QUERY_GALLERY,
+    check_writable,
     discard_tiles,
+    match_lock,
     matrix_name,
+    remove_stale_tiles,
     reusable,
     store_matrix,
     stored_matrix,
@@ -157,7 +161,8 @@ class MatchExecution:
     that many single-thread workers; scheduler: address of an existing Dask
     cluster; recompute: ignore a stored matrix and finished tiles; progress:
     called with a :class:`~reid_eval.matching.streaming.MatchProgress` after
-    every tile.
+    every tile; notice: called with a line worth telling the user while the
+    run goes on (waiting for another match of the same cache).
 
     The matrix depends on the tile plan only (the blocks, chosen from the
     budget when a computation starts; see reid_eval.matching.plan): for a
@@ -173,6 +178,7 @@ class MatchExecution:
     scheduler: str | None = None
     recompute: bool = False
     progress: Callable[[MatchProgress], None] | None = None
+    notice: Callable[[str], None] | None = None
 
 
 def _global_distances(cache_file: Path, probe_split: str, gallery_split: str, n_q: int, n_g: int, metric: str) -> np.ndarray:
@@ -241,6 +247,9 @@ def _compute(cache_file: Path, params: MatchParams, execution: MatchExecution,
         local, how = np.asarray(streamed.distances, np.float32), streamed.provenance()
         if params.shortlist is not None and params.shortlist_fill is not None:
             local = fill_outside_shortlist(local, params.shortlist, params.shortlist_fill)
+        if params.fuse is not None and splits == QUERY_GALLERY:  # a plain run of the FPR part reuses it
+            store_matrix(cache_file, exact, local, how)
+            how = {**how, "stored_matrix": exact.distance_name}
     if params.fuse is not None:
         glob = _global_distances(cache_file, probe_split, gallery_split, n_q, n_g, params.fuse_global)
         local = ((1.0 - params.fuse) * np.asarray(glob, np.float32) + params.fuse * local).astype(np.float32)
@@ -304,6 +313,43 @@ def _reranked(cache_file: Path, params: MatchParams, execution: MatchExecution) 
     return D, info
 
 
+def _matrix_and_provenance(cache_file: Path, params: MatchParams, execution: MatchExecution, attrs: Mapping[str, Any],
+                           query: Any, gallery: Any, kept: tuple[np.ndarray, dict[str, Any]] | None,
+                           ) -> tuple[np.ndarray, dict[str, Any]]:
+    """Steps 2-3 of the module docstring: the matrix (``kept``, or computed and stored) and the run's provenance.
+
+    Called holding the cache's match lock when it computes.
+    """
+    t0 = time.perf_counter()
+    if kept is not None:
+        D, engine = kept[0], {"reused_matrix": params.distance_name, **_recorded_refinement(kept[1])}
+    else:
+        D, engine = _compute(cache_file, params, execution, QUERY_GALLERY)
+    seconds = time.perf_counter() - t0
+    stored = str(attrs["dataset"])
+    single_gallery_shot = bool(getattr(get_spec(stored), "single_gallery_shot", False))
+    reconstructs = params.metric not in GLOBAL_METRICS
+    provenance: dict[str, Any] = {
+        "cache_file": str(cache_file),
+        "weighted": (params.metric == "fpr") if reconstructs else None,
+        "normalize": True if reconstructs else None,
+        "single_gallery_shot": single_gallery_shot,
+        "resize": attrs["settings"]["preprocessing"]["resize"],
+        # a module's cache (features.module) has no model config: its identity and input size stand in
+        "backbone": attrs["settings"].get("model", {}).get("backbone", attrs.get("checkpoint_file")),
+        "input_size": attrs["settings"].get("model", {}).get("input_size") or attrs["settings"]["preprocessing"].get("size"),
+        "model_name": attrs.get(MODEL_NAME_ATTR),
+        "foreground": foreground_state(cache_file) if params.metric == "fpr" else None,
+        "skipped_query": len(query.skipped),
+        "skipped_gallery": len(gallery.skipped),
+        "matching_seconds": round(seconds, 3),
+        **engine,
+    }
+    if kept is None:
+        store_matrix(cache_file, params, D, provenance)  # and its finished tiles are removed
+    return D, provenance
+
+
 def match_cache(
     cache_file: str | os.PathLike,
     params: MatchParams,
@@ -331,33 +377,18 @@ def match_cache(
     params = dataclasses.replace(params, checkpoint_sha256=sha)
     query, gallery = read_split_index(cache_file, "query"), read_split_index(cache_file, "gallery")
     name = params.distance_name
-    kept = None if execution.recompute else stored_matrix(cache_file, params, (len(query.pids), len(gallery.pids)))
-    t0 = time.perf_counter()
-    if kept is not None:
-        D, engine = kept[0], {"reused_matrix": name, **_recorded_refinement(kept[1])}
-    else:
-        D, engine = _compute(cache_file, params, execution, QUERY_GALLERY)
-    seconds = time.perf_counter() - t0
-    single_gallery_shot = bool(getattr(get_spec(stored), "single_gallery_shot", False))
-    reconstructs = params.metric not in GLOBAL_METRICS
-    provenance: dict[str, Any] = {
-        "cache_file": str(cache_file),
-        "weighted": (params.metric == "fpr") if reconstructs else None,
-        "normalize": True if reconstructs else None,
-        "single_gallery_shot": single_gallery_shot,
-        "resize": attrs["settings"]["preprocessing"]["resize"],
-        # a module's cache (features.module) has no model config: its identity and input size stand in
-        "backbone": attrs["settings"].get("model", {}).get("backbone", attrs.get("checkpoint_file")),
-        "input_size": attrs["settings"].get("model", {}).get("input_size") or attrs["settings"]["preprocessing"].get("size"),
-        "model_name": attrs.get(MODEL_NAME_ATTR),
-        "foreground": foreground_state(cache_file) if params.metric == "fpr" else None,
-        "skipped_query": len(query.skipped),
-        "skipped_gallery": len(gallery.skipped),
-        "matching_seconds": round(seconds, 3),
-        **engine,
-    }
-    if kept is None:
-        store_matrix(cache_file, params, D, provenance)  # and its finished tiles are removed
+    shape = (len(query.pids), len(gallery.pids))
+    with ExitStack() as held:
+        kept = None if execution.recompute else stored_matrix(cache_file, params, shape)
+        if kept is None:  # compute under the cache's match lock; another match may store it while this one waits
+            check_writable(cache_file)
+            held.enter_context(match_lock(cache_file, execution.notice))
+            remove_stale_tiles(cache_file)
+            kept = None if execution.recompute else stored_matrix(cache_file, params, shape)
+        elif os.access(cache_file.parent, os.W_OK) and held.enter_context(match_lock(cache_file, wait=False)):
+            remove_stale_tiles(cache_file)
+        D, provenance = _matrix_and_provenance(cache_file, params, execution, attrs, query, gallery, kept)
+    single_gallery_shot = bool(provenance["single_gallery_shot"])
     scores = score_matrix(D, query.pids, gallery.pids, query.camids, gallery.camids, list(query.paths), params,
                           single_gallery_shot=single_gallery_shot)
     r = scores.ranking
