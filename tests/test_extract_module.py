@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from reid_eval.errors import ReidEvalError
-from reid_eval.features import extract_with_module, read_attrs, read_split
+from reid_eval.features import ModuleSettings, extract_with_module, read_attrs, read_split
 from reid_eval.features.preprocess import Preprocessing, load_image_array, to_tensor_batch
 from reid_eval_cli.main import main
 from test_extract_cache import make_partial_reid
@@ -43,8 +43,9 @@ def tree(tmp_path_factory):
 
 
 def _extract(tree, cache_dir, module, identity="tiny-v1", **kw):
-    return extract_with_module("partial_reid", tree, module, cache_dir, identity=identity, input_size=(64, 32),
-                               allow_mismatch=True, device="cpu", batch_size=4, **kw)
+    return extract_with_module("partial_reid", tree, module, cache_dir, identity=identity,
+                               settings=ModuleSettings(input_size=(64, 32)), allow_mismatch=True, device="cpu",
+                               batch_size=4, **kw)
 
 
 def test_cache_holds_the_modules_pyramid_foreground_and_global(tree, tmp_path):

@@ -42,6 +42,7 @@ _LAZY = {
     "FeatureNetwork": "reid_eval.features.extract",
     "extract_with_module": "reid_eval.features.module",
     "module_network": "reid_eval.features.module",
+    "ModuleSettings": "reid_eval.features.module",
     "resolve_device": "reid_eval.features.extract",
     "RESIZE_MODES": "reid_eval.features.preprocess",
     "Preprocessing": "reid_eval.features.preprocess",

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -83,44 +84,53 @@ def _unpack(out: Any) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor |
     raise ReidEvalError(f"the module must return a [B, C, h, w] tensor, a (map, foreground, global) tuple or a dict; got {type(out).__name__}")
 
 
-def module_network(
-    module: nn.Module,
-    identity: str,
-    *,
-    input_size: tuple[int, int] = (256, 128),
-    mean: tuple[float, float, float] = IMAGENET_MEAN,
-    std: tuple[float, float, float] = IMAGENET_STD,
-    interpolation: str = "bilinear",
-    output_stride: int = 16,
-    pyramid_kernels: Sequence[int] = (2, 4, 6, 8),
-    pyramid_stride: int = 2,
-    resize: str = "fixed",
-    name: str | None = None,
-) -> FeatureNetwork:
+@dataclass(frozen=True)
+class ModuleSettings:
+    """How images reach the module and how its map is pooled.
+
+    input_size: (height, width) in pixels; mean / std: the normalisation (RGB,
+    images in [0, 1]); interpolation: ``bilinear`` or ``bicubic``; resize:
+    ``fixed`` or ``keep-aspect``; output_stride: pixels per map cell (rounds
+    keep-aspect heights); pyramid_kernels / pyramid_stride: the pyramid's max
+    pooling; name: the model in words for tables (default: the identity).
+    """
+
+    input_size: tuple[int, int] = (256, 128)
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    interpolation: str = "bilinear"
+    resize: str = "fixed"
+    output_stride: int = 16
+    pyramid_kernels: tuple[int, ...] = (2, 4, 6, 8)
+    pyramid_stride: int = 2
+    name: str | None = None
+
+
+def module_network(module: nn.Module, identity: str, settings: ModuleSettings | None = None) -> FeatureNetwork:
     """A :class:`FeatureNetwork` that runs ``module`` (see the module docstring).
 
-    One trial forward on a blank image of ``input_size`` (height, width) finds
-    d, the global dimension and whether the module gives a foreground map.
-    ``output_stride`` (pixels per map cell) rounds keep-aspect heights.
-    ``name`` is the model in words for tables (default: ``identity``).
+    One trial forward on a blank image of ``settings.input_size`` finds d, the
+    global dimension and whether the module gives a foreground map.
     """
+    st = settings or ModuleSettings()
     if not identity or not identity.strip():
         raise ReidEvalError("identity must name the network (weights and version): it keys the cache in place of a checkpoint hash")
-    if resize not in RESIZE_MODES:
-        raise ReidEvalError(f"resize must be one of {', '.join(RESIZE_MODES)}, got {resize!r}")
-    if interpolation not in INTERPOLATIONS:
-        raise ReidEvalError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {interpolation!r}")
-    height, width = (int(v) for v in input_size)
-    prep = Preprocessing(resize=resize, size=(height, width), stride=int(output_stride),
-                         min_height=int(output_stride) * min(int(k) for k in pyramid_kernels),
-                         mean=tuple(float(v) for v in mean), std=tuple(float(v) for v in std), interpolation=interpolation)
-    adapter = PyramidAdapter(module, pyramid_kernels, pyramid_stride).eval()
+    if st.resize not in RESIZE_MODES:
+        raise ReidEvalError(f"resize must be one of {', '.join(RESIZE_MODES)}, got {st.resize!r}")
+    if st.interpolation not in INTERPOLATIONS:
+        raise ReidEvalError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {st.interpolation!r}")
+    height, width = (int(v) for v in st.input_size)
+    kernels = tuple(int(k) for k in st.pyramid_kernels)
+    prep = Preprocessing(resize=st.resize, size=(height, width), stride=int(st.output_stride),
+                         min_height=int(st.output_stride) * min(kernels), mean=tuple(float(v) for v in st.mean),
+                         std=tuple(float(v) for v in st.std), interpolation=st.interpolation)
+    adapter = PyramidAdapter(module, kernels, st.pyramid_stride).eval()
     device = next((p.device for p in module.parameters()), torch.device("cpu"))
     with torch.inference_mode():
         fmap, fg_map, global_features = _unpack(module.eval()(torch.zeros(1, 3, height, width, device=device)))
-    settings = {
-        "module": {"identity": identity, "pyramid_kernels": [int(k) for k in pyramid_kernels],
-                   "pyramid_stride": int(pyramid_stride), "output_stride": int(output_stride)},
+    settings_record = {
+        "module": {"identity": identity, "pyramid_kernels": list(kernels), "pyramid_stride": int(st.pyramid_stride),
+                   "output_stride": int(st.output_stride)},
         "preprocessing": prep.to_dict(),
     }
     return FeatureNetwork(
@@ -128,11 +138,11 @@ def module_network(
         prep=prep,
         sha256=hashlib.sha256((MODULE_SOURCE_PREFIX + identity).encode()).hexdigest(),
         source=MODULE_SOURCE_PREFIX + identity,
-        name=name or identity,
-        settings=settings,
+        name=st.name or identity,
+        settings=settings_record,
         feature_dim=int(fmap.shape[1]),
         global_dim=int(global_features.shape[1]) if global_features is not None else int(fmap.shape[1]),
-        num_levels=len(tuple(pyramid_kernels)),
+        num_levels=len(kernels),
         foreground_trained=fg_map is not None,
     )
 
@@ -144,26 +154,16 @@ def extract_with_module(
     cache_dir: str | os.PathLike,
     *,
     identity: str,
-    input_size: tuple[int, int] = (256, 128),
-    mean: tuple[float, float, float] = IMAGENET_MEAN,
-    std: tuple[float, float, float] = IMAGENET_STD,
-    interpolation: str = "bilinear",
-    output_stride: int = 16,
-    pyramid_kernels: Sequence[int] = (2, 4, 6, 8),
-    pyramid_stride: int = 2,
-    resize: str = "fixed",
-    name: str | None = None,
+    settings: ModuleSettings | None = None,
     **options: Any,
 ) -> Path:
     """Fill ``dataset``'s feature cache with ``module``'s features; returns the cache file.
 
-    The network settings are :func:`module_network`'s; ``options`` are
-    :func:`~reid_eval.features.extract.extract_network`'s (``splits``,
+    ``settings``: :class:`ModuleSettings` (default: 256×128, ImageNet
+    normalisation, bilinear, fixed resize, the paper's pyramid). ``options``
+    are :func:`~reid_eval.features.extract.extract_network`'s (``splits``,
     ``device``, ``batch_size``, ``skip_bad``, ``allow_mismatch``, ``progress``,
     ``manifest``). `reid-eval match`, `report` and `compare` then work on the
     cache as on any other.
     """
-    network = module_network(module, identity, input_size=input_size, mean=mean, std=std, interpolation=interpolation,
-                             output_stride=output_stride, pyramid_kernels=pyramid_kernels,
-                             pyramid_stride=pyramid_stride, resize=resize, name=name)
-    return extract_network(dataset, root, network, cache_dir, **options)
+    return extract_network(dataset, root, module_network(module, identity, settings), cache_dir, **options)
