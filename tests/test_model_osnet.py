@@ -170,6 +170,13 @@ def test_convert_infers_width_and_variant_from_a_zoo_state_dict(name):
         assert extra["foreground_trained"] is False
 
 
+def test_imagenet_start_for_an_osnet_names_the_torchreid_file_to_convert():
+    from reid_eval.model import imagenet_model
+
+    with pytest.raises(ReidEvalError, match="convert --from torchreid"):
+        imagenet_model(ModelConfig(backbone="osnet_x1_0"))
+
+
 def test_a_state_dict_with_unknown_osnet_keys_is_refused_by_name():
     zoo = build_model(ModelConfig(backbone="osnet_x0_25", global_feature="embedding")).backbone.state_dict()
     zoo["attention.weight"] = torch.zeros(3)

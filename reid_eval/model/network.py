@@ -10,7 +10,7 @@ Trunks: torchvision's ResNet family, IBN-a ResNets (Pan et al., ECCV 2018)
 as fast-reid and the IBN-Net authors build them: in layer1–layer3 every
 bottleneck's first norm ``bn1`` is an InstanceNorm2d(affine) over the first
 half of its channels beside a BatchNorm2d over the rest (state keys
-``bn1.IN.*`` / ``bn1.BN.*``); the stem and layer4 are plain), and torchreid's
+``bn1.IN.*`` / ``bn1.BN.*``; the stem and layer4 are plain), and torchreid's
 OSNets (:mod:`reid_eval.model.osnet`: output stride 16, its conv5 map gives
 the locations and its ``fc`` embedding can give the global feature).
 """

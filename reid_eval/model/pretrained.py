@@ -35,6 +35,11 @@ def imagenet_model(config: ModelConfig, seed: int = 0) -> tuple[FPRNet, ModelCon
             f"--pretrained imagenet: torchvision has no ImageNet weights for {config.backbone}; download the IBN-Net "
             f"authors' {config.backbone} file and run `reid-eval checkpoint convert --from ibn-net FILE --out OUT`"
         )
+    if config.is_osnet:
+        raise ReidEvalError(
+            f"--pretrained imagenet: torchvision has no ImageNet weights for {config.backbone}; download torchreid's "
+            f"{config.backbone}_imagenet.pth from its model zoo and run `reid-eval checkpoint convert --from torchreid FILE --out OUT`"
+        )
     weights = torchvision.models.get_model_weights(config.backbone)[IMAGENET_WEIGHTS]
     cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
     try:
