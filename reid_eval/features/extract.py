@@ -340,7 +340,7 @@ def extract_network(
     unknown = [s for s in splits if s not in SPLITS]
     if unknown or not splits:
         raise ReidEvalError(f"--splits must name some of {', '.join(SPLITS)}, got {','.join(splits) or 'nothing'}")
-    root = Path(root).resolve()
+    root = Path(root).expanduser().resolve()
     if manifest is None:
         manifest = _read_manifest(dataset, root, allow_mismatch)
     empty = [s for s in splits if not (manifest["split"] == s).any()]
