@@ -17,8 +17,8 @@ from reid_eval.features import read_split
 from reid_eval.matching import fpr_distances, settings
 from reid_eval.matching.kernel.accuracy import (
     AUTO_FLOAT64_RATIO,
-    float64_slowdown,
-    precision_for_slowdown,
+    gemm_times,
+    precision_for_times,
     resolve_precision,
 )
 from reid_eval.matching.streaming import fpr_distances_from_cache
@@ -44,7 +44,8 @@ def device_picks(monkeypatch):
 @pytest.mark.parametrize(("slowdown", "expected"),
                          [(1.0, "float64"), (AUTO_FLOAT64_RATIO, "float64"), (2.0, "float32"), (32.0, "float32")])
 def test_float64_only_where_it_is_about_as_fast(slowdown, expected):
-    assert precision_for_slowdown(slowdown) == expected
+    # a device without tensor cores: three products cost three times one
+    assert precision_for_times({"float32": 1.0, "float64": slowdown, "tf32x3": 3.0}) == expected
 
 
 def test_a_cpu_always_gets_float32_and_explicit_choices_stand():
@@ -54,10 +55,10 @@ def test_a_cpu_always_gets_float32_and_explicit_choices_stand():
         resolve_precision("half", np)
 
 
-def test_the_measured_slowdown_is_positive_and_measured_once():
-    first = float64_slowdown(np)
-    assert first > 0
-    assert float64_slowdown(np) == first  # cached per device: the choice does not flip within a process
+def test_the_measured_times_are_positive_and_measured_once():
+    first = gemm_times(np)
+    assert min(first.values()) > 0
+    assert gemm_times(np) == first  # cached per device: the choice does not flip within a process
 
 
 @pytest.mark.parametrize("chosen", ["float64", "float32"])

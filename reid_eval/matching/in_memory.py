@@ -54,7 +54,8 @@ def fpr_distances(
         0.01 in the paper; FPR or DSR; ``"numpy"``, ``"cupy"`` or ``"auto"``;
         L2-normalise each location first, as the authors' code does;
         ``"float32"`` (every distance within ``float32_atol`` of the float64
-        definition), ``"float64"`` or ``"auto"``, see
+        definition), ``"tf32x3"`` (the same contract, on TF32 tensor
+        cores), ``"float64"`` or ``"auto"``, see
         :func:`~reid_eval.matching.kernel.accuracy.resolve_precision`).
     memory_budget_bytes:
         bound on the engine's working memory (tile size); results do not

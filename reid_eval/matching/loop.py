@@ -157,12 +157,12 @@ class TileJob:
 def shared_centre(source: Any, settings: EngineSettings, plan: TilePlan | ShortlistPlan) -> np.ndarray | None:
     """The centre every probe block of a run is split along: its first probe block's own, or None.
 
-    Shared only with float32 operands and several probe blocks (a single
+    Shared only with float32 (or tf32x3) operands and several probe blocks (a single
     block takes its own, the same one, in the pass that prepares it).
     Sharing it lets each gallery block compute its centre terms once for all
     its tiles, and every driver takes it from here, so they get the same bits.
     """
-    if settings.precision != "float32" or len(plan.probe_blocks) < 2:
+    if settings.precision == "float64" or len(plan.probe_blocks) < 2:
         return None
     a, b = plan.probe_blocks[0]
     with source.open() as reader:

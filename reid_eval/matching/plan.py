@@ -119,22 +119,28 @@ class TilePlan:
         )
 
 
+def operand_bytes(precision: str) -> int:
+    """Bytes per feature element of a prepared GEMM operand: 4 (float32), 8 (float64), or for tf32x3 its three
+    float32 parts and the float32 row they are split from (16)."""
+    return {"float64": 8, "tf32x3": 16}.get(precision, 4)
+
+
 def tile_task_bytes(block_rows: int, dim: int, max_locations: int, min_locations: int, precision: str = "float32") -> int:
     """Bytes one tile task can hold at once with blocks of ``block_rows`` locations.
 
     Per row of the gallery block: its float32 rows read from the cache (4 d),
-    the basis operand (4 d, or 8 d in float64), its factor (8 M) and row
-    scales; per row of the probe block: the rows read (4 d) and the GEMM
-    operand (4 or 8 d); per entry of the ``[R, R]`` product: 4 (or 8) bytes
+    the basis operand (:func:`operand_bytes` per element), its factor (8 M)
+    and row scales; per row of the probe block: the rows read (4 d) and the
+    GEMM operand; per entry of the ``[R, R]`` product: 4 (or 8) bytes
     plus the float64 epilogue arrays ``[g, R]`` (squared sums, e², the
     refinement threshold, e: about 33 bytes per gallery image and probe
     location, so 33 / M per entry); plus the batch temporaries of
     ``prepare_gallery`` (16 d per row of a 2048-row batch per CPU thread,
     at most the block's rows).
     """
-    op = 4 if precision == "float32" else 8
+    op, product = operand_bytes(precision), 8 if precision == "float64" else 4
     per_row = 2 * (4 + op) * dim + 8 * max_locations + 48
-    per_entry = op + 33.0 / max(1, min_locations)
+    per_entry = product + 33.0 / max(1, min_locations)
     prep = 16 * dim * min(block_rows, _PREP_BATCH_ROWS * (os.cpu_count() or 1))
     return int(per_row * block_rows + per_entry * block_rows * block_rows + prep)
 
@@ -264,7 +270,7 @@ def plan_shortlist(probe_offsets: np.ndarray, gallery_offsets: np.ndarray, dim: 
     """
     counts = np.concatenate([np.diff(probe_offsets), np.diff(gallery_offsets)])
     m_max = int(counts.max()) if counts.size else 1
-    op = 4 if precision == "float32" else 8
+    op = operand_bytes(precision)
     budget = int(memory_budget_bytes)
     probe_rows = max(m_max, int(0.75 * budget // ((4 + op) * dim + 72)))
     gallery_rows = max(m_max, int((0.15 * budget - 16 * dim * _PREP_ROWS) // ((4 + op) * dim + 8 * m_max + 48)))

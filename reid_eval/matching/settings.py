@@ -21,7 +21,7 @@ class EngineSettings:
 
     beta: ridge β (> 0); weighted: FPR (foreground-weighted, Eq. 5) or DSR
     (Eq. 4); normalize: L2-normalise every location first (the authors' code
-    does); precision: ``"float32"``, ``"float64"`` or ``"auto"``
+    does); precision: ``"float32"``, ``"float64"``, ``"tf32x3"`` or ``"auto"``
     (:func:`~reid_eval.matching.kernel.accuracy.resolve_precision`);
     float32_atol: bound on the float32 error of each distance (> 0); backend:
     ``"numpy"``, ``"cupy"`` or ``"auto"``.
@@ -56,8 +56,8 @@ class EngineSettings:
 
     @property
     def out_dtype(self) -> type:
-        """dtype of the distances: float32, or float64 with ``precision="float64"``."""
-        return np.float32 if self.precision == "float32" else np.float64
+        """dtype of the distances: float32 (float32, tf32x3), or float64 with ``precision="float64"``."""
+        return np.float64 if self.precision == "float64" else np.float32
 
     def identity(self) -> dict[str, Any]:
         """The fields as recorded in a tile folder's identity (resolved settings)."""

@@ -6,6 +6,7 @@
   (:func:`fpr_tile`; :func:`fpr_pairs` for a selection of probes);
 * :mod:`~reid_eval.matching.kernel.accuracy`: the float32 error model,
   refinement and precision policy (its docstring is their specification);
+* :mod:`~reid_eval.matching.kernel.tf32`: the TF32 parts of ``"tf32x3"`` operands;
 * :mod:`~reid_eval.matching.kernel.threads`: the CPU threads and BLAS thread count;
 * :mod:`~reid_eval.matching.kernel.backend`: the array module (NumPy or CuPy)
   and large buffers; :mod:`~reid_eval.matching.kernel.workspace`: reused ones.

@@ -38,11 +38,26 @@ error of S small and knows a bound on it for every entry:
   and whether a tile goes float64, depends only on the tile's data, never on
   timing: the same blocks give the same bits. :class:`RefinementStats`
   counts them (the refined share).
-* Precision policy. ``"float32"`` and ``"float64"`` are taken as given;
-  ``"auto"`` is decided here once per run (:func:`resolve_precision`):
-  float32 on a CPU, and on a GPU float64 where its GEMM is about as fast as
-  float32 (:data:`AUTO_FLOAT64_RATIO`), since there the bound and refinement
-  cost more than they save.
+* TF32 operands (``"tf32x3"``). The same centred float32 operands, each
+  split into two TF32 parts and multiplied by three TF32 products in one
+  GEMM of depth 3d (:mod:`reid_eval.matching.kernel.tf32`), so that a GPU
+  runs the tile on its tensor cores. The split drops at most about
+  3·2⁻²²·|a·b| of each product: :data:`TF32X3_SPLIT` units of u more in
+  the bound of S, ``δs = κ·u·(0.7·√d + √M + 7 + 12)·‖x‖·‖x'‖``; refinement
+  and everything after are those of float32 (the distances are float32).
+  On the NumPy backend the same split operands run in a float32 GEMM,
+  which computes the same exact products (the tests' emulation, and
+  ``--calibrate``'s); on a GPU the accumulation is the tensor cores' own
+  float32 adds, whose rounding the emulation does not reproduce, so
+  ``benchmarks/device_check.py`` measures the contract there.
+* Precision policy. ``"float32"``, ``"float64"`` and ``"tf32x3"`` are taken
+  as given; ``"auto"`` is decided here once per run
+  (:func:`resolve_precision`): float32 on a CPU, and on a GPU from the
+  measured GEMM times of each precision (:func:`gemm_times`,
+  :func:`precision_for_times`): float64 where its GEMM is about as fast as
+  the fastest of the others (:data:`AUTO_FLOAT64_RATIO`), since there the
+  bound and refinement cost more than they save, else the faster of
+  float32 and tf32x3.
 """
 
 from __future__ import annotations
@@ -57,6 +72,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from reid_eval.matching.kernel.backend import is_host, to_numpy
+from reid_eval.matching.kernel.tf32 import tensor_cores
 from reid_eval.matching.kernel.threads import blas_threads, parallel
 
 if TYPE_CHECKING:
@@ -68,12 +84,14 @@ __all__ = [
     "TILE_FLOAT64_SHARE",
     "DEFAULT_FLOAT32_ATOL",
     "AUTO_FLOAT64_RATIO",
+    "TF32X3_SPLIT",
     "PRECISIONS",
     "RefinementStats",
     "check_precision",
     "resolve_precision",
-    "precision_for_slowdown",
-    "float64_slowdown",
+    "precision_for_times",
+    "gemm_times",
+    "operand_depth",
     "error_bound_s",
     "weighted_error_bounds",
     "entries_to_refine",
@@ -94,7 +112,10 @@ DEFAULT_FLOAT32_ATOL = 9e-6
 #: Floor of ‖x'‖ relative to ‖x‖ in the bound: rows along μ keep the float64 rounding.
 ACROSS_FLOOR = 1e-4
 #: The operand precisions a tile computes in.
-PRECISIONS = ("float32", "float64")
+PRECISIONS = ("float32", "float64", "tf32x3")
+#: Units of u = 2⁻²⁴ the TF32 split adds to the bound of S: the dropped lo·lo and the two parts'
+#: remainders, each at most 2⁻²²·|a·b| (module docstring).
+TF32X3_SPLIT = 12.0
 _U32 = 2.0**-24
 
 
@@ -141,60 +162,73 @@ class RefinementStats:
 def check_precision(precision: str) -> None:
     """ValueError unless ``precision`` is one of :data:`PRECISIONS` (``"auto"`` is resolved before)."""
     if precision not in PRECISIONS:
-        raise ValueError(f"precision must be 'float32' or 'float64', got {precision!r}")
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+
+
+def operand_depth(precision: str) -> int:
+    """Values per feature element in the GEMM operands: 3 for ``"tf32x3"`` (its TF32 parts), else 1."""
+    return 3 if precision == "tf32x3" else 1
 
 
 #: ``precision="auto"`` computes in float64 on a device whose float64 GEMM
-#: takes at most this many times the float32 one (H100/H200-class GPUs,
-#: ~1×): there the float32 path's error bound and refinement cost more than
-#: they save. CPUs and most GPUs (2× to 64×) get float32.
+#: takes at most this many times the fastest other precision's (H100/H200-class
+#: GPUs, ~1× float32): there the float32 path's error bound and refinement
+#: cost more than they save. CPUs and most GPUs (2× to 64×) get float32 or tf32x3.
 AUTO_FLOAT64_RATIO = 1.3
-_slowdowns: dict[tuple[str, int], float] = {}
+_gemm_times: dict[tuple[str, int], dict[str, float]] = {}
 
 
-def float64_slowdown(xp: ModuleType) -> float:
-    """Time of a float64 GEMM over that of a float32 GEMM of the same shape, measured once per device.
+def gemm_times(xp: ModuleType) -> dict[str, float]:
+    """Seconds of one square GEMM in each of :data:`PRECISIONS` on this device, measured once per device.
 
     Square GEMMs of 1024 (CPU) or 4096 (GPU), best of three after a
-    warm-up; the ratio of the device's rates, about 2 on x86 CPUs and 1 on
-    GPUs with full-rate float64.
+    warm-up; tf32x3 as the engine runs it (depth 3n, on the tensor cores
+    where there are any).
     """
     key = ("numpy", 0) if is_host(xp) else ("cupy", int(xp.cuda.Device().id))
-    if key not in _slowdowns:
+    if key not in _gemm_times:
         n = 1024 if is_host(xp) else 4096
         sync = (lambda: None) if is_host(xp) else xp.cuda.Device().synchronize
-        best = {}
-        for dtype in (xp.float32, xp.float64):
-            a = xp.ones((n, n), dtype=dtype)
-            times = []
-            for _ in range(4):  # the first is a warm-up
-                sync()
-                t0 = time.perf_counter()
-                a @ a
-                sync()
-                times.append(time.perf_counter() - t0)
-            best[dtype] = min(times[1:])
-        _slowdowns[key] = best[xp.float64] / max(best[xp.float32], 1e-9)
-    return _slowdowns[key]
+        times = {}
+        for precision in PRECISIONS:
+            dtype = xp.float64 if precision == "float64" else xp.float32
+            a = xp.ones((n, n * operand_depth(precision)), dtype=dtype)
+            runs = []
+            with tensor_cores(xp, precision == "tf32x3"):
+                for _ in range(4):  # the first is a warm-up
+                    sync()
+                    t0 = time.perf_counter()
+                    a @ a.T
+                    sync()
+                    runs.append(time.perf_counter() - t0)
+            times[precision] = max(min(runs[1:]), 1e-9)
+        _gemm_times[key] = times
+    return dict(_gemm_times[key])
 
 
-def precision_for_slowdown(slowdown: float) -> str:
-    """The precision ``"auto"`` picks on a device whose float64 GEMM takes ``slowdown`` times the float32 one."""
-    return "float64" if slowdown <= AUTO_FLOAT64_RATIO else "float32"
+def precision_for_times(times: dict[str, float]) -> str:
+    """The precision ``"auto"`` picks on a device whose GEMMs take ``times`` seconds (keys of :data:`PRECISIONS`).
+
+    The faster of float32 and tf32x3 (float32 on a tie: no split), unless
+    float64 takes at most :data:`AUTO_FLOAT64_RATIO` times that.
+    """
+    fastest = "tf32x3" if times["tf32x3"] < times["float32"] else "float32"
+    return "float64" if times["float64"] <= AUTO_FLOAT64_RATIO * times[fastest] else fastest
 
 
 def resolve_precision(precision: str, xp: ModuleType) -> str:
-    """``"float32"`` or ``"float64"``: ``precision`` itself, or for ``"auto"`` the faster on this device.
+    """One of :data:`PRECISIONS`: ``precision`` itself, or for ``"auto"`` the fastest on this device.
 
-    On a GPU (CuPy) from the measured :func:`float64_slowdown`; on a CPU
-    always float32, without timing anything: CPU vector units run float64 at
-    half the float32 rate, and a timing on a shared machine could flip the
-    choice (and with it the bits of a resumed matrix) at random.
+    On a GPU (CuPy) from the measured :func:`gemm_times`; on a CPU always
+    float32, without timing anything: CPU vector units run float64 at half
+    the float32 rate and have no tensor cores (tf32x3 is 3× the float32
+    work there), and a timing on a shared machine could flip the choice
+    (and with it the bits of a resumed matrix) at random.
     """
     if precision == "auto":
-        return "float32" if is_host(xp) else precision_for_slowdown(float64_slowdown(xp))
+        return "float32" if is_host(xp) else precision_for_times(gemm_times(xp))
     if precision not in PRECISIONS:
-        raise ValueError(f"precision must be 'float32', 'float64' or 'auto', got {precision!r}")
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)} or 'auto', got {precision!r}")
     return precision
 
 
@@ -205,9 +239,13 @@ def residuals(xp: ModuleType, e2: Any) -> Any:
     return e
 
 
-def bound_factors(d: int, gallery_counts: np.ndarray) -> np.ndarray:
-    """``[g]`` host float64 κ·u·(0.7·√d + √M + 7): the per-gallery-image factor of δs (module docstring)."""
-    return ERROR_KAPPA * _U32 * (0.7 * math.sqrt(d) + np.sqrt(gallery_counts) + 7.0)
+def bound_factors(d: int, gallery_counts: np.ndarray, tf32: bool = False) -> np.ndarray:
+    """``[g]`` host float64 κ·u·(0.7·√d + √M + 7 (+ 12 for TF32 parts)): the per-gallery-image factor of δs.
+
+    ``d``: the feature dimension (not the 3d depth of split operands); see the module docstring.
+    """
+    split = TF32X3_SPLIT if tf32 else 0.0
+    return ERROR_KAPPA * _U32 * (0.7 * math.sqrt(d) + np.sqrt(gallery_counts) + 7.0 + split)
 
 
 def bound_scale(xp: ModuleType, probes: ProbeBlock) -> Any:
@@ -221,7 +259,8 @@ def bound_scale(xp: ModuleType, probes: ProbeBlock) -> Any:
 
 def error_bound_s(xp: ModuleType, probes: ProbeBlock, gallery_counts: np.ndarray) -> Any:
     """``[g, R]`` float64 δs: bound on |float32 S − exact S| of each entry (module docstring)."""
-    return xp.asarray(bound_factors(probes.x.shape[1], gallery_counts))[:, None] * bound_scale(xp, probes)[None, :]
+    factors = bound_factors(probes.local.shape[1], gallery_counts, probes.tf32)
+    return xp.asarray(factors)[:, None] * bound_scale(xp, probes)[None, :]
 
 
 def weighted_error_bounds(xp: ModuleType, e2: Any, e: Any, ds: Any, weights: Any) -> Any:

@@ -21,6 +21,7 @@ from reid_eval.matching.definition import DEFAULT_BETA, basis_factor
 from reid_eval.matching.kernel.accuracy import check_precision
 from reid_eval.matching.kernel.backend import get_array_module, is_host, large_empty, module_of, to_numpy
 from reid_eval.matching.kernel.checks import check_counts, check_gathered, check_rows
+from reid_eval.matching.kernel.tf32 import GALLERY_PARTS, stack_operand
 from reid_eval.matching.kernel.threads import CHUNK_ROWS, blas_threads, over_chunks, parallel
 
 __all__ = ["GalleryBasis", "prepare_gallery"]
@@ -33,12 +34,15 @@ _centre_lock = threading.Lock()
 class GalleryBasis:
     """Prepared gallery images: the stacked basis rows Bt of every image.
 
-    bt: ``[R, d]`` GEMM operand (float32 or float64).
+    bt: ``[R, d]`` GEMM operand (float32 or float64), or with ``tf32`` ``[R, 3d]``
+        the TF32 parts of the float32 one (gallery order,
+        :func:`~reid_eval.matching.kernel.tf32.stack_operand`).
     local: ``[R, d]`` float32 input rows; inv_norm: ``[R]`` float64 row scales.
     factor: ``[Σ M², ]`` float64 Fᵀ of each image (Bt = Fᵀ Y of the
         normalised rows), flattened image by image (``factor_offsets``
         ``[g+1]`` host); the float64 Bt rebuilt from it refines small residuals.
     offsets: host int64 ``[g+1]`` image boundaries in the rows.
+    tf32: whether ``bt`` holds TF32 parts (precision ``"tf32x3"``).
     """
 
     bt: Any
@@ -47,6 +51,7 @@ class GalleryBasis:
     factor: Any
     factor_offsets: np.ndarray
     offsets: np.ndarray
+    tf32: bool = False
     _centre_cache: dict[bytes, tuple[Any, Any]] = field(default_factory=dict, compare=False, repr=False)
 
     def __len__(self) -> int:
@@ -54,6 +59,8 @@ class GalleryBasis:
 
     def centre_terms(self, centre: Any) -> tuple[Any, Any]:
         """``(w [g, d] float32, ‖z‖² [g] float64)`` of every image for the probe centre ``centre`` ``[d]``.
+
+        With ``tf32``, w is ``[g, 3d]``: its TF32 parts, in the order of ``bt``.
 
         z = Bt μ and w = Btᵀ z (:mod:`~reid_eval.matching.kernel.accuracy`, "Centring"), from the
         float64 factor and rows. Kept for the last centre asked for: the
@@ -76,6 +83,7 @@ class GalleryBasis:
         return GalleryBasis(
             bt=self.bt[a:b], local=self.local[a:b], inv_norm=self.inv_norm[a:b], factor=self.factor[fa:fb],
             factor_offsets=np.array([0, fb - fa], dtype=np.int64), offsets=np.array([0, b - a], dtype=np.int64),
+            tf32=self.tf32,
         )
 
     def basis64(self, g: int) -> Any:
@@ -110,8 +118,9 @@ def prepare_gallery(
     check_counts(features, "gallery", index_base)
     local = xp.asarray(features.local)
     n_rows, d = local.shape
-    dtype = xp.float32 if precision == "float32" else xp.float64
-    bt = large_empty(xp, (n_rows, d), dtype)
+    dtype = xp.float64 if precision == "float64" else xp.float32
+    tf32 = precision == "tf32x3"
+    bt = large_empty(xp, (n_rows, 3 * d if tf32 else d), dtype)
     inv_norm = xp.empty(n_rows, dtype=xp.float64)
     counts = features.counts
     factor_offsets = np.zeros(len(counts) + 1, dtype=np.int64)
@@ -151,7 +160,8 @@ def prepare_gallery(
         # with M that the error model of S does not cover).
         factor_t = basis_factor(xp, raw * inv[:, :, None] * inv[:, None, :], beta)  # [k, M, M]
         coef = factor_t * inv[:, None, :]
-        bt[rows] = (coef @ y64).reshape(-1, d)
+        basis = (coef @ y64).reshape(-1, d)
+        bt[rows] = stack_operand(xp, basis.astype(xp.float32), GALLERY_PARTS) if tf32 else basis
         inv_norm[rows] = inv.reshape(-1)
         frows = (factor_offsets[batch][:, None] + np.arange(m * m)[None, :]).reshape(-1)
         factor[xp.asarray(frows)] = factor_t.reshape(-1)
@@ -168,7 +178,7 @@ def prepare_gallery(
                 run(job)
     return GalleryBasis(
         bt=bt, local=local, inv_norm=inv_norm, factor=factor, factor_offsets=factor_offsets,
-        offsets=features.offsets.copy(),
+        offsets=features.offsets.copy(), tf32=tf32,
     )
 
 
@@ -206,4 +216,5 @@ def _centre_terms(xp: ModuleType, gallery: GalleryBasis, centre: Any) -> tuple[A
     else:
         for i in range(len(jobs)):
             run(i)
-    return w.astype(xp.float32), z_sq
+    w32 = w.astype(xp.float32)
+    return (stack_operand(xp, w32, GALLERY_PARTS) if gallery.tf32 else w32), z_sq

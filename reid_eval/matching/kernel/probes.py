@@ -17,6 +17,7 @@ from reid_eval.features.spatial import SpatialFeatures
 from reid_eval.matching.kernel.accuracy import check_precision
 from reid_eval.matching.kernel.backend import get_array_module, is_host, large_empty, module_of
 from reid_eval.matching.kernel.checks import check_counts, check_rows, image_of_row
+from reid_eval.matching.kernel.tf32 import PROBE_PARTS, stack_operand
 from reid_eval.matching.kernel.threads import CHUNK_ROWS, over_row_ranges
 from reid_eval.matching.kernel.workspace import TileWorkspace
 
@@ -30,6 +31,8 @@ class ProbeBlock:
     x: ``[R, d]`` GEMM operand. float64: the normalised rows. float32:
         r = y − α·μ for the input rows y, the part of each row across the
         block's ``centre`` μ (:mod:`~reid_eval.matching.kernel.accuracy`, "Centring").
+        tf32x3: ``[R, 3d]`` the TF32 parts of that r
+        (:func:`~reid_eval.matching.kernel.tf32.stack_operand`, probe order).
     local: ``[R, d]`` float32 input rows (float64 rows are rebuilt from them
         for refinement).
     inv_norm: ``[R]`` float64 scale of each row (1/‖row‖, or 1).
@@ -41,6 +44,7 @@ class ProbeBlock:
     along: ``[R]`` float64 α ≈ y·μ (float32 operands; else None).
     across: ``[R]`` float64 ‖x − ι·α·μ‖ = ι·‖r‖, ι = ``inv_norm`` (float32
         operands; else None).
+    tf32: whether ``x`` holds TF32 parts (precision ``"tf32x3"``).
     row_map: None, or host int64 ``[R]`` for a selection of another block's
         images (:meth:`take_images`): row i of this block is row
         ``row_map[i]`` of ``x`` and ``local``, which stay the other block's
@@ -57,6 +61,7 @@ class ProbeBlock:
     along: Any = None
     across: Any = None
     row_map: np.ndarray | None = None
+    tf32: bool = False
 
     def __len__(self) -> int:
         return int(self.offsets.shape[0] - 1)
@@ -94,7 +99,7 @@ class ProbeBlock:
         return ProbeBlock(
             x=self.x, local=self.local, inv_norm=pick(self.inv_norm), sqnorm=pick(self.sqnorm),
             weights=pick(self.weights), offsets=offsets, centre=self.centre, along=pick(self.along),
-            across=pick(self.across), row_map=rows,
+            across=pick(self.across), row_map=rows, tf32=self.tf32,
         )
 
 
@@ -140,7 +145,7 @@ def prepare_probes(
     every location of an image the same weight (DSR, Eq. 4). ``index_base``
     only shifts the image indices quoted in error messages.
 
-    ``centre`` (float32 operands only): the ``[d]`` direction μ to split the
+    ``centre`` (float32 and tf32x3 operands): the ``[d]`` direction μ to split the
     rows along (:mod:`~reid_eval.matching.kernel.accuracy`, "Centring"), e.g. the first block's
     ``centre`` or :func:`probe_centre`. Blocks that share it share their
     gallery blocks' centre terms (:meth:`~reid_eval.matching.kernel.gallery.GalleryBasis.centre_terms`, then
@@ -161,9 +166,15 @@ def prepare_probes(
     check_counts(features, "probe", index_base)
     local = xp.asarray(features.local)
     along = across = None
-    if precision == "float32":
-        out = None if workspace is None else workspace.array(xp, local.shape, xp.float32, slot="probes")
-        sq, inv_norm, x, centre, along, across = _centred_rows(xp, local, normalize, features, index_base, centre, out)
+    tf32 = precision == "tf32x3"
+    if precision != "float64":
+        n_rows, d = local.shape
+        out = None if workspace is None else workspace.array(xp, (n_rows, d * (3 if tf32 else 1)), xp.float32,
+                                                             slot="probes")
+        sq, inv_norm, x, centre, along, across = _centred_rows(xp, local, normalize, features, index_base, centre,
+                                                               None if tf32 else out)
+        if tf32:
+            x = stack_operand(xp, x, PROBE_PARTS, out=out)
     else:
         centre = None
         sq, inv_norm = _row_scales(xp, local, normalize, features, index_base)
@@ -188,7 +199,7 @@ def prepare_probes(
         w = np.repeat(1.0 / counts, counts)
     return ProbeBlock(
         x=x, local=local, inv_norm=inv_norm, sqnorm=sqnorm, weights=xp.asarray(w), offsets=features.offsets.copy(),
-        centre=centre, along=along, across=across,
+        centre=centre, along=along, across=across, tf32=tf32,
     )
 
 

@@ -16,7 +16,9 @@ On a CPU, steps 2-4 and the error bounds run a few gallery images at a time
 on the threads that make their sums, while those rows are in cache
 (:func:`_tile_distances`); the product is read from memory once.
 :func:`fpr_pairs` is the same arithmetic for one gallery image against a
-selection of probes (the shortlist's unit).
+selection of probes (the shortlist's unit). With ``"tf32x3"`` operands
+(:mod:`reid_eval.matching.kernel.tf32`) the same GEMM is 3d deep and runs on
+tensor cores; the rest is the float32 path's.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from reid_eval.matching.kernel.accuracy import (
 from reid_eval.matching.kernel.backend import is_host, module_of, segment_sum
 from reid_eval.matching.kernel.gallery import GalleryBasis
 from reid_eval.matching.kernel.probes import ProbeBlock
+from reid_eval.matching.kernel.tf32 import tensor_cores
 from reid_eval.matching.kernel.threads import parallel
 from reid_eval.matching.kernel.workspace import TileWorkspace
 
@@ -86,7 +89,8 @@ def _tile_product(xp: ModuleType, probes: ProbeBlock, gallery: GalleryBasis,
         stacked = None if workspace is None else workspace.array(xp, shape, gallery.bt.dtype, slot="operand")
         operand = xp.concatenate([gallery.bt, w32], out=stacked)
     out = None if workspace is None else workspace.array(xp, (operand.shape[0], probes.x.shape[0]), probes.x.dtype)
-    c = xp.matmul(operand, probes.x.T, out=out)  # [ΣM (+ g), ΣN], the one big GEMM
+    with tensor_cores(xp, probes.tf32):
+        c = xp.matmul(operand, probes.x.T, out=out)  # [ΣM (+ g), ΣN], the one big GEMM
     return c[:n_rows], (None if z_sq is None else c[n_rows:]), z_sq
 
 
@@ -124,13 +128,14 @@ def fpr_pairs(
         operand = xp.concatenate([operand, w[g : g + 1]])
         z_sq = z_sq_all[g : g + 1]
     product_t = xp.empty((selection.num_rows, operand.shape[0]), dtype=probes.x.dtype)  # [ΣN, M(+1)]
-    for k, i in enumerate(images.tolist()):
-        pa, pb = int(probes.offsets[i]), int(probes.offsets[i + 1])
-        sa = int(selection.offsets[k])
-        if is_host(xp):
-            np.matmul(probes.x[pa:pb], operand.T, out=product_t[sa : sa + pb - pa])
-        else:
-            product_t[sa : sa + pb - pa] = probes.x[pa:pb] @ operand.T
+    with tensor_cores(xp, probes.tf32):
+        for k, i in enumerate(images.tolist()):
+            pa, pb = int(probes.offsets[i]), int(probes.offsets[i + 1])
+            sa = int(selection.offsets[k])
+            if is_host(xp):
+                np.matmul(probes.x[pa:pb], operand.T, out=product_t[sa : sa + pb - pa])
+            else:
+                product_t[sa : sa + pb - pa] = probes.x[pa:pb] @ operand.T
     product = product_t.T  # [M(+1), ΣN]
     m = one.bt.shape[0]
     cross = None if z_sq is None else product[m:]
@@ -138,10 +143,11 @@ def fpr_pairs(
 
 
 def _check_pair(probes: ProbeBlock, gallery: GalleryBasis) -> None:
-    if probes.x.dtype != gallery.bt.dtype:
+    if probes.x.dtype != gallery.bt.dtype or probes.tf32 != gallery.tf32:
         raise ValueError("probe and gallery blocks were prepared with different precisions")
-    if probes.x.shape[1] != gallery.bt.shape[1]:
-        raise ValueError(f"probe dimension {probes.x.shape[1]} differs from gallery dimension {gallery.bt.shape[1]}")
+    if probes.local.shape[1] != gallery.local.shape[1]:
+        raise ValueError(f"probe dimension {probes.local.shape[1]} differs from gallery dimension "
+                         f"{gallery.local.shape[1]}")
 
 
 def _tile_distances(xp: ModuleType, c: Any, cross: Any, z_sq: Any, probes: ProbeBlock, gallery: GalleryBasis,
@@ -165,7 +171,7 @@ def _tile_distances(xp: ModuleType, c: Any, cross: Any, z_sq: Any, probes: Probe
     dist = xp.empty((g, p), dtype=xp.float64)
     pair = xp.empty((g, p), dtype=xp.float64) if checked else None
     if checked:
-        factors = xp.asarray(bound_factors(probes.x.shape[1], np.diff(gallery.offsets)))
+        factors = xp.asarray(bound_factors(probes.local.shape[1], np.diff(gallery.offsets), probes.tf32))
         scale = bound_scale(xp, probes)
 
     def finish_rows(a: int, b: int) -> None:
