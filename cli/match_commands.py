@@ -137,6 +137,14 @@ def match_command(metric, dataset, beta, backend, shortlist, shortlist_metric, f
     if workers is not None and scheduler is not None:
         raise click.BadParameter("give --workers (a local cluster) or --scheduler (an existing one), not both",
                                  param_hint="--workers/--scheduler")
+    if workers is not None:  # each worker holds its own --memory-budget
+        from reid_eval.errors import ReidEvalError
+        from reid_eval.matching.memory import check_workers_fit
+
+        try:
+            check_workers_fit(workers, memory_budget)
+        except ReidEvalError as exc:
+            raise click.BadParameter(str(exc).removeprefix(f"--workers {workers} "), param_hint="--workers") from None
     if dataset is not None:  # an unknown name is named as such, not taken for a dataset without a cache
         from reid_eval.datasets import get_spec
 

@@ -14,14 +14,18 @@ import os
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import threading
+import time
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from reid_eval.errors import ReidEvalError
 from reid_eval.experiments.record import MatchResult
 from reid_eval.features import read_distances
 from reid_eval.matching.shortlist import behind_the_shortlist, pick_shortlist
@@ -255,3 +259,116 @@ def test_a_cache_on_a_read_only_mount_is_named_and_kept(tmp_path, metric):
     assert len(lines) == 1 and "read-only file system" in lines[0] and str(cache_dir) in lines[0], run.stderr
     assert "delete" not in run.stderr and "Errno" not in run.stderr and "Traceback" not in run.stderr
     assert {p: p.read_bytes() for p in cache_dir.rglob("*") if p.is_file()} == before
+
+
+# ------------------------------------------------------------------ Dask: Ctrl-C, --scheduler, --workers
+
+
+def test_ctrl_c_with_dask_workers_ends_in_one_line_without_tracebacks(tmp_path):
+    pytest.importorskip("distributed")
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("--workers 2 needs two CPU cores")
+    cache_dir = tmp_path / "cache"
+    path = write_cache(cache_dir, n_query=16, n_gallery=24, d=48, m=8, seed=7)
+    cmd = _match_cmd(cache_dir, tmp_path / "res", "--metric", "fpr", "--workers", "2")
+    # every worker stops itself (SIGSTOP) after its first tile: the match cannot end before Ctrl-C
+    child = subprocess.Popen(cmd, env={**ENV, "REID_EVAL_TEST_KILL_AFTER_TILES": "1:STOP"}, start_new_session=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    store = TileStore(tile_dir(path, "fpr"))
+    try:
+        deadline = time.monotonic() + 240
+        while not store.done():  # a state that lasts once reached (the worker is stopped), not a window
+            assert child.poll() is None and time.monotonic() < deadline, child.stderr.read() if child.poll() else ""
+            time.sleep(0.2)
+        os.killpg(child.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole process group
+        os.killpg(child.pid, signal.SIGCONT)
+        out, err = child.communicate(timeout=240)
+    finally:
+        if child.poll() is None:
+            os.killpg(child.pid, signal.SIGKILL)
+    assert child.returncode == 130, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert err.strip().splitlines()[-1] in ("Aborted.", "Interrupted.")  # click words Ctrl-C as Abort
+    assert store.done()  # the committed tiles stay for the rerun
+
+
+def _server(reply: bytes | None) -> tuple[socket.socket, threading.Thread]:
+    """A TCP listener on localhost that answers each connection with ``reply`` (None: stays silent)."""
+    srv = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            held.append(conn)
+            if reply == b"":
+                conn.close()
+            elif reply is not None:
+                conn.sendall(reply)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return srv, thread
+
+
+@pytest.mark.parametrize("reply, message", [(None, "no Dask handshake within 2 s"),
+                                            (b"HTTP/1.1 400 Bad Request\r\n\r\n", "does not speak Dask's protocol"),
+                                            (b"", "closed the connection without a Dask handshake")])
+def test_scheduler_that_is_not_a_dask_scheduler_is_refused_in_one_line(reply, message):
+    from reid_eval.matching.dask_tiles import probe_scheduler
+
+    srv, _ = _server(reply)
+    address = f"tcp://127.0.0.1:{srv.getsockname()[1]}"
+    try:
+        with pytest.raises(ReidEvalError) as err:
+            probe_scheduler(address, timeout=2)
+    finally:
+        srv.close()
+    text = str(err.value)
+    assert text.startswith(f"--scheduler {address}") and message in text and "\n" not in text
+
+
+def test_match_at_a_server_that_is_not_dask_names_scheduler(tmp_path, capsys):
+    pytest.importorskip("distributed")
+    from reid_eval_cli.main import main
+
+    write_cache(tmp_path / "cache", n_query=4, n_gallery=6, d=8, m=3, seed=2)
+    srv, _ = _server(b"HTTP/1.1 400 Bad Request\r\n\r\n" * 4)
+    address = f"tcp://127.0.0.1:{srv.getsockname()[1]}"
+    try:
+        status = main(["match", "--metric", "fpr", "--untrained-foreground", "--scheduler", address, "--resamples", "0",
+                       "--cache-dir", str(tmp_path / "cache"), "--results-dir", str(tmp_path / "res")])
+    finally:
+        srv.close()
+    err = capsys.readouterr().err
+    assert status == 1 and f"Error: --scheduler {address}: the server does not speak Dask's protocol" in err, err
+    assert "MemoryError" not in err and "Traceback" not in err
+
+
+def test_a_real_dask_scheduler_passes_the_probe():
+    distributed = pytest.importorskip("distributed")
+    from reid_eval.matching.dask_tiles import probe_scheduler
+
+    with distributed.LocalCluster(n_workers=0, processes=False, dashboard_address=None) as cluster:
+        probe_scheduler(cluster.scheduler_address, timeout=10)
+
+
+def test_workers_beyond_the_memory_budget_are_refused_in_one_line(tmp_path, capsys):
+    from reid_eval.matching.memory import check_workers_fit, physical_memory
+
+    with pytest.raises(ReidEvalError, match=r"--workers 4 with --memory-budget 3000000000 bytes each need 12 GB, "
+                                            r"more than this machine's 8 GB; use at most 2 worker\(s\)"):
+        check_workers_fit(4, 3_000_000_000, memory=8_000_000_000)
+    check_workers_fit(2, 4_000_000_000, memory=8_000_000_000)
+    memory = physical_memory()
+    if memory is None:
+        pytest.skip("the system does not say how much memory it has")
+    from reid_eval_cli.main import main
+
+    assert main(["match", "--metric", "fpr", "--workers", "1", "--memory-budget", str(min(memory + 1, 2**50)),
+                 "--cache-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "--workers" in err and "use at most" in err and "Traceback" not in err

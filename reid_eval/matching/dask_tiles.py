@@ -17,6 +17,18 @@ therefore sit at the same absolute path on every worker (a shared or
 network file system), writable for the tile folder; a worker that cannot
 see it fails the match with a one-line error naming the file.
 
+Ctrl-C. The local workers are started with SIGINT ignored, so that Ctrl-C
+(sent to the whole process group by a terminal) stops only this process: it
+closes the cluster, which ends the workers, and the user sees one line
+instead of a traceback per worker. Finished tiles are committed; the rerun
+resumes.
+
+An existing scheduler is probed first (:func:`probe_scheduler`): a Dask
+scheduler speaks first, a small framed handshake, so an address that answers
+nothing within :data:`CONNECT_TIMEOUT_S` or answers something else is refused
+in one line naming ``--scheduler``, instead of Dask waiting for ever or
+reading a foreign reply as the size of a frame.
+
 A worker runs the same tile task as this process
 (:func:`~reid_eval.matching.loop.run_tile_task`, one BLAS thread per tile),
 so the matrix is bit-identical to the single-process run for the same tile
@@ -26,8 +38,14 @@ plan, given the same BLAS library and CPU kind on the workers.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+import signal
+import socket
+import struct
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
+from urllib.parse import urlsplit
 
 from reid_eval.errors import ReidEvalError
 from reid_eval.matching.kernel import RefinementStats, single_blas_thread
@@ -35,9 +53,69 @@ from reid_eval.matching.kernel.backend import return_freed_blocks_to_the_os
 from reid_eval.matching.loop import TileJob, task_groups, run_tile_task
 from reid_eval.matching.tile_store import TileStore
 
-__all__ = ["DaskRunner", "DASK_EXTRA_MESSAGE"]
+__all__ = ["DaskRunner", "DASK_EXTRA_MESSAGE", "CONNECT_TIMEOUT_S", "probe_scheduler"]
 
 DASK_EXTRA_MESSAGE = '--workers and --scheduler need Dask distributed: pip install "reid-eval[dask]"'
+
+
+#: Seconds an existing scheduler has to accept the connection and send its handshake.
+CONNECT_TIMEOUT_S = 15.0
+#: Largest first frame a Dask scheduler's handshake takes (a few hundred bytes in practice).
+_HANDSHAKE_MAX_BYTES = 1 << 20
+
+
+def probe_scheduler(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
+    """ReidEvalError naming ``--scheduler`` unless a Dask scheduler answers at ``address`` (``tcp://host:port``).
+
+    Connects, reads the 8-byte length that starts the scheduler's handshake
+    and closes: silence for ``timeout`` seconds, a closed connection or a
+    length no handshake has mean it is not a Dask scheduler. Addresses of
+    other protocols (tls://, inproc://, ...) are left to Dask.
+    """
+    parts = urlsplit(address if "://" in address else f"tcp://{address}")
+    if parts.scheme != "tcp":
+        return
+    try:
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        host, port = None, None
+    if not host or port is None:
+        raise ReidEvalError(f"--scheduler {address}: expected tcp://HOST:PORT")
+    where = f"--scheduler {address}"
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.settimeout(timeout)
+            head = b""
+            while len(head) < 8:
+                chunk = sock.recv(8 - len(head))
+                if not chunk:
+                    raise ReidEvalError(f"{where}: the server closed the connection without a Dask handshake; "
+                                        "is it a Dask scheduler?")
+                head += chunk
+    except TimeoutError:
+        raise ReidEvalError(f"{where}: no Dask handshake within {timeout:g} s; is a Dask scheduler listening "
+                            "there?") from None
+    except OSError as exc:
+        raise ReidEvalError(f"{where}: cannot connect ({exc.strerror or exc})") from None
+    (length,) = struct.unpack("<Q", head)
+    if not 0 < length <= _HANDSHAKE_MAX_BYTES:
+        raise ReidEvalError(f"{where}: the server does not speak Dask's protocol; is it a Dask scheduler?")
+
+
+@contextmanager
+def _children_ignore_sigint() -> Iterator[None]:
+    """SIGINT ignored while the block starts processes (they inherit it), restored after.
+
+    Only in the main thread, where Python's handler lives; elsewhere a no-op.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _import_distributed() -> Any:
@@ -81,15 +159,17 @@ class DaskRunner:
         cluster = None
         try:
             if self.scheduler is not None:
+                probe_scheduler(self.scheduler)
                 try:
-                    client = distributed.Client(self.scheduler, timeout="15s")
+                    client = distributed.Client(self.scheduler, timeout=f"{CONNECT_TIMEOUT_S:g}s")
                 except (OSError, TimeoutError, ValueError) as exc:
                     raise ReidEvalError(f"--scheduler {self.scheduler}: cannot connect ({' '.join(str(exc).split())})") from None
             else:
-                cluster = distributed.LocalCluster(
-                    n_workers=int(self.workers), threads_per_worker=1, processes=self.processes, memory_limit=0,
-                    dashboard_address=None, silence_logs=logging.ERROR,
-                )
+                with _children_ignore_sigint():  # Ctrl-C reaches this process only (module docstring)
+                    cluster = distributed.LocalCluster(
+                        n_workers=int(self.workers), threads_per_worker=1, processes=self.processes, memory_limit=0,
+                        dashboard_address=None, silence_logs=logging.ERROR,
+                    )
                 client = distributed.Client(cluster)
             try:
                 futures = {

@@ -12,7 +12,8 @@ import os
 
 from reid_eval.errors import ReidEvalError
 
-__all__ = ["DEFAULT_MEMORY_BUDGET", "MEMORY_BUDGET_ENV", "BYTE_UNITS", "MAX_BYTES", "parse_bytes", "default_memory_budget"]
+__all__ = ["DEFAULT_MEMORY_BUDGET", "MEMORY_BUDGET_ENV", "BYTE_UNITS", "MAX_BYTES", "parse_bytes", "default_memory_budget",
+           "physical_memory", "check_workers_fit"]
 
 #: Default bound on the working memory of the matching tiles in flight, in bytes (the [P, G] result is extra).
 DEFAULT_MEMORY_BUDGET = 1_500_000_000
@@ -61,3 +62,27 @@ def default_memory_budget() -> int:
         return parse_bytes(raw)
     except ValueError as exc:
         raise ReidEvalError(f"{MEMORY_BUDGET_ENV}={raw!r}: {exc}") from None
+
+
+def physical_memory() -> int | None:
+    """Bytes of physical memory of this machine, or None where the system does not say."""
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_workers_fit(workers: int, budget: int, memory: int | None = None) -> None:
+    """ReidEvalError unless ``workers`` local processes of ``budget`` bytes each fit in this machine's memory.
+
+    Each Dask worker (``--workers``) plans its tiles within the whole
+    ``--memory-budget``, so together they use ``workers × budget``.
+    ``memory``: the machine's bytes (default :func:`physical_memory`; no
+    check where unknown).
+    """
+    memory = physical_memory() if memory is None else memory
+    if memory is not None and workers * budget > memory:
+        raise ReidEvalError(
+            f"--workers {workers} with --memory-budget {budget} bytes each need {workers * budget / 1e9:.3g} GB, "
+            f"more than this machine's {memory / 1e9:.3g} GB; use at most {max(1, memory // budget)} worker(s) "
+            "or a smaller --memory-budget")

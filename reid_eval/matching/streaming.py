@@ -56,7 +56,7 @@ from reid_eval.matching.loop import (
     shared_centre,
     tile_work,
 )
-from reid_eval.matching.memory import default_memory_budget
+from reid_eval.matching.memory import check_workers_fit, default_memory_budget
 from reid_eval.matching.plan import ShortlistPlan, TilePlan, plan_shortlist, plan_tiles, shortlist_chunk_rows
 from reid_eval.matching.settings import EngineSettings
 from reid_eval.matching.shortlist import behind_the_shortlist, pick_shortlist, run_shortlist
@@ -159,12 +159,17 @@ def _threads(threads: int | None, settings: EngineSettings) -> int:
     return 1 if settings.backend == "cupy" else (os.cpu_count() or 1)
 
 
-def _runner(threads: int, workers: int | None, scheduler: str | None, dask_processes: bool) -> Any:
-    """The runner of a streamed match: this process's threads, or Dask (``workers`` / ``scheduler``)."""
+def _runner(threads: int, workers: int | None, scheduler: str | None, dask_processes: bool, budget: int) -> Any:
+    """The runner of a streamed match: this process's threads, or Dask (``workers`` / ``scheduler``).
+
+    Local workers must fit the machine: ``workers`` × ``budget`` within its memory.
+    """
     if workers is not None and scheduler is not None:
         raise ReidEvalError("--workers and --scheduler cannot be combined: --workers starts a cluster, --scheduler uses one")
     if workers is not None and workers < 1:
         raise ReidEvalError(f"--workers must be at least 1, got {workers}")
+    if workers is not None and dask_processes:
+        check_workers_fit(workers, budget)
     if workers is None and scheduler is None:
         return ThreadRunner(threads)
     from reid_eval.matching.dask_tiles import DaskRunner
@@ -221,10 +226,10 @@ def fpr_distances_from_cache(
     t_start = time.perf_counter()
     settings = _settings({**(asdict(settings) if settings is not None else {}), **engine})
     threads = _threads(threads, settings)
-    runner = _runner(threads, workers, scheduler, dask_processes)
+    budget = default_memory_budget() if memory_budget_bytes is None else int(memory_budget_bytes)
+    runner = _runner(threads, workers, scheduler, dask_processes, budget)
     cache_file = Path(cache_file).resolve()
     source = CacheSource(str(cache_file), probe_split, gallery_split)
-    budget = default_memory_budget() if memory_budget_bytes is None else int(memory_budget_bytes)
     poff, goff, dim = _read_geometry(cache_file, probe_split, gallery_split, settings.weighted)
     n_probe, n_gallery = len(poff) - 1, len(goff) - 1
     if block_rows is not None:
