@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .options import FiniteFloat, Folder, device_option, parse_ints
+from .options import FiniteFloat, Folder, HeightWidth, device_option
 from .progress import Bars, echo_err
 
 #: reid_eval.demo.DEMO_THREADS, repeated so that `--help` needs no torch import (a test checks they agree).
@@ -82,16 +82,15 @@ def demo_command(workdir, seed, size, device, no_report, pets_root, no_pets, thr
 @click.option("--train-images", type=click.IntRange(min=2), default=8, show_default=True, help="Train images per identity.")
 @click.option("--gallery-images", type=click.IntRange(min=1), default=3, show_default=True, help="Gallery images per test identity.")
 @click.option("--query-images", type=click.IntRange(min=1), default=2, show_default=True, help="Query images per test identity.")
-@click.option("--size", "image_size", default="128x64", show_default=True, help="HEIGHTxWIDTH of whole-body images.")
+@click.option("--size", "image_size", type=HeightWidth(), default="128x64", show_default=True,
+              help="HEIGHTxWIDTH of whole-body images.")
 @click.option("--overwrite", is_flag=True, help="Replace a set made with other settings in --out.")
 def synthesize_command(out_dir, seed, train_ids, test_ids, train_images, gallery_images, query_images, image_size,
                        overwrite) -> None:
     """Write the synthetic occluded-person dataset (the `synthetic_occluded` dataset of `reid-eval datasets`)."""
     from reid_eval.datasets.synthetic import SyntheticConfig, generate_synthetic_dataset
 
-    size = parse_ints(image_size, "--size")
-    if len(size) != 2:
-        raise click.BadParameter(f"expected HEIGHTxWIDTH, got {image_size!r}", param_hint="--size")
+    size = image_size
     cfg = SyntheticConfig(seed=seed, num_train_ids=train_ids, num_test_ids=test_ids, train_images_per_id=train_images,
                           gallery_images_per_id=gallery_images, query_images_per_id=query_images,
                           height=size[0], width=size[1])

@@ -9,6 +9,8 @@ import click
 
 from reid_eval.model import BACKBONE_NAMES, CONVERT_SOURCES, GLOBAL_FEATURES, INTERPOLATIONS, STEMS
 
+from .options import HeightWidth
+
 
 def _model_fields(input_size, pyramid_kernels, pyramid_stride, no_foreground, last_stride, stem, global_feature,
                   interpolation) -> dict[str, Any]:
@@ -31,8 +33,8 @@ def _model_fields(input_size, pyramid_kernels, pyramid_stride, no_foreground, la
 
 
 _model_options = [
-    click.option("--input-size", type=(click.IntRange(min=1), click.IntRange(min=1)), default=None, metavar="H W",
-                 help="Input height and width in pixels [default: 384 128; converting: the source's]."),
+    click.option("--input-size", type=HeightWidth(), default=None,
+                 help="Input HEIGHTxWIDTH in pixels [default: 384x128; converting: the source's]."),
     click.option("--pyramid-kernels", default=None, metavar="K1,K2,...", help="Pyramid max-pooling kernels [default: 2,4,6,8]."),
     click.option("--pyramid-stride", type=click.IntRange(min=1), default=None,
                  help="Pyramid max-pooling stride [default: 2; the demo's model: 1]."),
@@ -74,7 +76,7 @@ def checkpoint_group() -> None:
 
 @checkpoint_group.command("init")
 @click.option("--out", "out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Checkpoint file to write.")
-@click.option("--backbone", type=click.Choice(BACKBONE_NAMES), default="resnet50", show_default=True, help="ResNet or IBN-a ResNet trunk.")
+@click.option("--backbone", type=click.Choice(BACKBONE_NAMES), default="resnet50", show_default=True, help="ResNet, IBN-a ResNet or OSNet trunk.")
 @click.option("--pretrained", type=click.Choice(["none", "imagenet"]), default="none", show_default=True,
               help="imagenet: torchvision's ImageNet (IMAGENET1K_V1) trunk via its weights API and torch's hub cache "
                    "(needs the network once; IBN-a: use `convert --from ibn-net`).")

@@ -40,6 +40,24 @@ class FiniteFloat(click.FloatRange):
     def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
         return "FLOAT"
 
+class HeightWidth(click.ParamType):
+    """An image size written one way everywhere: ``HEIGHTxWIDTH`` in pixels (``384x128``) -> (384, 128)."""
+
+    name = "HxW"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, tuple):
+            return value
+        parts = str(value).lower().split("x")
+        try:
+            size = tuple(int(v) for v in parts)
+        except ValueError:
+            size = ()
+        if len(size) != 2 or min(size) < 1:
+            self.fail(f"{value!r} is not HEIGHTxWIDTH in pixels (e.g. 384x128).", param, ctx)
+        return size
+
+
 class ByteSize(click.ParamType):
     """A number of bytes: ``1500000000``, ``1.5e9``, ``1.5GB``, ``500MiB``; from 1 to 1 PiB, naming the option
     (the library's parser and bound: reid_eval.matching.memory.parse_bytes)."""
@@ -135,10 +153,24 @@ def _results_dir_option(output: bool):
 results_dir_option = _results_dir_option(output=True)
 #: --results-dir for commands that only read it (report checks it can write there when it does).
 results_dir_input_option = _results_dir_option(output=False)
+class _CheckpointOption(click.Option):
+    """``--checkpoint`` of a command that needs a model: marked required, and when it is missing the
+    error says how a checkpoint is made."""
+
+    def process_value(self, ctx: click.Context, value: Any) -> Any:
+        try:
+            return super().process_value(ctx, value)
+        except click.MissingParameter:
+            raise click.UsageError(
+                "no --checkpoint given (or REID_EVAL_CHECKPOINT); write one with `reid-eval checkpoint init --out "
+                "FILE` or `reid-eval checkpoint convert`", ctx) from None
+
+
 def _checkpoint_option(required: bool):
     # no default=None where required: click (8.3 on) takes an explicit None default as a given value
     return click.option(
         "--checkpoint",
+        cls=_CheckpointOption if required else click.Option,
         type=click.Path(dir_okay=False, path_type=Path),
         envvar="REID_EVAL_CHECKPOINT",
         required=required,

@@ -8,7 +8,7 @@ import click
 
 from reid_eval.model import BACKBONE_NAMES
 
-from .options import FiniteFloat, data_root_option, parse_ints
+from .options import FiniteFloat, HeightWidth, data_root_option, parse_ints
 from .progress import Bars, echo_err, set_threads, threads_option
 
 
@@ -55,7 +55,8 @@ _INIT_HELP = (
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its checkpoint.pt.")
 @click.option("--backbone", type=click.Choice(BACKBONE_NAMES), default="resnet50", show_default=True,
               help="The trunk, when starting from random weights (as `reid-eval checkpoint init --backbone`).")
-@click.option("--input-size", default="384x128", show_default=True, help="HEIGHTxWIDTH in pixels, when starting from random weights.")
+@click.option("--input-size", type=HeightWidth(), default="384x128", show_default=True,
+              help="HEIGHTxWIDTH in pixels, when starting from random weights.")
 @click.option("--pyramid-kernels", default="2,4,6,8", show_default=True, help="Pyramid max-pool kernels, when starting from random weights.")
 @click.option("--pyramid-stride", type=click.IntRange(min=1), default=2, show_default=True,
               help="Pyramid max-pool stride, when starting from random weights.")
@@ -104,10 +105,7 @@ def train_command(dataset, root, data_root, masks, out_dir, init, epochs, batch_
         init_checkpoint = Path(init)
         if not init_checkpoint.is_file():
             raise ReidEvalError(f"--init {init} is neither a checkpoint file nor `random`")
-    size = parse_ints(input_size, "--input-size")
-    if len(size) != 2:
-        raise click.BadParameter(f"expected HEIGHTxWIDTH, got {input_size!r}", param_hint="--input-size")
-    model = ModelConfig(backbone=backbone, input_size=size, pyramid_kernels=parse_ints(pyramid_kernels, "--pyramid-kernels"),
+    model = ModelConfig(backbone=backbone, input_size=input_size, pyramid_kernels=parse_ints(pyramid_kernels, "--pyramid-kernels"),
                         pyramid_stride=pyramid_stride)
     milestones = parse_ints(lr_milestones, "--lr-milestones") if lr_milestones.strip() else ()
     cfg = TrainConfig(dataset=dataset, root=root, out_dir=out_dir or Path("runs") / dataset, masks=masks, model=model,

@@ -55,3 +55,12 @@ def test_one_spelling_across_commands(capsys):
     assert "REID_EVAL_CHECKPOINT; required]" in " ".join(capsys.readouterr().out.split())
     assert main(["train", "--dataset", "synthetic_occluded", "--backbone", "resnet5"]) == 2  # a choice, as in checkpoint
     assert "'resnet5' is not one of" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [["checkpoint", "init", "--out", "x.pt", "--input-size"], ["train", "--dataset",
+                                      "synthetic_occluded", "--input-size"], ["synthesize", "--size"]])
+def test_an_image_size_is_written_heightxwidth_everywhere(command, capsys):
+    for bad in ("384", "384x", "0x128", "384 128"):
+        assert main([*command, bad]) == 2
+        err = capsys.readouterr().err
+        assert f"{bad!r} is not HEIGHTxWIDTH in pixels (e.g. 384x128)" in err, err

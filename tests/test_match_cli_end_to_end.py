@@ -35,7 +35,7 @@ def run(tmp_path_factory):
     make_partial_reid(data / "Partial-REID")
     ckpt, cache, results = base / "model.pt", base / "cache", base / "results"
     common = ["--cache-dir", str(cache)]
-    assert main(["checkpoint", "init", "--out", str(ckpt), "--backbone", "resnet18", "--input-size", "128", "64", "--seed", "3"]) == 0
+    assert main(["checkpoint", "init", "--out", str(ckpt), "--backbone", "resnet18", "--input-size", "128x64", "--seed", "3"]) == 0
     assert main(["extract", "--dataset", "partial_reid", "--data-root", str(data), "--checkpoint", str(ckpt),
                  "--device", "cpu", "--batch-size", "8", "--allow-mismatch", *common]) == 0
     for metric in ("fpr", "euclidean"):
@@ -252,7 +252,7 @@ def test_damaged_or_unfinished_newest_cache_is_named_never_skipped(run, tmp_path
 def test_two_checkpoints_keep_two_results_and_two_report_rows(run, tmp_path, capsys):
     cache, copied = _copy_cache(run, tmp_path)
     other = tmp_path / "other.pt"
-    assert main(["checkpoint", "init", "--out", str(other), "--backbone", "resnet18", "--input-size", "128", "64", "--seed", "4"]) == 0
+    assert main(["checkpoint", "init", "--out", str(other), "--backbone", "resnet18", "--input-size", "128x64", "--seed", "4"]) == 0
     assert main(["extract", "--dataset", "partial_reid", "--data-root", str(run["data"]), "--checkpoint", str(other),
                  "--device", "cpu", "--batch-size", "8", "--allow-mismatch", "--cache-dir", str(cache)]) == 0
     results = tmp_path / "results"

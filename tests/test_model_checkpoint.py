@@ -135,13 +135,13 @@ def test_convert_torchreid_strips_module_and_drops_the_classifier(tmp_path, tv_r
 
 def test_checkpoint_cli_init_and_convert(tmp_path, tv_resnet18, capsys):
     out = tmp_path / "init.pt"
-    assert main(["checkpoint", "init", "--out", str(out), "--backbone", "resnet18", "--seed", "4", "--input-size", "96", "48"]) == 0
+    assert main(["checkpoint", "init", "--out", str(out), "--backbone", "resnet18", "--seed", "4", "--input-size", "96x48"]) == 0
     assert "resnet18" in capsys.readouterr().out
     _, config, meta = load_checkpoint(out)
     assert config == ModelConfig(backbone="resnet18", input_size=(96, 48)) and meta["extra"]["seed"] == 4
     # the same seed gives the same file content
     again = tmp_path / "again.pt"
-    main(["checkpoint", "init", "--out", str(again), "--backbone", "resnet18", "--seed", "4", "--input-size", "96", "48"])
+    main(["checkpoint", "init", "--out", str(again), "--backbone", "resnet18", "--seed", "4", "--input-size", "96x48"])
     a, b = load_checkpoint(out)[0].state_dict(), load_checkpoint(again)[0].state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     torch.save(tv_resnet18.state_dict(), tmp_path / "tv.pth")

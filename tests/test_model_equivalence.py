@@ -180,7 +180,7 @@ def fast_reid_ibn(tmp_path_factory):
     """A fast-reid IBN-a PartialReID checkpoint (current layout: mask bias, bnneck_occ.0.*), converted at 128×64."""
     tmp = tmp_path_factory.mktemp("fast_reid_ibn")
     payload, trunk, occ, neck = _fast_reid_checkpoint(True, True, "bnneck_occ.0.", seed=3)
-    model, config = _convert(tmp, "fast-reid", payload, "--input-size", "128", "64")
+    model, config = _convert(tmp, "fast-reid", payload, "--input-size", "128x64")
     return {"source": tmp / "fast-reid.pth", "converted": tmp / "fast-reid-converted.pt", "model": model,
             "config": config, "trunk": trunk, "occ": occ, "neck": neck}
 
@@ -200,7 +200,7 @@ def test_fast_reid_ibn_checkpoint_converts_to_equal_outputs(fast_reid_ibn):
 def test_plain_fast_reid_2020_layout_converts_to_equal_outputs(tmp_path):
     """No IBN, mask layer without bias, neck keys without the ``.0``."""
     payload, trunk, occ, neck = _fast_reid_checkpoint(False, False, "bnneck_occ.", seed=7)
-    model, config = _convert(tmp_path, "fast-reid", payload, "--input-size", "128", "64")
+    model, config = _convert(tmp_path, "fast-reid", payload, "--input-size", "128x64")
     assert config.backbone == "resnet50" and config.global_feature == "occlusion-weighted"
     _check_fast_reid(model, trunk, occ, neck, torch.randn(2, 3, 128, 64, generator=torch.Generator().manual_seed(5)))
 
@@ -210,7 +210,7 @@ def test_fast_reid_stem_matters(fast_reid_ibn, tmp_path, capsys):
     out = tmp_path / "tv-stem.pt"
     capsys.readouterr()
     assert main(["checkpoint", "convert", "--from", "fast-reid", str(fast_reid_ibn["source"]), "--out", str(out),
-                 "--input-size", "128", "64", "--stem", "torchvision"]) == 0
+                 "--input-size", "128x64", "--stem", "torchvision"]) == 0
     said = capsys.readouterr().out
     assert "global_feature, interpolation, last_stride (override" in said and "ceil_mode" not in said
     model, config, _ = load_checkpoint(out)
@@ -287,7 +287,7 @@ def test_torchreid_trainer_checkpoint_converts_to_equal_trunk(tmp_path, fc512):
     ref.eval()
     payload = _torchreid_trainer_checkpoint(ref, data_parallel=not fc512)
     assert isinstance(payload["rank1"], np.floating)
-    model, config = _convert(tmp_path, "torchreid", payload, "--input-size", "128", "64")
+    model, config = _convert(tmp_path, "torchreid", payload, "--input-size", "128x64")
     assert config.backbone == "resnet50" and config.stem == "torchvision" and config.interpolation == "bilinear"
     assert config.last_stride == (1 if fc512 else 2)  # torchreid's own choice for each model
     x = torch.randn(2, 3, 128, 64, generator=torch.Generator().manual_seed(4))
@@ -311,7 +311,7 @@ def test_ibn_net_imagenet_file_converts_to_equal_trunk(tmp_path, capsys):
     ref.eval()
     state = {f"module.{k}": v for k, v in ref.state_dict().items()}
     state["module.fc.weight"], state["module.fc.bias"] = torch.zeros(1000, 2048), torch.zeros(1000)
-    model, config = _convert(tmp_path, "ibn-net", {"state_dict": state}, "--input-size", "128", "64", "--last-stride", "2")
+    model, config = _convert(tmp_path, "ibn-net", {"state_dict": state}, "--input-size", "128x64", "--last-stride", "2")
     assert (config.backbone, config.stem, config.interpolation, config.global_feature) == (
         "resnet50_ibn_a", "torchvision", "bilinear", "average")
     x = torch.randn(2, 3, 128, 64, generator=torch.Generator().manual_seed(8))

@@ -53,7 +53,7 @@ def test_init_loads_the_cached_imagenet_file_through_the_weights_api(no_network,
     cached.parent.mkdir(parents=True)
     torch.save(reference.state_dict(), cached)
     out = tmp_path / "imagenet.pt"
-    assert main(["checkpoint", "init", "--pretrained", "imagenet", "--backbone", "resnet18", "--input-size", "64", "32",
+    assert main(["checkpoint", "init", "--pretrained", "imagenet", "--backbone", "resnet18", "--input-size", "64x32",
                  "--out", str(out)]) == 0
     assert "IMAGENET1K_V1" in capsys.readouterr().out
     model, config, meta = load_checkpoint(out)
