@@ -236,66 +236,133 @@ def generate_features(xp: Any, s: Slice, seed: int = 0) -> tuple[Any, Any]:
     return split(s.p), split(s.g)
 
 
-def gemm_seconds(xp: Any, s: Slice, dtype: Any, tile: int = 32768, seed: int = 1) -> float:
+def gemm_seconds(xp: Any, s: Slice, precision: str, tile: int = 32768, seed: int = 1) -> float:
     """Seconds of the GEMM ``[p·m, d] × [d, g·m]`` in ``tile`` × ``tile`` output tiles (each product is
-    allocated from ``xp``'s pool and dropped; the gallery operand of every tile is one reused block)."""
+    allocated from ``xp``'s pool and dropped; the gallery operand of every tile is one reused block), in the
+    operands of ``precision``: float32, float64, or tf32x3's TF32 parts (depth 3d, on the tensor cores)."""
+    from reid_eval.matching.kernel.accuracy import operand_depth
+    from reid_eval.matching.kernel.tf32 import round_tf32, tensor_cores
+
     rng = xp.random.default_rng(seed)
     rows, cols = s.p * s.m, s.g * s.m
-    a = rng.standard_normal((rows, s.d), dtype=xp.float32).astype(dtype)
-    b = rng.standard_normal((min(cols, tile), s.d), dtype=xp.float32).astype(dtype)
+    depth, tf32 = operand_depth(precision), precision == "tf32x3"
+    dtype = np.float64 if precision == "float64" else np.float32
+
+    def operand(n: int) -> Any:
+        a = rng.standard_normal((n, s.d * depth), dtype=xp.float32)
+        return round_tf32(xp, a) if tf32 else a.astype(dtype)
+
+    a, b = operand(rows), operand(min(cols, tile))
     tiles = [(i, min(rows, i + tile), j, min(cols, j + tile)) for i in range(0, rows, tile) for j in range(0, cols, tile)]
-    xp.matmul(a[:tile], b.T)  # warm-up: handles, kernel choice
 
     def run() -> None:
         for i, i2, j, j2 in tiles:
             xp.matmul(a[i:i2], b[:j2 - j].T)
 
-    return _timed(xp, run)[0]
+    with tensor_cores(xp, tf32):
+        xp.matmul(a[:tile], b.T)  # warm-up: handles, kernel choice
+        return _timed(xp, run)[0]
 
 
-def measure_gemm_rate(xp: Any, dtype: Any) -> float:
+def measure_gemm_rate(xp: Any, precision: str) -> float:
     """FLOP/s of one mid-sized GEMM (the slice's choice needs an estimate, not a benchmark)."""
     s = Slice(128, 256) if xp is not np else Slice(2, 4, d=256)  # ~1.6 TFLOP on the GPU: tens of ms
-    return s.flops / gemm_seconds(xp, s, dtype)
+    return s.flops / gemm_seconds(xp, s, precision)
+
+
+def cnn_like_features(s: Slice, seed: int = 4) -> tuple[Any, Any]:
+    """Host query and gallery features like a CNN's (non-negative, one strong shared direction, some
+    gallery images repeating query images: residuals near 0), the hard case of the float32 error model."""
+    from reid_eval.features.spatial import SpatialFeatures
+
+    rng = np.random.default_rng(seed)
+
+    def split(n: int) -> SpatialFeatures:
+        shared = np.abs(rng.standard_normal(s.d))[None]
+        local = np.maximum(shared + rng.standard_normal((n * s.m, s.d)), 0) + 1e-3
+        fg = rng.uniform(0.05, 1.0, n * s.m)
+        return SpatialFeatures(local.astype(np.float32), np.arange(n + 1, dtype=np.int64) * s.m, fg.astype(np.float32))
+
+    query, gallery = split(s.p), split(s.g)
+    k = max(1, min(s.p, s.g) // 4)  # self-matches
+    local = np.concatenate([query.local[: k * s.m], gallery.local[k * s.m:]])
+    return query, SpatialFeatures(local, gallery.offsets, gallery.foreground)
+
+
+#: The precisions in the order the fpr step runs them: float64 first, the reference of the others' whole matrix.
+CHECK_ORDER = ("float64", "float32", "tf32x3")
+#: The CNN-like contract check of the fpr step: images of query and gallery (at the slice's m and d).
+CONTRACT_IMAGES = (24, 48)
 
 
 def step_fpr(report: Report, xp: Any, backend: str, s: Slice, budget_bytes: int) -> None:
     from reid_eval.matching import EngineSettings, RefinementStats, fpr_distance_reference, fpr_distances
-    from reid_eval.matching.kernel import PRECISIONS
+    from reid_eval.matching.kernel.accuracy import gemm_times
 
     auto = EngineSettings(backend=backend, precision="auto").resolved().precision
+    measured = "" if xp is np else " from square GEMMs of " + ", ".join(
+        f"{p} {t * 1e3:.1f} ms" for p, t in gemm_times(xp).items())
     report(f"fpr: slice {s.p} x {s.g} images x {s.m} locations, d={s.d} ({s.flops:.3g} FLOP; full Market "
-           f"x{s.factor:.1f}); precision auto picks {auto} on {backend}")
+           f"x{s.factor:.1f}); precision auto picks {auto} on {backend}{measured}")
     query, gallery = generate_features(xp, s)
-    fpr_distances(query[:1], gallery[:2], backend=backend, precision=auto)  # warm-up
-    for precision in PRECISIONS:
+    reference = None
+    for precision in CHECK_ORDER:
+        fpr_distances(query[:1], gallery[:2], backend=backend, precision=precision)  # warm-up
         stats = RefinementStats()
         engine, dist = _timed(xp, lambda: fpr_distances(query, gallery, backend=backend, precision=precision,
                                                         memory_budget_bytes=budget_bytes, stats=stats))
-        gemm = gemm_seconds(xp, s, np.float32 if precision == "float32" else np.float64)
+        gemm = gemm_seconds(xp, s, precision)
         # the contract, on a corner of the matrix: the float64 definition, pair by pair
         picks = [(i, j) for i in (0, s.p - 1) for j in (0, s.g - 1)]
         err = max(abs(float(dist[i, j]) - fpr_distance_reference(
             query.local[query.offsets[i]:query.offsets[i + 1]], gallery.local[gallery.offsets[j]:gallery.offsets[j + 1]],
             query.foreground[query.offsets[i]:query.offsets[i + 1]])) for i, j in picks)
+        whole = "" if reference is None else (
+            f"; max |{precision} - float64| on the whole matrix {np.abs(dist - reference).max():.1e}")
+        reference = dist if reference is None else reference
         mark = " (auto)" if precision == auto else ""
         report(f"fpr {precision}{mark}: engine {engine:.2f} s, GEMM {gemm:.2f} s, ratio {engine / gemm:.2f}; "
                f"{s.flops / engine / 1e12:.3g} TFLOP/s; full Market extrapolated {engine * s.factor:.0f} s "
                f"(GEMM {gemm * s.factor:.0f} s); refined share {stats.refined_share:.2e}; "
-               f"max |error| vs float64 reference on {len(picks)} pairs {err:.1e}")
+               f"max |error| vs float64 reference on {len(picks)} pairs {err:.1e}{whole}")
+    del reference
+    contract_check(report, backend, Slice(min(CONTRACT_IMAGES[0], s.p), min(CONTRACT_IMAGES[1], s.g), s.m, s.d),
+                   budget_bytes)
 
 
-def step_shortlist(report: Report, xp: Any, backend: str, s: Slice, budget_bytes: int) -> None:
+def contract_check(report: Report, backend: str, s: Slice, budget_bytes: int) -> None:
+    """One line per float32-operand precision on CNN-like features (:func:`cnn_like_features`): the largest
+    difference to the engine's float64 matrix (the 1e-5 contract) and the refined share, on this device."""
+    from reid_eval.matching import RefinementStats, fpr_distances
+
+    query, gallery = cnn_like_features(s)
+    exact = fpr_distances(query, gallery, backend=backend, precision="float64", memory_budget_bytes=budget_bytes)
+    for precision in CHECK_ORDER[1:]:
+        stats = RefinementStats()
+        dist = fpr_distances(query, gallery, backend=backend, precision=precision, memory_budget_bytes=budget_bytes,
+                             stats=stats)
+        err = float(np.abs(dist - exact).max())
+        report(f"contract {precision}: CNN-like {s.p} x {s.g} images, max |{precision} - float64| {err:.1e} "
+               f"({'within' if err <= 1e-5 else 'OUTSIDE'} 1e-5); refined share {stats.refined_share:.2e}")
+
+
+def step_shortlist(report: Report, xp: Any, backend: str, s: Slice, budget_bytes: int,
+                   left: Callable[[], float] = lambda: math.inf) -> None:
     from reid_eval.matching import fpr_distances
 
     k = min(SHORTLIST_K, s.g - 1)
     query, gallery = generate_features(xp, s, seed=2)
     qg = query.local.reshape(s.p, s.m, s.d).mean(axis=1)
     gg = gallery.local.reshape(s.g, s.m, s.d).mean(axis=1)
-    seconds, _ = _timed(xp, lambda: fpr_distances(query, gallery, backend=backend, shortlist=k, probe_global=qg,
-                                                  gallery_global=gg, memory_budget_bytes=budget_bytes))
-    report(f"shortlist K={k}: {seconds:.2f} s for {s.p} probes x {s.g} gallery; full Market extrapolated "
-           f"{seconds * s.probe_factor:.0f} s (x{s.probe_factor:.1f}: K images per probe)")
+    for precision in CHECK_ORDER:
+        if left() < 20:
+            report(f"shortlist {precision}: skipped: {left():.0f} s of the budget left")
+            continue
+        seconds, _ = _timed(xp, lambda: fpr_distances(query, gallery, backend=backend, shortlist=k, probe_global=qg,
+                                                      gallery_global=gg, memory_budget_bytes=budget_bytes,
+                                                      precision=precision))
+        report(f"shortlist K={k} {precision}: {seconds:.2f} s for {s.p} probes x {s.g} gallery; full Market "
+               f"extrapolated {seconds * s.probe_factor:.0f} s (x{s.probe_factor:.1f}: K images per probe)")
 
 
 def write_feature_cache(cache_dir: Path, query: Any, gallery: Any, batch: int = 256) -> Path:
@@ -323,7 +390,8 @@ def write_feature_cache(cache_dir: Path, query: Any, gallery: Any, batch: int = 
     return path
 
 
-def step_stream(report: Report, xp: Any, backend: str, s: Slice, budget_bytes: int, tmp: Path) -> None:
+def step_stream(report: Report, xp: Any, backend: str, s: Slice, budget_bytes: int, tmp: Path,
+                left: Callable[[], float] = lambda: math.inf) -> None:
     from reid_eval.matching import fpr_distances
     from reid_eval.matching.streaming import fpr_distances_from_cache
 
@@ -331,13 +399,18 @@ def step_stream(report: Report, xp: Any, backend: str, s: Slice, budget_bytes: i
     t = time.perf_counter()
     cache = write_feature_cache(tmp, query, gallery)
     written = time.perf_counter() - t
-    memory, expected = _timed(xp, lambda: fpr_distances(query, gallery, backend=backend, memory_budget_bytes=budget_bytes))
-    streamed, result = _timed(xp, lambda: fpr_distances_from_cache(cache, backend=backend,
-                                                                   memory_budget_bytes=budget_bytes))
-    agree = float(np.max(np.abs(np.asarray(result.distances, dtype=np.float64) - expected)))
-    report(f"stream: from an HDF5 cache of {cache.stat().st_size / 2**30:.2f} GiB (written in {written:.1f} s): "
-           f"{streamed:.2f} s against {memory:.2f} s in memory (ratio {streamed / memory:.2f}); full Market "
-           f"extrapolated {streamed * s.factor:.0f} s; max |streamed - in-memory| {agree:.1e}")
+    for precision in CHECK_ORDER:
+        if left() < 20:
+            report(f"stream {precision}: skipped: {left():.0f} s of the budget left")
+            continue
+        memory, expected = _timed(xp, lambda: fpr_distances(query, gallery, backend=backend, precision=precision,
+                                                            memory_budget_bytes=budget_bytes))
+        streamed, result = _timed(xp, lambda: fpr_distances_from_cache(cache, backend=backend, precision=precision,
+                                                                       memory_budget_bytes=budget_bytes))
+        agree = float(np.max(np.abs(np.asarray(result.distances, dtype=np.float64) - expected)))
+        report(f"stream {precision}: from an HDF5 cache of {cache.stat().st_size / 2**30:.2f} GiB (written in "
+               f"{written:.1f} s): {streamed:.2f} s against {memory:.2f} s in memory (ratio {streamed / memory:.2f});"
+               f" full Market extrapolated {streamed * s.factor:.0f} s; max |streamed - in-memory| {agree:.1e}")
 
 
 def step_amp(report: Report, timeout: float, run: Runner = _run) -> None:
@@ -417,7 +490,7 @@ def main(argv: list[str] | None = None) -> int:
                 free = xp.cuda.Device().mem_info[0] if xp is not np else None
                 budget = int((args.memory_gib * 2**30) if args.memory_gib else min(free / 2, 64 * 2**30) if free
                              else 2 * 2**30)
-                scale = args.scale or fitting_scale(measure_gemm_rate(xp, np.float64), free_bytes=free)
+                scale = args.scale or fitting_scale(measure_gemm_rate(xp, "float64"), free_bytes=free)
                 s = market_slice(scale)
                 report(f"slice: scale {scale:.4g} -> {s.p} query x {s.g} gallery images; engine memory budget "
                        f"{budget / 2**30:.1f} GiB")
@@ -430,10 +503,10 @@ def main(argv: list[str] | None = None) -> int:
                             if step == "fpr":
                                 step_fpr(report, xp, args.backend, s, budget)
                             elif step == "shortlist":
-                                step_shortlist(report, xp, args.backend, s, budget)
+                                step_shortlist(report, xp, args.backend, s, budget, left)
                             else:
                                 step_stream(report, xp, args.backend, market_slice(min(scale, 0.25)), budget,
-                                            Path(tmp))
+                                            Path(tmp), left)
                         except Exception as exc:  # noqa: BLE001 - one step's failure must not stop the check
                             failures += 1
                             report(f"{step}: FAILED: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}")

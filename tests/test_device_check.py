@@ -161,7 +161,7 @@ def test_cpu_run_of_the_array_steps_end_to_end(tmp_path, capsys):
     s = dc.market_slice(0.001)
     assert f"slice: scale 0.001 -> {s.p} query x {s.g} gallery images" in text
     assert "precision auto picks float32 on numpy" in text
-    for precision in ("float32 (auto)", "float64"):
+    for precision in ("float32 (auto)", "float64", "tf32x3"):
         line = next(l for l in text.splitlines() if l.startswith(f"fpr {precision}:"))
         engine, gemm = _number(r"engine ([\d.]+) s", line), _number(r"GEMM ([\d.]+) s,", line)
         # the printed values are rounded to 0.01 s: the ratio and extrapolation agree within that rounding
@@ -170,10 +170,16 @@ def test_cpu_run_of_the_array_steps_end_to_end(tmp_path, capsys):
         extrapolated = _number(r"extrapolated (\d+) s", line)
         assert (engine - 0.005) * s.factor - 1 <= extrapolated <= (engine + 0.005) * s.factor + 1
         assert _number(r"reference on 4 pairs ([\d.e+-]+)", line) < 1e-5  # the engine's contract
-    shortlist = next(l for l in text.splitlines() if l.startswith("shortlist K="))
-    assert f"K={s.g - 1}:" in shortlist and f"x{s.probe_factor:.1f}" in shortlist
-    stream = next(l for l in text.splitlines() if l.startswith("stream:"))
-    assert _number(r"max \|streamed - in-memory\| ([\d.e+-]+)", stream) <= 1e-6
+        if not precision.startswith("float64"):  # float64 runs first: the others against its whole matrix
+            assert _number(r"float64\| on the whole matrix ([\d.e+-]+)", line) < 1e-5
+    for precision in ("float32", "tf32x3"):
+        line = next(l for l in text.splitlines() if l.startswith(f"contract {precision}: CNN-like"))
+        assert _number(r"float64\| ([\d.e+-]+) \(within 1e-5\)", line) <= 1e-5
+    for precision in ("float64", "float32", "tf32x3"):  # each precision asked for by name, never "auto"
+        shortlist = next(l for l in text.splitlines() if l.startswith(f"shortlist K={s.g - 1} {precision}:"))
+        assert f"x{s.probe_factor:.1f}" in shortlist
+        stream = next(l for l in text.splitlines() if l.startswith(f"stream {precision}:"))
+        assert _number(r"max \|streamed - in-memory\| ([\d.e+-]+)", stream) <= 1e-6
     assert text.splitlines()[-1].endswith("0 step(s) failed")
 
 
