@@ -372,3 +372,33 @@ def test_workers_beyond_the_memory_budget_are_refused_in_one_line(tmp_path, caps
                  "--cache-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "--workers" in err and "use at most" in err and "Traceback" not in err
+
+
+# ------------------------------------------------------------------ the 1e-5 contract for any norms
+
+
+def _residual_in_feature_space(x: np.ndarray, y: np.ndarray, beta: float) -> np.ndarray:
+    """e of every row of x ``[N, d]`` against rows y ``[M, d]``: ‖β (yᵀy + βI_d)⁻¹ x‖ (an independent form)."""
+    a = y.T @ y + beta * np.eye(y.shape[1])
+    return np.linalg.norm(beta * np.linalg.solve(a, x.T), axis=0)
+
+
+@pytest.mark.parametrize("precision", ["float32", "float64"])
+@pytest.mark.parametrize("probe_scale, gallery_scale", [(600.0, 30.0), (1.0, 1.0), (1e4, 1e3), (5.0, 2000.0)])
+def test_the_contract_holds_without_normalisation_for_any_norms(precision, probe_scale, gallery_scale):
+    from reid_eval.features.spatial import SpatialFeatures
+    from reid_eval.matching import fpr_distances
+    from reid_eval.matching.reference import fpr_distance_reference
+
+    rng = np.random.default_rng(5577)  # d = 32, gallery of 110 locations, probe of 7, h = 1, β = 0.01
+    gallery = [(gallery_scale * np.maximum(rng.normal(0.6, 1.0, (110, 32)), 0)).astype(np.float32) for _ in range(3)]
+    probes = [(probe_scale * np.maximum(rng.normal(0.6, 1.0, (7, 32)), 0)).astype(np.float32) for _ in range(2)]
+    p = SpatialFeatures(np.concatenate(probes), np.arange(0, 15, 7), np.ones(14, np.float32))
+    g = SpatialFeatures(np.concatenate(gallery), np.arange(0, 331, 110))
+    D = fpr_distances(p, g, normalize=False, precision=precision, backend="numpy")
+    for i, x in enumerate(probes):
+        for j, y in enumerate(gallery):
+            x64, y64 = x.astype(np.float64), y.astype(np.float64)
+            exact = fpr_distance_reference(x64, y64, np.ones(7), beta=0.01, normalize=False)
+            assert exact == pytest.approx(_residual_in_feature_space(x64, y64, 0.01).mean(), rel=1e-7, abs=1e-9)
+            assert abs(float(D[i, j]) - exact) <= 1e-5, (i, j, float(D[i, j]), exact)

@@ -1,4 +1,4 @@
-"""The float32 accuracy model of the engine: its specification, the error bound, refinement, precision.
+"""The accuracy model of the engine: its specification, the error bound, refinement, precision.
 
 Why float32 needs a model. A tile computes e² = ‖x‖² − S with S = ‖Bt x‖²
 (:mod:`reid_eval.matching.kernel.tile`). ‖x‖² − S cancels when the residual is
@@ -24,6 +24,15 @@ error of S small and knows a bound on it for every entry:
   worst measured error on Gaussian, ReLU, coherent, duplicate and in-span
   features is what ``python benchmarks/bench_matching.py --calibrate``
   measures; it must stay above 1.
+* The factor's rounding, in every precision. Bt = Fᵀ Y is only as exact as
+  the float64 factor, whose relative error grows with the condition number
+  of G + βI, at most 1 + tr(G)/β; with unnormalised features of large
+  norms (``normalize=False``) that makes ‖x‖² − S cancel even in float64
+  (5 % off on a residual of 4e-4 at ‖x‖ ≈ 3e3). So every entry's bound also
+  has ``δs₆₄ = κ·u₆₄·(0.7·√d + √M + 7)·(1 + tr(G)/β)·‖x‖²`` (u₆₄ = 2⁻⁵³,
+  :func:`factor_bound_factors`; :func:`total_error_bound_s` is the sum),
+  and float64 tiles are checked too. Normalised rows (tr(G) = M) keep it
+  far below ``float32_atol`` except at residuals near 0.
 * Error of a distance. From |ê² − e²| ≤ δs, the error of an entry's e is at
   most δe = δs / (ê + √(ê² − δs)) (no bound when ê² ≤ δs), and a pair's
   distance Σ h̃ e errs by at most Σ h̃ δe (:func:`weighted_error_bounds`).
@@ -32,9 +41,12 @@ error of S small and knows a bound on it for every entry:
   float64 definition after its own float32 rounding) keeps its float32
   entries; in the other pairs the entries with the largest h̃ δe are
   recomputed in float64, as few as bring the sum of the rest within
-  ``float32_atol`` (:func:`entries_to_refine`, :func:`refine`). When more
-  than :data:`TILE_FLOAT64_SHARE` of a tile's entries need it, the whole
-  tile is recomputed by one float64 GEMM instead. Which entries are refined,
+  ``float32_atol`` (:func:`entries_to_refine`, :func:`refine`: the residual
+  formed as a vector in float64, X − Cᵀ Y with C = (Y Yᵀ + βI)⁻¹ Y Xᵀ, so
+  nothing cancels whatever the norms). When more than
+  :data:`TILE_FLOAT64_SHARE` of a float32 tile's entries need it, the
+  whole tile is recomputed by one float64 GEMM instead, and the entries
+  whose δs₆₄ is still too large by :func:`refine`. Which entries are refined,
   and whether a tile goes float64, depends only on the tile's data, never on
   timing: the same blocks give the same bits. :class:`RefinementStats`
   counts them (the refined share).
@@ -71,7 +83,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from reid_eval.matching.kernel.backend import is_host, to_numpy
+from reid_eval.matching.kernel.backend import is_host, segment_sum, to_numpy
 from reid_eval.matching.kernel.tf32 import tensor_cores
 from reid_eval.matching.kernel.threads import blas_threads, parallel
 
@@ -94,6 +106,8 @@ __all__ = [
     "operand_depth",
     "error_bound_s",
     "weighted_error_bounds",
+    "factor_bound_factors",
+    "total_error_bound_s",
     "entries_to_refine",
     "refine",
 ]
@@ -117,6 +131,7 @@ PRECISIONS = ("float32", "float64", "tf32x3")
 #: remainders, each at most 2⁻²²·|a·b| (module docstring).
 TF32X3_SPLIT = 12.0
 _U32 = 2.0**-24
+_U64 = 2.0**-53
 
 
 @dataclass
@@ -263,6 +278,29 @@ def error_bound_s(xp: ModuleType, probes: ProbeBlock, gallery_counts: np.ndarray
     return xp.asarray(factors)[:, None] * bound_scale(xp, probes)[None, :]
 
 
+def factor_bound_factors(xp: ModuleType, gallery: GalleryBasis) -> Any:
+    """``[g]`` float64 κ·u₆₄·(0.7·√d + √M + 7)·(1 + tr(G)/β): the per-image factor of δs₆₄ (module docstring).
+
+    tr(G) = Σ‖y‖² over the image's rows as the basis was made from them
+    (M when normalised); 1 + tr(G)/β bounds the condition number of G + βI.
+    """
+    counts = np.diff(gallery.offsets)
+    local = gallery.local
+    sq_rows = (local.astype(xp.float64) ** 2).sum(axis=1) * gallery.inv_norm * gallery.inv_norm
+    traces = segment_sum(xp, sq_rows[:, None], gallery.offsets, axis=0)[:, 0]
+    d = int(local.shape[1])
+    base = xp.asarray(ERROR_KAPPA * _U64 * (0.7 * math.sqrt(d) + np.sqrt(counts) + 7.0))
+    return base * (1.0 + traces / gallery.beta)
+
+
+def total_error_bound_s(xp: ModuleType, probes: ProbeBlock, gallery: GalleryBasis) -> Any:
+    """``[g, R]`` float64 δs + δs₆₄: the operands' rounding (float32 and tf32x3 only) and the factor's (always)."""
+    ds = xp.asarray(factor_bound_factors(xp, gallery))[:, None] * probes.sqnorm[None, :]
+    if probes.x.dtype == xp.float32:
+        ds += error_bound_s(xp, probes, np.diff(gallery.offsets))
+    return ds
+
+
 def weighted_error_bounds(xp: ModuleType, e2: Any, e: Any, ds: Any, weights: Any) -> Any:
     """h̃·δe ``[k, R]`` of float32 entries e² ``[k, R]`` (ê = ``e``), given δs ``ds`` ``[k, R]`` (overwritten: the result).
 
@@ -290,17 +328,19 @@ def weighted_error_bounds(xp: ModuleType, e2: Any, e: Any, ds: Any, weights: Any
     return ds
 
 
-def entries_to_refine(xp: ModuleType, e2: Any, pair: Any, probes: ProbeBlock, gallery: GalleryBasis, atol: float) -> Any:
-    """``[g, R]`` bool: the entries of float32 ``e2`` ``[g, R]`` to recompute in float64.
+def entries_to_refine(xp: ModuleType, e2: Any, pair: Any, probes: ProbeBlock, gallery: GalleryBasis, atol: float,
+                      ds: Any = None) -> Any:
+    """``[g, R]`` bool: the entries of ``e2`` ``[g, R]`` to recompute by :func:`refine`.
 
     ``pair`` ``[g, p]``: each distance's error bound Σ h̃ δe
     (:func:`weighted_error_bounds`), some above ``atol``. Pairs within
-    ``atol`` keep every float32 entry; in the others the entries with the
-    largest h̃ δe are refined, as few as leave the sum of the rest within
-    ``atol``.
+    ``atol`` keep every entry; in the others the entries with the largest
+    h̃ δe are refined, as few as leave the sum of the rest within ``atol``.
+    ``ds``: the δs of ``e2``'s entries (default :func:`total_error_bound_s`).
     """
     e = residuals(xp, e2)
-    contrib = weighted_error_bounds(xp, e2, e, error_bound_s(xp, probes, np.diff(gallery.offsets)), probes.weights)
+    ds = total_error_bound_s(xp, probes, gallery) if ds is None else ds
+    contrib = weighted_error_bounds(xp, e2, e, ds, probes.weights)
     del e
     fg, fp = xp.nonzero(pair > atol)
     # Failing pairs: their entries' contributions padded with zeros to [F, n_max],
@@ -324,12 +364,14 @@ def entries_to_refine(xp: ModuleType, e2: Any, pair: Any, probes: ProbeBlock, ga
 
 
 def refine(xp: ModuleType, e2: Any, flagged: Any, probes: ProbeBlock, gallery: GalleryBasis) -> int:
-    """Recompute the flagged entries of ``e2`` ``[g, R]`` in float64, in place; returns their number.
+    """Recompute the flagged entries of ``e2`` ``[g, R]`` from the residual vector in float64; returns their number.
 
-    One float64 product per gallery image with flagged entries,
-    ``[k, d] @ [d, M]`` over its k flagged probe locations (plus the
-    rebuild of its float64 basis, ``[M, M] @ [M, d]``); on a CPU the images
-    are spread over threads, each with one BLAS thread. Every image's entries
+    For each gallery image with flagged entries, over its k flagged probe
+    locations X ``[k, d]``: C = (Y Yᵀ + βI)⁻¹ Y Xᵀ ``[M, k]`` and
+    e² = ‖X − Cᵀ Y‖² row by row. The residual is formed as a vector, so
+    nothing cancels however large the norms (the fast form ‖x‖² − ‖Bt x‖²
+    loses ‖x‖²·u₆₄·cond(G + βI) even in float64). On a CPU the images are
+    spread over threads, each with one BLAS thread. Every image's entries
     are computed the same way whatever the thread count.
     """
     gi, ni = xp.nonzero(flagged)
@@ -344,8 +386,12 @@ def refine(xp: ModuleType, e2: Any, flagged: Any, probes: ProbeBlock, gallery: G
         g = int(gi_host[a])
         cols = ni[a:b]
         x64 = probes.rows64(cols)  # [k, d]
-        proj = x64 @ gallery.basis64(g).T  # [k, M]
-        e2[g, cols] = (x64 * x64).sum(axis=1) - (proj * proj).sum(axis=1)
+        y = gallery.rows64(g)  # [M, d]
+        ridge = y @ y.T
+        ridge[xp.arange(ridge.shape[0]), xp.arange(ridge.shape[0])] += gallery.beta
+        coef = xp.linalg.solve(ridge, y @ x64.T)  # [M, k]
+        r = x64 - coef.T @ y  # [k, d] residual vectors
+        e2[g, cols] = (r * r).sum(axis=1)
 
     pieces = list(zip(bounds[:-1].tolist(), bounds[1:].tolist()))
     workers = min(len(pieces), os.cpu_count() or 1) if is_host(xp) else 1

@@ -43,6 +43,8 @@ class GalleryBasis:
         ``[g+1]`` host); the float64 Bt rebuilt from it refines small residuals.
     offsets: host int64 ``[g+1]`` image boundaries in the rows.
     tf32: whether ``bt`` holds TF32 parts (precision ``"tf32x3"``).
+    beta: the ridge β the factor was made with (the direct residual of
+        :func:`~reid_eval.matching.kernel.accuracy.refine` needs it).
     """
 
     bt: Any
@@ -52,6 +54,7 @@ class GalleryBasis:
     factor_offsets: np.ndarray
     offsets: np.ndarray
     tf32: bool = False
+    beta: float = DEFAULT_BETA
     _centre_cache: dict[bytes, tuple[Any, Any]] = field(default_factory=dict, compare=False, repr=False)
 
     def __len__(self) -> int:
@@ -83,14 +86,19 @@ class GalleryBasis:
         return GalleryBasis(
             bt=self.bt[a:b], local=self.local[a:b], inv_norm=self.inv_norm[a:b], factor=self.factor[fa:fb],
             factor_offsets=np.array([0, fb - fa], dtype=np.int64), offsets=np.array([0, b - a], dtype=np.int64),
-            tf32=self.tf32,
+            tf32=self.tf32, beta=self.beta,
         )
+
+    def rows64(self, g: int) -> Any:
+        """``[M, d]`` float64 rows Y of image ``g`` as the basis was made from them (normalised, or as given)."""
+        a, b = int(self.offsets[g]), int(self.offsets[g + 1])
+        return self.local[a:b].astype(self.inv_norm.dtype) * self.inv_norm[a:b][:, None]
 
     def basis64(self, g: int) -> Any:
         """``[M, d]`` float64 rows of Bt of image ``g`` (for refinement)."""
         a, b = int(self.offsets[g]), int(self.offsets[g + 1])
         m = b - a
-        y = self.local[a:b].astype(self.inv_norm.dtype) * self.inv_norm[a:b][:, None]
+        y = self.rows64(g)
         factor = self.factor[int(self.factor_offsets[g]) : int(self.factor_offsets[g + 1])].reshape(m, m)
         return factor @ y
 
@@ -178,7 +186,7 @@ def prepare_gallery(
                 run(job)
     return GalleryBasis(
         bt=bt, local=local, inv_norm=inv_norm, factor=factor, factor_offsets=factor_offsets,
-        offsets=features.offsets.copy(), tf32=tf32,
+        offsets=features.offsets.copy(), tf32=tf32, beta=float(beta),
     )
 
 

@@ -37,6 +37,7 @@ from reid_eval.matching.kernel.accuracy import (
     bound_factors,
     bound_scale,
     entries_to_refine,
+    factor_bound_factors,
     refine,
     residuals,
     weighted_error_bounds,
@@ -157,20 +158,24 @@ def _tile_distances(xp: ModuleType, c: Any, cross: Any, z_sq: Any, probes: Probe
     ``cross`` ``[g, ΣN]`` (W Rᵀ) and ``z_sq`` ``[g]``: the centre terms
     of a centred (float32) block, else None. Every gallery image's rows are
     finished where its sums are made (:func:`_squared_segment_sum`): e²,
-    ê, each pair's error bound (float32) and the weighted sums, on ``[k, ΣN]``
-    rows that stay in cache. Only when some pair's bound exceeds ``atol``
-    are entries chosen (:func:`entries_to_refine`) and recomputed in
-    float64 (:func:`refine`, or one float64 GEMM for the whole tile past
-    :data:`TILE_FLOAT64_SHARE`), and the distances summed again. e² goes
+    ê, each pair's error bound (the factor's rounding, and the operands' for
+    float32) and the weighted sums, on ``[k, ΣN]`` rows that stay in cache.
+    Only when some pair's bound exceeds ``atol`` are entries chosen
+    (:func:`entries_to_refine`) and recomputed in float64 (:func:`refine`,
+    or for a float32 tile past :data:`TILE_FLOAT64_SHARE` one float64 GEMM
+    for the whole tile, then :func:`refine` where that still cancels), and
+    the distances summed again. e² goes
     into ``workspace``'s ``"e2"`` slot when one is given.
     """
     g, p, n_cols = len(gallery), len(probes), probes.num_rows
-    checked = probes.x.dtype == xp.float32
+    operand32 = probes.x.dtype == xp.float32
     e2 = xp.empty((g, n_cols), dtype=xp.float64) if workspace is None else workspace.array(
         xp, (g, n_cols), xp.float64, slot="e2")
     dist = xp.empty((g, p), dtype=xp.float64)
-    pair = xp.empty((g, p), dtype=xp.float64) if checked else None
-    if checked:
+    pair = xp.empty((g, p), dtype=xp.float64)
+    # δs of every entry: the factor's rounding (float64 too: it grows with the norms) + the operands' (float32)
+    factors64 = factor_bound_factors(xp, gallery)
+    if operand32:
         factors = xp.asarray(bound_factors(probes.local.shape[1], np.diff(gallery.offsets), probes.tf32))
         scale = bound_scale(xp, probes)
 
@@ -178,20 +183,28 @@ def _tile_distances(xp: ModuleType, c: Any, cross: Any, z_sq: Any, probes: Probe
         s = e2[a:b]
         _e2_in_place(xp, s, None if cross is None else cross[a:b], None if z_sq is None else z_sq[a:b], probes)
         e = residuals(xp, s)
-        if checked:
-            contrib = weighted_error_bounds(xp, s, e, factors[a:b, None] * scale[None, :], probes.weights)
-            pair[a:b] = segment_sum(xp, contrib, probes.offsets, axis=1)
-            del contrib
+        ds = factors64[a:b, None] * probes.sqnorm[None, :]
+        if operand32:
+            ds += factors[a:b, None] * scale[None, :]
+        contrib = weighted_error_bounds(xp, s, e, ds, probes.weights)
+        pair[a:b] = segment_sum(xp, contrib, probes.offsets, axis=1)
+        del contrib, ds
         dist[a:b] = _weighted_sums(xp, e, probes)
 
     _squared_segment_sum(xp, c, gallery.offsets, out=e2, then=finish_rows)
     refined = 0
-    if checked and bool((pair > atol).any()):
+    if bool((pair > atol).any()):
         flagged = entries_to_refine(xp, e2, pair, probes, gallery, atol)
         refined = int(flagged.sum())
-        if refined > TILE_FLOAT64_SHARE * flagged.size:
+        if operand32 and refined > TILE_FLOAT64_SHARE * flagged.size:
             e2 = _float64_e2(xp, probes, gallery)
             refined = int(flagged.size)
+            # a float64 product cancels too where the norms are large: its own bound decides what is left
+            ds64 = factors64[:, None] * probes.sqnorm[None, :]
+            again = segment_sum(xp, weighted_error_bounds(xp, e2, residuals(xp, e2), ds64.copy(), probes.weights),
+                                probes.offsets, axis=1)
+            if bool((again > atol).any()):
+                refine(xp, e2, entries_to_refine(xp, e2, again, probes, gallery, atol, ds=ds64), probes, gallery)
         else:
             refine(xp, e2, flagged, probes, gallery)
         del flagged
