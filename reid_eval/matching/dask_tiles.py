@@ -106,7 +106,10 @@ def probe_scheduler(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
 def _children_ignore_sigint() -> Iterator[None]:
     """SIGINT ignored while the block starts processes (they inherit it), restored after.
 
-    Only in the main thread, where Python's handler lives; elsewhere a no-op.
+    Ignored, not blocked: a spawned interpreter keeps an inherited SIG_IGN
+    but not a blocked mask. A Ctrl-C in the second or two the cluster takes
+    to start is therefore lost; the next one stops the match. Only in the
+    main thread, where Python's handler lives; elsewhere a no-op.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
