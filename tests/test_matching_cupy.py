@@ -63,3 +63,16 @@ def test_errors_name_image_on_gpu():
     bad.local[4] = np.nan
     with pytest.raises(ValueError, match="gallery image 1, location 2"):
         fpr_distances(probe, bad, backend="cupy")
+
+
+def test_tf32x3_on_tensor_cores_keeps_the_contract_and_restores_the_compute_type():
+    from cupy._core import _routines_linalg as linalg
+
+    rng = np.random.default_rng(5)
+    probe = random_features(rng, [110, 37, 64], 2048, "relu")
+    gallery = concat(random_features(rng, [110, 5, 90], 2048, "relu"), probe)
+    before = linalg.get_compute_type(cupy.float32)
+    tf32 = fpr_distances(probe, gallery, backend="cupy", precision="tf32x3")
+    assert linalg.get_compute_type(cupy.float32) == before  # float32 GEMMs outside stay full float32
+    assert tf32.dtype == np.float32
+    np.testing.assert_allclose(tf32, fpr_distances(probe, gallery, backend="cupy", precision="float64"), rtol=0, atol=1e-5)
