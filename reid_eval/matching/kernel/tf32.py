@@ -54,8 +54,9 @@ def stack_operand(xp: ModuleType, a: Any, parts: tuple[str, str, str], out: Any 
     n, d = a.shape
     if out is None:
         out = xp.empty((n, 3 * d), dtype=xp.float32)
+    a = xp.asarray(a, dtype=xp.float32)
     hi = round_tf32(xp, a)
-    lo = round_tf32(xp, xp.subtract(a, hi, dtype=xp.float32))
+    lo = round_tf32(xp, a - hi)  # exact in float32
     for k, part in enumerate(parts):
         out[:, k * d : (k + 1) * d] = hi if part == "hi" else lo
     return out
