@@ -40,6 +40,7 @@ def test_frozen_trunk_training_changes_only_the_foreground_generator(data_root, 
     assert changed == []  # weights and running statistics alike
     assert not torch.equal(before.foreground.weight, after.foreground.weight)
     assert foreground_trained(meta["extra"]) and meta["extra"]["train"]["freeze_trunk"] is True
+    assert meta["extra"]["name"] == "osnet_x0_25; foreground trained on synthetic_occluded"  # for the report's rows
 
 
 def test_freeze_trunk_without_a_foreground_head_is_refused(data_root, tmp_path):

@@ -283,6 +283,20 @@ def _load_start(cfg: TrainConfig) -> tuple[FPRNet | None, ModelConfig, dict | No
     return None, cfg.model, None
 
 
+def _model_name(cfg: TrainConfig, mcfg: ModelConfig) -> str:
+    """The trained model in words, for tables: its start's name and what this run trained, e.g.
+    'OSNet x0.25, Market-1501, torchreid; foreground trained on cuhk03_pair1'."""
+    if cfg.resume:  # the run's own name, as its first part wrote it
+        saved = load_checkpoint(cfg.out_dir / CHECKPOINT_NAME)[2]["extra"].get("name")
+        if saved:
+            return str(saved)
+    start = mcfg.backbone
+    if cfg.init_checkpoint is not None:
+        start = str(load_checkpoint(cfg.init_checkpoint)[2]["extra"].get("name") or start)
+    what = "foreground trained" if cfg.freeze_trunk else "fine-tuned" if cfg.init_checkpoint is not None else "trained"
+    return f"{start}; {what} on {cfg.dataset}"
+
+
 def _better(new: dict, best: dict | None) -> bool:
     return best is None or (new["mAP"], new["rank1"]) > (best["mAP"], best["rank1"])
 
@@ -382,6 +396,7 @@ def _train(cfg: TrainConfig, ctx: distributed.DistContext, device: torch.device,
         f"{cfg.batch_p}x{cfg.batch_k} per epoch and process, {where}, {workers} loader workers, {precision}; "
         f"start: {init_note}; foreground loss {fg_note}")
 
+    run_name = _model_name(cfg, mcfg)
     epoch_losses: list[float] = []
     evaluations: list[dict] = []
     stopped = False
@@ -449,7 +464,7 @@ def _train(cfg: TrainConfig, ctx: distributed.DistContext, device: torch.device,
                 """Rank 0: checkpoint, log, and evaluation; returns the best evaluation so far."""
                 def save(best_so_far: dict | None) -> Path:
                     extra = {"optimizer": optimizer.state_dict(), "epochs_completed": completed, "best": best_so_far,
-                             "trained_on": cfg.dataset,
+                             "trained_on": cfg.dataset, "name": run_name,
                              "train": cfg.to_json(),
                              "grad_scaler": scaler.state_dict() if scaler is not None else None}
                     return save_checkpoint(cfg.out_dir / CHECKPOINT_NAME, model, mcfg, extra=extra)
@@ -467,7 +482,8 @@ def _train(cfg: TrainConfig, ctx: distributed.DistContext, device: torch.device,
                 is_best = _better(row, best)
                 if is_best:
                     save_checkpoint(cfg.out_dir / BEST_NAME, model, mcfg,
-                                    extra={"trained_on": cfg.dataset, "evaluation": row, "train": cfg.to_json()})
+                                    extra={"trained_on": cfg.dataset, "name": run_name, "evaluation": row,
+                                           "train": cfg.to_json()})
                     save(row)
                 log.write({"event": "eval", **row, "best": is_best, "seconds": result.seconds,
                            "results_file": str(result.results_file)})
@@ -483,7 +499,7 @@ def _train(cfg: TrainConfig, ctx: distributed.DistContext, device: torch.device,
                 break
         model.eval()
         distributed.agree(ctx, lambda: save_checkpoint(
-            final, model, mcfg, extra={"trained_on": cfg.dataset, "epochs_completed": completed,
+            final, model, mcfg, extra={"trained_on": cfg.dataset, "name": run_name, "epochs_completed": completed,
                                        "stopped_early": stopped, "train": cfg.to_json()}), main_only=True)
         seconds = time.perf_counter() - t_start
         log.write({"event": "end", "epochs_completed": completed, "stopped_early": stopped, "seconds": seconds,
