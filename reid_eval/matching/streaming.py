@@ -319,7 +319,8 @@ def _compute(job: TileJob, store: TileStore, runner: Any, poff: np.ndarray, goff
         computed += len(pending)
         # this run's tiles pass through the same check; one that does not read back is computed again
         pending = [t for t in pending if not take(*t)]
-    raise ReidEvalError(f"tiles in {store.directory} could not be written and read back; check the disk")
+    last = f" (last: {store.rejected[-1]})" if store.rejected else ""
+    raise ReidEvalError(f"tiles in {store.directory} could not be written and read back{last}; check the disk")
 
 
 def fpr_shortlist_from_cache(
