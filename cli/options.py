@@ -9,6 +9,8 @@ from typing import Any
 
 import click
 
+from reid_eval.errors import NO_CHECKPOINT_MESSAGE
+
 
 class FiniteFloat(click.FloatRange):
     """A float option that refuses NaN and ±infinity, naming the option; optional bounds as click.FloatRange.
@@ -161,9 +163,7 @@ class _CheckpointOption(click.Option):
         try:
             return super().process_value(ctx, value)
         except click.MissingParameter:
-            raise click.UsageError(
-                "no --checkpoint given (or REID_EVAL_CHECKPOINT); write one with `reid-eval checkpoint init --out "
-                "FILE` or `reid-eval checkpoint convert`", ctx) from None
+            raise click.UsageError(NO_CHECKPOINT_MESSAGE, ctx) from None
 
 
 def _checkpoint_option(required: bool):

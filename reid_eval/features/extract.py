@@ -52,7 +52,7 @@ import torch
 from PIL import Image
 
 from reid_eval.datasets import get_spec, load_manifest, manifest_sha256, validate_counts
-from reid_eval.errors import ReidEvalError
+from reid_eval.errors import NO_CHECKPOINT_MESSAGE, ReidEvalError
 from reid_eval.features.cache import (
     FOREGROUND_TRAINED_ATTR,
     MODEL_NAME_ATTR,
@@ -300,10 +300,7 @@ def extract_dataset(
         ``keep-aspect``) and ``options`` as :func:`extract_network`.
     """
     if checkpoint is None:
-        raise ReidEvalError(
-            "no --checkpoint given (or REID_EVAL_CHECKPOINT); write one with `reid-eval checkpoint init --out FILE` "
-            "or `reid-eval checkpoint convert`"
-        )
+        raise ReidEvalError(NO_CHECKPOINT_MESSAGE)
     return extract_network(dataset, root, checkpoint_network(checkpoint, resize), cache_dir, **options)
 
 
