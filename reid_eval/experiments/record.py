@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
-import hashlib
 import json
 import math
 import os
@@ -59,6 +58,7 @@ from pathlib import Path
 from typing import Any
 
 from reid_eval.atomic import write_text_atomically
+from reid_eval.digest import file_sha256
 from reid_eval.errors import ReidEvalError
 from reid_eval.evaluation import AP_FLAVOURS, check_rerank_params
 from reid_eval.evaluation.ranking import averages_over_all
@@ -443,7 +443,7 @@ class MatchResult:
         if self.query_records is not None:
             table = out.parent / self.query_records
             try:
-                result = dataclasses.replace(self, query_records_sha256=file_digest(table))
+                result = dataclasses.replace(self, query_records_sha256=file_sha256(table))
             except OSError as exc:
                 raise ReidEvalError(f"cannot read per-query records {table} to record its digest: {exc.strerror or exc}") from None
         text = json.dumps(result.to_json(), indent=2) + "\n"
@@ -459,13 +459,6 @@ class MatchResult:
         return cls.from_json(data, path)
 
 
-def file_digest(path: str | os.PathLike) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def records_file(result: MatchResult, results_file: str | os.PathLike) -> Path:
@@ -484,7 +477,7 @@ def records_file(result: MatchResult, results_file: str | os.PathLike) -> Path:
         raise ReidEvalError(f"{results_file}: its per-query records {table} are missing; rerun `reid-eval match`")
     if result.query_records_sha256 is not None:
         try:
-            digest = file_digest(table)
+            digest = file_sha256(table)
         except OSError as exc:
             raise ReidEvalError(f"{table}: not readable ({exc.strerror or exc})") from None
         if digest != result.query_records_sha256:

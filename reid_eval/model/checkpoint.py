@@ -14,7 +14,6 @@ field's default (the behaviour they were written with).
 
 from __future__ import annotations
 
-import hashlib
 import os
 import pickle
 import re
@@ -26,6 +25,7 @@ import numpy as np
 import torch
 
 from reid_eval.atomic import write_atomically
+from reid_eval.digest import file_sha256
 from reid_eval.errors import ReidEvalError
 from reid_eval.model.network import FPRNet, ModelConfig, build_model
 
@@ -41,14 +41,6 @@ MAKE_CHECKPOINT_HINT = "a checkpoint is made with `reid-eval checkpoint init` or
 # torch.save's legacy (pre-1.6) format starts with a pickle (opcode PROTO) of this magic number (a long).
 _LEGACY_TORCH_MAGIC = b"\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
 
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def foreground_trained(extra: Mapping[str, Any]) -> bool:
