@@ -281,8 +281,19 @@ def test_ctrl_c_with_dask_workers_ends_in_one_line_without_tracebacks(tmp_path):
             assert child.poll() is None and time.monotonic() < deadline, child.stderr.read() if child.poll() else ""
             time.sleep(0.2)
         os.killpg(child.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole process group
-        os.killpg(child.pid, signal.SIGCONT)
-        out, err = child.communicate(timeout=240)
+        # Wake the stopped workers until the match has ended: a slower worker may stop itself only after
+        # a first wake-up, and the cluster's shutdown would wait for it forever.
+        deadline = time.monotonic() + 240
+        while True:
+            try:
+                os.killpg(child.pid, signal.SIGCONT)
+            except ProcessLookupError:  # the whole group has ended
+                pass
+            try:
+                out, err = child.communicate(timeout=1)
+                break
+            except subprocess.TimeoutExpired:
+                assert time.monotonic() < deadline, "the match did not end after Ctrl-C"
     finally:
         if child.poll() is None:
             os.killpg(child.pid, signal.SIGKILL)
