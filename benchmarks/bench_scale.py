@@ -1,4 +1,4 @@
-"""Benchmark of matching at scale (issue 10): memory, throughput, Market-1501 time, shortlist, Dask.
+"""Benchmark of matching at scale: memory, throughput, Market-1501 time, shortlist, Dask.
 
 Writes feature caches of random features through the project's own cache
 writer (``create_cache`` + ``SplitWriter``; no images, no model) under

@@ -1,4 +1,4 @@
-"""The command line on bad input (issue 17).
+"""The command line on bad input.
 
 Every case runs the CLI and checks: a non-zero exit with one line
 ``Error: ...`` naming the file or option at fault and no traceback, or,

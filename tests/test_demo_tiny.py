@@ -16,7 +16,7 @@ def test_tiny_demo_end_to_end_and_rerun(tmp_path, capsys):
     work = tmp_path / "demo"
     assert main(["demo", "--workdir", str(work), "--size", "tiny", "--device", "cpu"]) == 0
     out, err = capsys.readouterr()
-    main_table = out.split("| method | rank-1 [CI] | rank-5 | mAP [CI] |")[1].split("\n\n")[0]  # issue 15: intervals
+    main_table = out.split("| method | rank-1 [CI] | rank-5 | mAP [CI] |")[1].split("\n\n")[0]  # with intervals
     rows = ["| method |"] + [line for line in main_table.splitlines() if line.startswith("| ") and "---" not in line]
     assert [r.split("|")[1].strip().split(" ")[0] for r in rows] == ["method", "Baseline", "DSR", "FPR"]
     for row in rows[1:]:

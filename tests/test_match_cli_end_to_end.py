@@ -264,7 +264,7 @@ def test_two_checkpoints_keep_two_results_and_two_report_rows(run, tmp_path, cap
     shas = {json.loads(p.read_text())["checkpoint_sha256"] for p in files}
     assert len(files) == 2 and len(shas) == 2 and run["sha"] in shas
     report = build_report(results, figures=False)
-    tables = report.markdown.split("### Verification")[0]  # the verification table (issue 15) repeats each row
+    tables = report.markdown.split("### Verification")[0]  # the verification table repeats each row
     labels = [line.split("|")[1].strip() for line in tables.splitlines() if "(measured" in line and line.startswith("|")]
     names = {json.loads(p.read_text())["checkpoint_sha256"]: json.loads(p.read_text())["params"]["model_name"] for p in files}
     assert sorted(names.values()) == ["resnet18 (model.pt)", "resnet18 (other.pt)"]  # the cache's model, in words

@@ -1,4 +1,4 @@
-"""The built wheel installs only reid-eval's own import names (issue 17): no top-level `cli` or `data_manifests`."""
+"""The built wheel installs only reid-eval's own import names: no top-level `cli` or `data_manifests`."""
 
 from __future__ import annotations
 

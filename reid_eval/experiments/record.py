@@ -169,7 +169,7 @@ class MatchParams:
     # Outside a shortlist: None = global-rank order behind the shortlist; a number = that constant distance
     # (fast-reid's PartialReID code: 100), which makes shortlist + fuse a weighted sum of distances.
     shortlist_fill: float | None = _field(None, "distance", "--shortlist-fill", tag="fill")
-    # k-reciprocal re-ranking (issue 15, reid_eval.evaluation.rerank): aux "same" or "global", None = off.
+    # k-reciprocal re-ranking (reid_eval.evaluation.rerank): aux "same" or "global", None = off.
     rerank: str | None = _field(None, "distance", "--rerank-aux", tag="rerank-")
     rerank_k1: int | None = _field(RERANK_K1, "distance", "--rerank-k1", tag="k1-", omit=RERANK_K1)
     rerank_k2: int | None = _field(RERANK_K2, "distance", "--rerank-k2", tag="k2-", omit=RERANK_K2)
@@ -333,7 +333,7 @@ class MatchResult:
     num_gallery: int
     provenance: Mapping[str, Any] = field(default_factory=dict)
     created: str = ""
-    # Issue 15 result fields (absent from older files): bootstrap intervals
+    # Optional result fields (absent from older files): bootstrap intervals
     # (reid_eval.evaluation.bootstrap.interval_record), verification
     # (VerificationResult.as_record), the per-query CSV's file name (beside
     # this file), and the fast-reid preset's λ tuning record.
