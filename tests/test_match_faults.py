@@ -280,17 +280,21 @@ def test_ctrl_c_with_dask_workers_ends_in_one_line_without_tracebacks(tmp_path):
         while not store.done():  # a state that lasts once reached (the worker is stopped), not a window
             assert child.poll() is None and time.monotonic() < deadline, child.stderr.read() if child.poll() else ""
             time.sleep(0.2)
-        os.killpg(child.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole process group
-        # Wake the stopped workers until the match has ended: a slower worker may stop itself only after
-        # a first wake-up, and the cluster's shutdown would wait for it forever.
+        # What a terminal's Ctrl-C does: SIGINT to the whole process group, then the stopped workers are
+        # woken (a slower worker may stop itself only after a wake-up, and the cluster's shutdown would
+        # wait for it). A Ctrl-C that is lost (one landing while the cluster still starts, see
+        # reid_eval.matching.dask_tiles) is pressed again 10 s later, as a user would; each wake-up lets
+        # a worker finish only its current task and the first tile of the next, so the match cannot run
+        # to its end on wake-ups alone before a Ctrl-C lands.
         deadline = time.monotonic() + 240
         while True:
             try:
+                os.killpg(child.pid, signal.SIGINT)
                 os.killpg(child.pid, signal.SIGCONT)
             except ProcessLookupError:  # the whole group has ended
                 pass
             try:
-                out, err = child.communicate(timeout=1)
+                out, err = child.communicate(timeout=10)
                 break
             except subprocess.TimeoutExpired:
                 assert time.monotonic() < deadline, "the match did not end after Ctrl-C"
