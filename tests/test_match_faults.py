@@ -272,7 +272,10 @@ def test_ctrl_c_with_dask_workers_ends_in_one_line_without_tracebacks(tmp_path):
     path = write_cache(cache_dir, n_query=16, n_gallery=24, d=48, m=8, seed=7)
     cmd = _match_cmd(cache_dir, tmp_path / "res", "--metric", "fpr", "--workers", "2")
     # every worker stops itself (SIGSTOP) after its first tile: the match cannot end before Ctrl-C
+    # SIGINT at its default in the child, as in a terminal: an ignored SIGINT would be inherited from
+    # this process (some test before this one may leave it so) and Python would never raise KeyboardInterrupt
     child = subprocess.Popen(cmd, env={**ENV, "REID_EVAL_TEST_KILL_AFTER_TILES": "1:STOP"}, start_new_session=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     store = TileStore(tile_dir(path, "fpr"))
     try:
