@@ -32,6 +32,7 @@ from reid_eval.matching.shortlist import behind_the_shortlist, pick_shortlist
 from reid_eval.matching.streaming import fpr_distances_from_cache, fpr_shortlist_from_cache
 from reid_eval.matching.tile_store import TileStore, tile_dir
 from test_match_streaming import kill_after_tiles, write_cache
+from test_refined_share import _copy
 
 REPO = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-c", "import sys; from reid_eval_cli.main import main; sys.exit(main(sys.argv[1:]))"]
@@ -41,13 +42,6 @@ ENV = {**os.environ, "PYTHONPATH": str(REPO)}
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory) -> Path:
     return write_cache(tmp_path_factory.mktemp("faults"), n_query=9, n_gallery=13, d=32, m=(3, 7), seed=21)
-
-
-def _copy(src: Path, dst_dir: Path) -> Path:
-    dst = dst_dir / src.parent.name / src.name
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    dst.write_bytes(src.read_bytes())
-    return dst
 
 
 # ------------------------------------------------------------------ finished tiles are checked

@@ -21,7 +21,11 @@ TRAINED, UNTRAINED, UNRECORDED = "trained", "untrained", "unrecorded"
 
 def foreground_state(cache_file: CacheSource) -> str:
     """``trained``, ``untrained``, or ``unrecorded`` (a cache written before reid-eval recorded it)."""
-    attrs = read_attrs(cache_file)
+    return state_of(read_attrs(cache_file))
+
+
+def state_of(attrs: dict) -> str:
+    """:func:`foreground_state` from a cache's root attributes already read."""
     if FOREGROUND_TRAINED_ATTR not in attrs:
         return UNRECORDED
     return TRAINED if bool(attrs[FOREGROUND_TRAINED_ATTR]) else UNTRAINED

@@ -60,7 +60,7 @@ import numpy as np
 
 from reid_eval.datasets import get_spec
 from reid_eval.errors import ReidEvalError
-from reid_eval.experiments.foreground import foreground_state
+from reid_eval.experiments.foreground import state_of as foreground_state_of
 from reid_eval.features.cache import MODEL_NAME_ATTR
 from reid_eval.evaluation import records_path, write_query_records
 from reid_eval.experiments.record import GLOBAL_METRICS, MatchParams, MatchResult
@@ -339,7 +339,7 @@ def _matrix_and_provenance(cache_file: Path, params: MatchParams, execution: Mat
         "backbone": attrs["settings"].get("model", {}).get("backbone", attrs.get("checkpoint_file")),
         "input_size": attrs["settings"].get("model", {}).get("input_size") or attrs["settings"]["preprocessing"].get("size"),
         "model_name": attrs.get(MODEL_NAME_ATTR),
-        "foreground": foreground_state(cache_file) if params.metric == "fpr" else None,
+        "foreground": foreground_state_of(attrs) if params.metric == "fpr" else None,
         "skipped_query": len(query.skipped),
         "skipped_gallery": len(gallery.skipped),
         "matching_seconds": round(seconds, 3),
