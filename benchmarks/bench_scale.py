@@ -97,7 +97,7 @@ def run_match(cache_dir: Path, results: Path, extra: list[str]) -> tuple[float, 
     """`reid-eval match` in a child process: (wall seconds, peak RSS bytes from wait4's ru_maxrss, its stderr)."""
     cmd = [sys.executable, "-c", "import sys; from reid_eval_cli.main import main; sys.exit(main(sys.argv[1:]))", "match",
            "--metric", "fpr", "--dataset", "market1501", "--cache-dir", str(cache_dir), "--results-dir", str(results),
-           "--recompute", *extra]
+           "--recompute", "--untrained-foreground", *extra]  # random features: no foreground was trained
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     log = results.parent / "match-stderr.txt"
     results.mkdir(parents=True, exist_ok=True)
