@@ -309,3 +309,23 @@ def test_streamed_shortlist_resumes_from_its_committed_units(cache, tmp_path):
     # another shortlist (K) or tolerance is another computation: nothing is resumed
     other = fpr_shortlist_from_cache(path, 3, backend="numpy", memory_budget_bytes=3_000_000, threads=2, resume_dir=resume)
     assert other.tiles_resumed == 0
+
+
+@pytest.mark.parametrize("lost_pass", [0, 1])
+def test_a_shortlist_of_several_passes_resumes_bit_identical_whichever_pass_was_lost(cache, tmp_path, lost_pass):
+    """Every pass is split along the first pass's centre, also when that pass is restored and not prepared."""
+    path = _copy(cache, tmp_path)
+    resume = tile_dir(path, "fpr__shortlist4")
+    first = fpr_shortlist_from_cache(path, 4, backend="numpy", memory_budget_bytes=10_000, threads=2, resume_dir=resume)
+    assert len(first.plan.probe_blocks) >= 2
+    q, g = read_split(cache, "query"), read_split(cache, "gallery")
+    ref = fpr_distances(q.spatial, g.spatial, backend="numpy", shortlist=4, probe_global=q.global_features,
+                        gallery_global=g.global_features)
+    np.testing.assert_allclose(first.distances, ref, rtol=1e-6, atol=1e-5)
+    store = TileStore(resume)
+    lost = [(gi, pi) for gi, pi in store.done() if pi == lost_pass]
+    for gi, pi in lost:
+        store._path(gi, pi).unlink()
+    again = fpr_shortlist_from_cache(path, 4, backend="numpy", memory_budget_bytes=10_000, threads=2, resume_dir=resume)
+    assert again.tiles_computed == len(lost) > 0
+    np.testing.assert_array_equal(again.distances, first.distances)

@@ -1,8 +1,9 @@
 """fpr_pairs and fpr_shortlist_pass: the shortlist's unit of work, one gallery image against the probes that pick it.
 
 They must give what fpr_tile gives on the same images (same entries, same
-error bound, same refinement) without copying feature rows, and keep the
-engine's contract: every distance within 1e-5 of the float64 definition.
+error bound, same refinement), however the probes' rows are gathered, and
+keep the engine's contract: every distance within 1e-5 of the float64
+definition.
 """
 
 import numpy as np
@@ -52,7 +53,11 @@ def test_pairs_equal_the_tile_of_the_same_block(atol):
         assert whole.shape == (len(probe),) and picked.shape == (images.size,) and picked.dtype == np.float32
         # Same entries, same bounds, same refinement: only the GEMM's blocking differs.
         np.testing.assert_allclose(whole, tile, rtol=0, atol=2e-7)
-        np.testing.assert_array_equal(picked, whole[images])
+        np.testing.assert_allclose(picked, whole[images], rtol=0, atol=2e-7)
+        # gathered one image at a time (a GEMM per probe image) or a few rows at a time: the same values
+        for rows in (1, 30):
+            np.testing.assert_allclose(fpr_pairs(pb, gb, g, images, float32_atol=atol, gather_rows=rows), picked,
+                                       rtol=0, atol=2e-7)
         np.testing.assert_allclose(whole, ref[:, g], rtol=0, atol=max(atol, 1e-7) + 1e-7)
     assert pair_stats.entries == tile_stats.entries == len(gallery) * int(probe.local.shape[0])
     assert pair_stats.refined == tile_stats.refined

@@ -122,7 +122,7 @@ def _shortlisted(source: MemorySource, settings: EngineSettings, budget: int, k:
     out = np.empty((n_probe, n_gallery), dtype=settings.out_dtype)
     short = pick_shortlist(probe_global, gallery_global, k, metric, shortlist_chunk_rows(budget, n_gallery), out)
     exact = np.empty((n_probe, k), dtype=np.float64)
-    job = TileJob(source, settings, plan, shared_centre(source, settings, plan))
+    job = TileJob(source, settings, plan)  # every pass shares the first pass's centre (run_shortlist)
     refinement = run_shortlist(job, short, exact, SequentialRunner(), None)[0]
     if stats is not None:
         stats.merge(refinement)

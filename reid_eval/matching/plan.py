@@ -26,11 +26,15 @@ import numpy as np
 from reid_eval.errors import ReidEvalError
 
 __all__ = ["plan_blocks", "TilePlan", "tile_task_bytes", "block_rows_for", "plan_tiles", "ShortlistPlan", "plan_shortlist",
-           "shortlist_chunk_rows"]
+           "shortlist_chunk_rows", "shortlist_gather_rows"]
 
 # prepare_gallery works in batches of about 2048 rows per CPU thread; per row
 # of a batch: float64 rows (8 d), the basis product (4 d), a gathered copy (4 d).
 _PREP_BATCH_ROWS = 2048
+
+#: Most probe rows one shortlist call gathers for one GEMM (a hub gallery image that every probe
+#: shortlists is met in chunks of this many rows).
+GATHER_MAX_ROWS = 8192
 
 
 def plan_blocks(counts: np.ndarray, max_rows: int) -> list[tuple[int, int]]:
@@ -209,7 +213,9 @@ class ShortlistPlan:
     gallery block; probe_blocks / gallery_blocks: ``(start, stop)`` image
     ranges; a unit of work (and of resume) is one probe pass against one
     gallery block. precision, memory_budget_bytes, concurrent_tiles: as in
-    :class:`TilePlan`.
+    :class:`TilePlan`. gather_rows: the most probe rows multiplied by one
+    GEMM (:func:`~reid_eval.matching.kernel.fpr_pairs`; part of the plan
+    because the GEMM's row count can change its last bit).
     """
 
     probe_rows: int
@@ -219,6 +225,7 @@ class ShortlistPlan:
     precision: str
     memory_budget_bytes: int
     concurrent_tiles: int
+    gather_rows: int = GATHER_MAX_ROWS
 
     @property
     def num_tiles(self) -> int:
@@ -226,9 +233,9 @@ class ShortlistPlan:
         return len(self.probe_blocks) * len(self.gallery_blocks)
 
     def same_tiles(self, other: TilePlan | ShortlistPlan) -> bool:
-        """Whether ``other`` cuts the splits into the same units."""
-        return (self.probe_blocks, self.gallery_blocks, self.precision) == (
-            other.probe_blocks, other.gallery_blocks, other.precision
+        """Whether ``other`` cuts the splits into the same units and gathers the same rows (the same bits)."""
+        return (self.probe_blocks, self.gallery_blocks, self.precision, self.gather_rows) == (
+            other.probe_blocks, other.gallery_blocks, other.precision, getattr(other, "gather_rows", None)
         )
 
     def provenance(self) -> dict[str, Any]:
@@ -241,44 +248,81 @@ class ShortlistPlan:
         return {"block_rows": self.gallery_rows, "probe_rows": self.probe_rows,
                 "probe_blocks": [list(b) for b in self.probe_blocks],
                 "gallery_blocks": [list(b) for b in self.gallery_blocks], "precision": self.precision,
-                "memory_budget_bytes": self.memory_budget_bytes, "concurrent_tiles": self.concurrent_tiles}
+                "memory_budget_bytes": self.memory_budget_bytes, "concurrent_tiles": self.concurrent_tiles,
+                "gather_rows": self.gather_rows}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ShortlistPlan:
+        """The plan recorded by :meth:`to_dict` (``gather_rows`` 0 when an older run did not record it: its
+        products were one GEMM per probe image, so no resume onto it)."""
         return cls(probe_rows=int(d.get("probe_rows", 0)), gallery_rows=int(d["block_rows"]),
                    probe_blocks=_block_pairs(d, "probe_blocks"), gallery_blocks=_block_pairs(d, "gallery_blocks"),
                    precision=str(d["precision"]), memory_budget_bytes=int(d["memory_budget_bytes"]),
-                   concurrent_tiles=int(d["concurrent_tiles"]))
+                   concurrent_tiles=int(d["concurrent_tiles"]), gather_rows=int(d.get("gather_rows", 0)))
 
 
 #: Rows of the gallery batches prepared at once by all CPU threads (see :func:`tile_task_bytes`).
 _PREP_ROWS = _PREP_BATCH_ROWS * (os.cpu_count() or 1)
 
+#: Shares of a shortlist's budget: a gallery block, the global-distance chunks, the probe rows one
+#: call gathers per thread; the probe pass takes the rest. The gallery is read and prepared once per
+#: pass, by far the largest cost after the products, so the pass takes nearly everything: a gallery
+#: block only has to hold a few preparation batches, a chunk of global distances a few hundred rows.
+SHORTLIST_GALLERY_SHARE = 0.08
+SHORTLIST_GLOBAL_SHARE = 0.04
+SHORTLIST_GATHER_SHARE = 0.03
 
 def plan_shortlist(probe_offsets: np.ndarray, gallery_offsets: np.ndarray, dim: int, *, memory_budget_bytes: int,
                    concurrent_tiles: int, precision: str = "float32") -> ShortlistPlan:
     """The shortlist's passes and gallery blocks for ``memory_budget_bytes``.
 
-    A probe pass takes about 3/4 of the budget: the rows read (4 d and the
-    foreground) and the prepared operand (4 or 8 d and per-row scalars). The
-    gallery is read and prepared once per pass, so passes are as large as
-    fit (one pass when the probe split fits). A gallery block takes about
-    15%: rows, basis, factor and the preparation's batches. The remaining
-    tenth is the global-distance chunks that pick the shortlist
-    (:func:`shortlist_chunk_rows`). A block always holds at least the
-    largest image.
+    A probe pass holds, per probe location, the rows read (4 d), the
+    prepared operand (:func:`operand_bytes` per element) and its float64
+    scalars. The gallery is read and prepared once per pass, so a pass
+    takes what the other parts leave (:data:`SHORTLIST_GALLERY_SHARE` for a
+    gallery block: rows, basis, factor and the preparation's batches;
+    :data:`SHORTLIST_GLOBAL_SHARE` for the global-distance chunks that pick
+    the shortlist, :func:`shortlist_chunk_rows`;
+    :data:`SHORTLIST_GATHER_SHARE` for the probe rows each thread gathers,
+    :func:`shortlist_gather_rows`), and the passes are of equal size (as
+    few as fit; one when the probe split fits). A block always holds at
+    least the largest image.
     """
     counts = np.concatenate([np.diff(probe_offsets), np.diff(gallery_offsets)])
     m_max = int(counts.max()) if counts.size else 1
     op = operand_bytes(precision)
     budget = int(memory_budget_bytes)
-    probe_rows = max(m_max, int(0.75 * budget // ((4 + op) * dim + 72)))
-    gallery_rows = max(m_max, int((0.15 * budget - 16 * dim * _PREP_ROWS) // ((4 + op) * dim + 8 * m_max + 48)))
-    return ShortlistPlan(probe_rows, gallery_rows, tuple(plan_blocks(np.diff(probe_offsets), probe_rows)),
+    rest = 1.0 - SHORTLIST_GALLERY_SHARE - SHORTLIST_GLOBAL_SHARE - SHORTLIST_GATHER_SHARE
+    most_rows = max(m_max, int(rest * budget // ((4 + op) * dim + 72)))
+    total_rows = int(probe_offsets[-1]) if len(probe_offsets) else 0
+    passes = max(1, -(-total_rows // most_rows))
+    probe_rows = max(m_max, -(-total_rows // passes))  # equal passes: no short last one
+    gallery_rows = max(m_max, int((SHORTLIST_GALLERY_SHARE * budget - 16 * dim * _PREP_ROWS)
+                                  // ((4 + op) * dim + 8 * m_max + 48)))
+    probe_blocks = plan_blocks(np.diff(probe_offsets), probe_rows)
+    if len(probe_blocks) > passes:  # image boundaries pushed a few rows over: fall back to the largest passes
+        probe_blocks = plan_blocks(np.diff(probe_offsets), most_rows)
+        probe_rows = most_rows
+    return ShortlistPlan(probe_rows, gallery_rows, tuple(probe_blocks),
                          tuple(plan_blocks(np.diff(gallery_offsets), gallery_rows)), precision, budget,
-                         int(concurrent_tiles))
+                         int(concurrent_tiles),
+                         shortlist_gather_rows(budget, int(concurrent_tiles), dim, m_max, precision))
 
 
 def shortlist_chunk_rows(memory_budget_bytes: int, n_gallery: int) -> int:
-    """Probe rows of global distances ``[rows, G]`` (and their argsort) per chunk: a tenth of the budget."""
-    return max(1, int(0.1 * memory_budget_bytes // (24 * n_gallery)))
+    """Probe rows of global distances ``[rows, G]`` (and their argsort) per chunk (:data:`SHORTLIST_GLOBAL_SHARE`)."""
+    return max(1, int(SHORTLIST_GLOBAL_SHARE * memory_budget_bytes // (24 * n_gallery)))
+
+
+def shortlist_gather_rows(memory_budget_bytes: int, threads: int, dim: int, max_locations: int,
+                          precision: str = "float32") -> int:
+    """Probe rows one thread of a shortlist pass gathers for one product (:data:`SHORTLIST_GATHER_SHARE`).
+
+    Per row: the gathered operand row (:func:`operand_bytes` per element),
+    its product with one gallery image's M (+1) basis rows, and the float64
+    residuals and bounds of the epilogue. At least the largest image, at
+    most :data:`GATHER_MAX_ROWS`.
+    """
+    per_row = operand_bytes(precision) * dim + 12 * (max_locations + 1) + 64
+    rows = int(SHORTLIST_GATHER_SHARE * memory_budget_bytes / max(1, threads) // per_row)
+    return max(int(max_locations), min(GATHER_MAX_ROWS, rows))

@@ -18,15 +18,17 @@ and streamed from the cache.
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
 from reid_eval.matching.global_distance import global_distances
-from reid_eval.matching.kernel import GalleryBasis, ProbeBlock, RefinementStats, fpr_pairs, to_numpy
+from reid_eval.matching.kernel import GalleryBasis, ProbeBlock, RefinementStats, TileWorkspace, fpr_pairs, to_numpy
 from reid_eval.matching.kernel.accuracy import DEFAULT_FLOAT32_ATOL
-from reid_eval.matching.loop import ProgressCounter, TileJob, prepare_gallery_block, prepare_probe_block
+from reid_eval.matching.loop import ProgressCounter, TileJob, prepare_gallery_block, prepare_probe_block, shared_centre
+from reid_eval.matching.plan import GATHER_MAX_ROWS
 from reid_eval.matching.tile_store import TileStore
 
 __all__ = ["pick_shortlist", "shortlist_units", "fpr_shortlist_pass", "run_shortlist", "behind_the_shortlist"]
@@ -106,6 +108,7 @@ def fpr_shortlist_pass(
     map_fn: Callable[..., Any] = map,
     blocks: Sequence[int] | None = None,
     block_done: Callable[[int, np.ndarray, float, RefinementStats], None] | None = None,
+    gather_rows: int = GATHER_MAX_ROWS,
 ) -> None:
     """Exact distances of one pass of probes to the gallery images that shortlist them, into ``exact``.
 
@@ -116,8 +119,10 @@ def fpr_shortlist_pass(
     most once per range, only for ranges some probe of the pass shortlists);
     exact: float64 ``[P, K]``, the pass's pairs filled in place.
     Each gallery image meets the probes of the pass that shortlist it in one
-    :func:`fpr_pairs` call; ``map_fn`` (e.g. a thread pool's ``map``, each
-    thread on one BLAS thread) runs those calls. ``blocks``: the indices of
+    :func:`fpr_pairs` call (at most ``gather_rows`` probe rows per GEMM,
+    gathered into a workspace of the calling thread's own); ``map_fn`` (e.g.
+    a thread pool's ``map``, each thread on one BLAS thread) runs those
+    calls. ``blocks``: the indices of
     the ranges to compute (default all; the others are left alone, e.g.
     restored by a resume). ``block_done(index, pairs, flops, counts)`` is
     called after each range with its pairs (:func:`shortlist_units`), the
@@ -128,6 +133,12 @@ def fpr_shortlist_pass(
     units = shortlist_units(shortlist, probe_start, len(probes), gallery_blocks)
     rows = np.diff(probes.offsets)
     lock = threading.Lock()
+    local = threading.local()  # one workspace per thread of map_fn, reused by its calls
+
+    def workspace() -> TileWorkspace:
+        if not hasattr(local, "workspace"):
+            local.workspace = TileWorkspace()
+        return local.workspace
     for bi in range(len(gallery_blocks)) if blocks is None else blocks:
         ga, gb = gallery_blocks[bi]
         pairs = units[bi]
@@ -143,8 +154,9 @@ def fpr_shortlist_pass(
                 g = int(g_of[group[0]]) - ga
                 images = group // k - probe_start
                 mine = RefinementStats()
-                exact.reshape(-1)[group] = to_numpy(fpr_pairs(probes, basis, g, images,
-                                                              float32_atol=float32_atol, stats=mine))
+                exact.reshape(-1)[group] = to_numpy(fpr_pairs(probes, basis, g, images, float32_atol=float32_atol,
+                                                              stats=mine, workspace=workspace(),
+                                                              gather_rows=gather_rows))
                 with lock:
                     counts.merge(mine)
                 m = int(basis.offsets[g + 1] - basis.offsets[g])
@@ -162,15 +174,19 @@ def run_shortlist(job: TileJob, short: np.ndarray, exact: np.ndarray, runner: An
                   progress: ProgressCounter | None = None) -> tuple[RefinementStats, int]:
     """The exact distances of every shortlisted pair of ``job``'s plan into ``exact`` ``[P, K]`` float64.
 
-    Pass by pass: each probe pass is prepared once (split along
-    ``job.centre``), its units already committed to ``store`` are restored,
-    the others computed by :func:`fpr_shortlist_pass` on ``runner``'s
-    ``mapper`` and committed to ``store`` (None: in memory, nothing
-    committed). Returns (the refinement counts of every unit, units restored).
-    A committed unit is restored only when it passes its record
-    (:meth:`TileStore.load`); one that fails is computed with the others.
+    Pass by pass: each probe pass is prepared once, its units already
+    committed to ``store`` are restored, the others computed by
+    :func:`fpr_shortlist_pass` on ``runner``'s ``mapper`` and committed to
+    ``store`` (None: in memory, nothing committed). Returns (the refinement
+    counts of every unit, units restored). A committed unit is restored only
+    when it passes its record (:meth:`TileStore.load`); one that fails is
+    computed with the others. Every pass is split along one centre
+    (:func:`~reid_eval.matching.loop.shared_centre`): ``job.centre`` when
+    given, else the first pass's own, taken from its preparation (read
+    separately only when that pass is restored whole).
     """
     plan = job.plan
+    several = len(plan.probe_blocks) > 1 and job.settings.precision != "float64"
     flat_exact = exact.reshape(-1)
     committed = store.done() if store is not None else set()
     refinement, resumed = RefinementStats(), 0
@@ -202,9 +218,13 @@ def run_shortlist(job: TileJob, short: np.ndarray, exact: np.ndarray, runner: An
                 if progress is not None:
                     progress.add_computed(int(pairs.size), flops)
 
+            if several and job.centre is None and pi > 0:  # the first pass was restored whole
+                job = replace(job, centre=shared_centre(job.source, job.settings, plan))
             probes = prepare_probe_block(job, reader, pi)
+            if several and job.centre is None:  # the first pass, on its own centre: every pass shares it
+                job = replace(job, centre=np.asarray(to_numpy(probes.centre), dtype=np.float64))
             fpr_shortlist_pass(probes, pa, short, plan.gallery_blocks, gallery_basis, exact,
                                float32_atol=job.settings.float32_atol, stats=refinement, map_fn=map_fn, blocks=todo,
-                               block_done=unit_done)
+                               block_done=unit_done, gather_rows=plan.gather_rows)
             del probes
     return refinement, resumed

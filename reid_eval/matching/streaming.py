@@ -391,7 +391,7 @@ def fpr_shortlist_from_cache(
         store.start({"identity": identity, "plan": plan.to_dict()})
     counter = ProgressCounter(plan.num_tiles, n_probe * k, progress)
     try:
-        job = TileJob(source, settings, plan, shared_centre(source, settings, plan))  # every pass shares one centre
+        job = TileJob(source, settings, plan)  # every pass shares the first pass's centre (run_shortlist)
         refinement, resumed = run_shortlist(job, short, exact, runner, store, counter)
     finally:
         if temporary:

@@ -23,6 +23,7 @@ from reid_eval.matching.kernel.backend import get_array_module, is_host, large_e
 from reid_eval.matching.kernel.checks import check_counts, check_gathered, check_rows
 from reid_eval.matching.kernel.tf32 import GALLERY_PARTS, stack_operand
 from reid_eval.matching.kernel.threads import CHUNK_ROWS, blas_threads, over_chunks, parallel
+from reid_eval.matching.kernel.workspace import TileWorkspace
 
 __all__ = ["GalleryBasis", "prepare_gallery"]
 
@@ -145,15 +146,19 @@ def prepare_gallery(
         per_batch = max(1, math.ceil(members.size / n_batches))
         jobs += [(int(m), members[b0 : b0 + per_batch]) for b0 in range(0, members.size, per_batch)]
 
+    scratch = threading.local()  # each thread's float64 batch buffers, reused by its batches
+
     def run(job: tuple[int, np.ndarray]) -> None:
         m, batch = job
         k = batch.size
+        if not hasattr(scratch, "workspace"):
+            scratch.workspace = TileWorkspace()
         if batch[-1] - batch[0] == k - 1:  # consecutive images: a slice, no gather
             rows = slice(int(starts[batch[0]]), int(starts[batch[0]]) + k * m)
         else:
             rows = xp.asarray((starts[batch][:, None] + np.arange(m)[None, :]).reshape(-1))
-        y_in = local[rows].reshape(k, m, d)
-        y64 = y_in.astype(xp.float64)
+        y64 = scratch.workspace.array(xp, (k * m, d), xp.float64, slot="rows").reshape(k, m, d)
+        y64[...] = local[rows].reshape(k, m, d)  # cast into warm memory: a fresh buffer per batch costs more
         raw = y64 @ y64.transpose(0, 2, 1)  # Gram of the raw rows, float64
         sq = xp.diagonal(raw, axis1=1, axis2=2).reshape(-1)
         if isinstance(rows, slice):
@@ -168,7 +173,8 @@ def prepare_gallery(
         # with M that the error model of S does not cover).
         factor_t = basis_factor(xp, raw * inv[:, :, None] * inv[:, None, :], beta)  # [k, M, M]
         coef = factor_t * inv[:, None, :]
-        basis = (coef @ y64).reshape(-1, d)
+        basis = scratch.workspace.array(xp, (k * m, d), xp.float64, slot="basis")
+        xp.matmul(coef, y64, out=basis.reshape(k, m, d))
         bt[rows] = stack_operand(xp, basis.astype(xp.float32), GALLERY_PARTS) if tf32 else basis
         inv_norm[rows] = inv.reshape(-1)
         frows = (factor_offsets[batch][:, None] + np.arange(m * m)[None, :]).reshape(-1)

@@ -48,6 +48,7 @@ from reid_eval.matching.kernel.probes import ProbeBlock
 from reid_eval.matching.kernel.tf32 import tensor_cores
 from reid_eval.matching.kernel.threads import parallel
 from reid_eval.matching.kernel.workspace import TileWorkspace
+from reid_eval.matching.plan import GATHER_MAX_ROWS, plan_blocks
 
 __all__ = ["fpr_tile", "fpr_pairs", "SUM_LEVELS"]
 
@@ -103,18 +104,22 @@ def fpr_pairs(
     *,
     float32_atol: float = DEFAULT_FLOAT32_ATOL,
     stats: RefinementStats | None = None,
+    workspace: TileWorkspace | None = None,
+    gather_rows: int = GATHER_MAX_ROWS,
 ) -> Any:
     """Distances ``[k]`` of probe images ``images`` of ``probes`` to gallery image ``gallery_index`` of ``gallery``.
 
     The shortlist's unit of work: one gallery image against the probes that
     shortlist it. The same arithmetic and accuracy as :func:`fpr_tile` on
-    those images (same entries, same error bound and refinement), but the
-    probes' rows are multiplied where they lie in ``probes``: one small GEMM
-    per probe image, ``[N, d] @ [d, M(+1)]``, and nothing is gathered but
-    per-location scalars; the centre terms come from ``gallery``'s cache
-    (:meth:`GalleryBasis.centre_terms`), computed once for the many calls
-    that share the two blocks. On a CPU call it under one BLAS thread and
-    spread gallery images over threads.
+    those images (same entries, same error bound and refinement). The
+    probes' rows are copied, whole images at a time and at most
+    ``gather_rows`` rows (or one image) at once, into ``workspace``'s
+    ``"gather"`` slot and multiplied there, one GEMM
+    ``[rows, d] @ [d, M(+1)]`` per chunk (a GEMM per probe image would be too
+    small to run near the GEMM rate); the centre terms come from
+    ``gallery``'s cache (:meth:`GalleryBasis.centre_terms`), computed once
+    for the many calls that share the two blocks. On a CPU call it under one
+    BLAS thread and spread gallery images over threads, one workspace each.
     """
     xp = module_of(probes.x)
     _check_pair(probes, gallery)
@@ -128,15 +133,19 @@ def fpr_pairs(
         w, z_sq_all = gallery.centre_terms(probes.centre)
         operand = xp.concatenate([operand, w[g : g + 1]])
         z_sq = z_sq_all[g : g + 1]
+    workspace = workspace if workspace is not None else TileWorkspace()
     product_t = xp.empty((selection.num_rows, operand.shape[0]), dtype=probes.x.dtype)  # [ΣN, M(+1)]
+    counts = np.diff(probes.offsets)[images]
+    width = int(probes.x.shape[1])
     with tensor_cores(xp, probes.tf32):
-        for k, i in enumerate(images.tolist()):
-            pa, pb = int(probes.offsets[i]), int(probes.offsets[i + 1])
-            sa = int(selection.offsets[k])
-            if is_host(xp):
-                np.matmul(probes.x[pa:pb], operand.T, out=product_t[sa : sa + pb - pa])
-            else:
-                product_t[sa : sa + pb - pa] = probes.x[pa:pb] @ operand.T
+        for a, b in plan_blocks(counts, gather_rows):
+            sa, sb = int(selection.offsets[a]), int(selection.offsets[b])
+            rows = workspace.array(xp, (sb - sa, width), probes.x.dtype, slot="gather")
+            for k in range(a, b):
+                pa, pb = int(probes.offsets[images[k]]), int(probes.offsets[images[k] + 1])
+                ka = int(selection.offsets[k]) - sa
+                rows[ka : ka + pb - pa] = probes.x[pa:pb]
+            xp.matmul(rows, operand.T, out=product_t[sa:sb])
     product = product_t.T  # [M(+1), ΣN]
     m = one.bt.shape[0]
     cross = None if z_sq is None else product[m:]
