@@ -13,7 +13,8 @@ a CNN's; the time does not depend on the values, as nothing is refined).
 
 Shapes: the two sets with the real OSNet x0.25's pyramid (70 locations,
 d = 128, tests/test_real_partial_sets.py), with a ResNet-18's at 384x128
-(110 locations, d = 512), and 60 × 60 images of 110 locations at d = 2048.
+(110 locations, d = 512), 60 × 60 images of 110 locations at d = 2048 and
+40 × 30 at d = 512.
 
     python benchmarks/bench_small.py
     python benchmarks/bench_small.py --shapes partial_ilids-osnet,60x60-2048 --repeats 5
@@ -38,6 +39,7 @@ SHAPES = {
     "partial_reid-resnet18": (300, 300, 110, 512),
     "partial_ilids-resnet18": (119, 119, 110, 512),
     "60x60-2048": (60, 60, 110, 2048),
+    "40x30-512": (40, 30, 110, 512),
 }
 TARGET = 1.2
 

@@ -282,15 +282,13 @@ def factor_bound_factors(xp: ModuleType, gallery: GalleryBasis) -> Any:
     """``[g]`` float64 κ·u₆₄·(0.7·√d + √M + 7)·(1 + tr(G)/β): the per-image factor of δs₆₄ (module docstring).
 
     tr(G) = Σ‖y‖² over the image's rows as the basis was made from them
-    (M when normalised); 1 + tr(G)/β bounds the condition number of G + βI.
+    (M when normalised; ``gallery.traces``, made with the basis); 1 + tr(G)/β
+    bounds the condition number of G + βI.
     """
     counts = np.diff(gallery.offsets)
-    local = gallery.local
-    sq_rows = (local.astype(xp.float64) ** 2).sum(axis=1) * gallery.inv_norm * gallery.inv_norm
-    traces = segment_sum(xp, sq_rows[:, None], gallery.offsets, axis=0)[:, 0]
-    d = int(local.shape[1])
+    d = int(gallery.local.shape[1])
     base = xp.asarray(ERROR_KAPPA * _U64 * (0.7 * math.sqrt(d) + np.sqrt(counts) + 7.0))
-    return base * (1.0 + traces / gallery.beta)
+    return base * (1.0 + gallery.traces / gallery.beta)
 
 
 def total_error_bound_s(xp: ModuleType, probes: ProbeBlock, gallery: GalleryBasis) -> Any:

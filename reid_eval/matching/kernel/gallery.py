@@ -46,6 +46,9 @@ class GalleryBasis:
     tf32: whether ``bt`` holds TF32 parts (precision ``"tf32x3"``).
     beta: the ridge β the factor was made with (the direct residual of
         :func:`~reid_eval.matching.kernel.accuracy.refine` needs it).
+    traces: ``[g]`` float64 tr(G) = Σ‖y‖² of each image's rows as the basis
+        was made from them (M when normalised), for the factor's error bound
+        (:func:`~reid_eval.matching.kernel.accuracy.factor_bound_factors`).
     """
 
     bt: Any
@@ -56,6 +59,7 @@ class GalleryBasis:
     offsets: np.ndarray
     tf32: bool = False
     beta: float = DEFAULT_BETA
+    traces: Any = None
     _centre_cache: dict[bytes, tuple[Any, Any]] = field(default_factory=dict, compare=False, repr=False)
 
     def __len__(self) -> int:
@@ -87,7 +91,7 @@ class GalleryBasis:
         return GalleryBasis(
             bt=self.bt[a:b], local=self.local[a:b], inv_norm=self.inv_norm[a:b], factor=self.factor[fa:fb],
             factor_offsets=np.array([0, fb - fa], dtype=np.int64), offsets=np.array([0, b - a], dtype=np.int64),
-            tf32=self.tf32, beta=self.beta,
+            tf32=self.tf32, beta=self.beta, traces=self.traces[g : g + 1],
         )
 
     def rows64(self, g: int) -> Any:
@@ -135,6 +139,7 @@ def prepare_gallery(
     factor_offsets = np.zeros(len(counts) + 1, dtype=np.int64)
     np.cumsum(counts * counts, out=factor_offsets[1:])
     factor = xp.empty(int(factor_offsets[-1]), dtype=xp.float64)
+    traces = xp.empty(len(counts), dtype=xp.float64)
     starts = features.offsets[:-1]
     workers = min(len(counts), os.cpu_count() or 1) if is_host(xp) else 1
     jobs: list[tuple[int, np.ndarray]] = []
@@ -177,6 +182,7 @@ def prepare_gallery(
         xp.matmul(coef, y64, out=basis.reshape(k, m, d))
         bt[rows] = stack_operand(xp, basis.astype(xp.float32), GALLERY_PARTS) if tf32 else basis
         inv_norm[rows] = inv.reshape(-1)
+        traces[xp.asarray(batch)] = (sq.reshape(k, m) * inv * inv).sum(axis=1)
         frows = (factor_offsets[batch][:, None] + np.arange(m * m)[None, :]).reshape(-1)
         factor[xp.asarray(frows)] = factor_t.reshape(-1)
 
@@ -192,7 +198,7 @@ def prepare_gallery(
                 run(job)
     return GalleryBasis(
         bt=bt, local=local, inv_norm=inv_norm, factor=factor, factor_offsets=factor_offsets,
-        offsets=features.offsets.copy(), tf32=tf32, beta=float(beta),
+        offsets=features.offsets.copy(), tf32=tf32, beta=float(beta), traces=traces,
     )
 
 
