@@ -42,15 +42,17 @@ import signal
 import socket
 import struct
 import threading
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
 from reid_eval.errors import ReidEvalError
-from reid_eval.matching.kernel import RefinementStats, single_blas_thread
+from reid_eval.matching.kernel import RefinementStats, TileWorkspace, single_blas_thread
 from reid_eval.matching.kernel.backend import return_freed_blocks_to_the_os
-from reid_eval.matching.loop import TileJob, task_groups, run_tile_task
+from reid_eval.matching.loop import KeptProbes, TileJob, probe_room, run_tile_task, task_groups
 from reid_eval.matching.tile_store import TileStore
 
 __all__ = ["DaskRunner", "DASK_EXTRA_MESSAGE", "CONNECT_TIMEOUT_S", "probe_scheduler"]
@@ -129,9 +131,61 @@ def _import_distributed() -> Any:
     return distributed
 
 
-def _task(job: TileJob, gallery_index: int, probe_indices: Sequence[int], store_dir: str) -> list[int]:
+@dataclass
+class _WorkerRun:
+    """What one worker keeps between the tasks of one run: its prepared probe blocks and each thread's workspace.
+
+    Fresh pages cost a fault each on first touch, and a task's workspace and
+    probe blocks are hundreds of MB: kept here, a worker faults them in once
+    per run instead of once per task, and reads and prepares a kept probe
+    block once instead of once per gallery block.
+    """
+
+    run: str
+    kept: KeptProbes
+    threads: threading.local = field(default_factory=threading.local)
+
+    def workspace(self) -> TileWorkspace:
+        """The calling thread's workspace (one per worker thread: a workspace is never shared)."""
+        if getattr(self.threads, "workspace", None) is None:
+            self.threads.workspace = TileWorkspace()
+        return self.threads.workspace
+
+
+#: The run each worker of this process is in, by worker address (several with an in-process cluster).
+_worker_runs: dict[str, _WorkerRun] = {}
+_worker_runs_lock = threading.Lock()
+
+
+def _worker_run(run: str, job: TileJob) -> _WorkerRun:
+    """This worker's state for ``run``; the state of an earlier run is dropped first (never two at once).
+
+    The kept blocks' room is the worker's share of the budget that its
+    threads' tiles leave free (:func:`~reid_eval.matching.loop.probe_room`):
+    each worker holds the whole ``--memory-budget``.
+    """
+    from distributed import get_worker
+
+    worker = get_worker()
+    with _worker_runs_lock:
+        state = _worker_runs.get(worker.address)
+        if state is None or state.run != run:
+            _worker_runs.pop(worker.address, None)
+            state = _worker_runs[worker.address] = _WorkerRun(run, KeptProbes(probe_room(job.plan, worker.state.nthreads)))
+        return state
+
+
+def _forget_run(run: str) -> None:
+    """Drop what the workers of this process keep for ``run`` (its probe blocks and workspaces)."""
+    with _worker_runs_lock:
+        for address in [a for a, state in _worker_runs.items() if state.run == run]:
+            del _worker_runs[address]
+
+
+def _task(job: TileJob, run: str, gallery_index: int, probe_indices: Sequence[int], store_dir: str) -> list[int]:
     """Runs on a worker: the tiles of one task, each committed with its counts; returns their probe blocks."""
     return_freed_blocks_to_the_os()
+    state = _worker_run(run, job)
     store = TileStore(store_dir)
     committed: list[int] = []
 
@@ -140,7 +194,7 @@ def _task(job: TileJob, gallery_index: int, probe_indices: Sequence[int], store_
         committed.append(pi)
 
     with single_blas_thread():
-        run_tile_task(job, gallery_index, probe_indices, commit)
+        run_tile_task(job, gallery_index, probe_indices, commit, workspace=state.workspace(), kept=state.kept)
     return committed
 
 
@@ -159,6 +213,45 @@ class DaskRunner:
     def run(self, job: TileJob, pending: Sequence[tuple[int, int]], sink: TileStore,
             done: Callable[[int, int], None]) -> None:
         distributed = _import_distributed()
+        cluster, run = None, ""
+        try:
+            if self.scheduler is not None:
+                probe_scheduler(self.scheduler)
+                try:
+                    client = distributed.Client(self.scheduler, timeout=f"{CONNECT_TIMEOUT_S:g}s")
+                except (OSError, TimeoutError, ValueError) as exc:
+                    raise ReidEvalError(f"--scheduler {self.scheduler}: cannot connect ({' '.join(str(exc).split())})") from None
+            else:
+                with _children_ignore_sigint():  # Ctrl-C reaches this process only (module docstring)
+                    cluster = distributed.LocalCluster(
+                        n_workers=int(self.workers), threads_per_worker=1, processes=self.processes, memory_limit=0,
+                        dashboard_address=None, silence_logs=logging.ERROR,
+                    )
+                client = distributed.Client(cluster)
+            run = uuid.uuid4().hex  # what the workers keep between this run's tasks is keyed by it
+            try:
+                futures = {
+                    client.submit(_task, job, run, gi, list(pis), str(sink.directory), pure=False, priority=-k): gi
+                    for k, (gi, pis) in enumerate(task_groups(pending, self.parallel))
+                }
+                for fut in distributed.as_completed(futures):
+                    gi = futures[fut]
+                    for pi in fut.result():
+                        done(gi, pi)
+                if cluster is None:
+                    client.run(_forget_run, run)  # a cluster that lives on frees the blocks now, not at the next run
+            finally:
+                client.close()
+        finally:
+            if cluster is not None:
+                cluster.close()
+                if not self.processes:
+                    _forget_run(run)  # in-process workers kept them in this process
+
+    @contextmanager
+    def session(self) -> Iterator[Any]:
+        """A Dask client on this runner's cluster (a LocalCluster started and closed around it, or ``scheduler``'s)."""
+        distributed = _import_distributed()
         cluster = None
         try:
             if self.scheduler is not None:
@@ -175,16 +268,29 @@ class DaskRunner:
                     )
                 client = distributed.Client(cluster)
             try:
-                futures = {
-                    client.submit(_task, job, gi, list(pis), str(sink.directory), pure=False, priority=-k): gi
-                    for k, (gi, pis) in enumerate(task_groups(pending, self.parallel))
-                }
-                for fut in distributed.as_completed(futures):
-                    gi = futures[fut]
-                    for pi in fut.result():
-                        done(gi, pi)
+                yield client
             finally:
                 client.close()
         finally:
             if cluster is not None:
                 cluster.close()
+
+    def map_calls(self, fn: Callable[..., Any], calls: Sequence[tuple[Any, ...]]) -> Iterator[Any]:
+        """``fn(*call)`` for every call on the cluster (in order of priority: first calls first), results as they come.
+
+        Each call runs on one BLAS thread of a worker (``fn`` sees the
+        worker's own file system: what it commits, it commits there).
+        """
+        distributed = _import_distributed()
+        with self.session() as client:
+            futures = [client.submit(_on_one_blas_thread, fn, *call, pure=False, priority=-k)
+                       for k, call in enumerate(calls)]
+            for fut in distributed.as_completed(futures):
+                yield fut.result()
+
+
+def _on_one_blas_thread(fn: Callable[..., Any], *args: Any) -> Any:
+    """Runs on a worker: ``fn(*args)`` with one BLAS thread and large freed buffers given back at once."""
+    return_freed_blocks_to_the_os()
+    with single_blas_thread():
+        return fn(*args)

@@ -51,7 +51,7 @@ from reid_eval.matching.kernel import (
     to_numpy,
 )
 from reid_eval.matching.kernel.backend import return_freed_blocks_to_the_os
-from reid_eval.matching.plan import ShortlistPlan, TilePlan
+from reid_eval.matching.plan import ShortlistPlan, TilePlan, operand_bytes
 from reid_eval.matching.settings import EngineSettings
 
 __all__ = [
@@ -60,6 +60,8 @@ __all__ = [
     "CacheSource",
     "TileJob",
     "shared_centre",
+    "KeptProbes",
+    "probe_room",
     "prepare_probe_block",
     "prepare_gallery_block",
     "run_tile_task",
@@ -170,11 +172,82 @@ def shared_centre(source: Any, settings: EngineSettings, plan: TilePlan | Shortl
     return np.asarray(to_numpy(centre), dtype=np.float64)
 
 
-def prepare_probe_block(job: TileJob, reader: BlockReader, pi: int, workspace: TileWorkspace | None = None) -> Any:
-    """Probe block ``pi`` of the job's plan, prepared (into ``workspace``'s probe slot when given)."""
+class KeptProbes:
+    """Prepared probe blocks kept between the tiles of one executor (a thread pool, a Dask worker), within a room.
+
+    ``capacity_bytes``: the bytes the kept blocks may take together
+    (:func:`probe_room`). Blocks are kept first come, first kept, never
+    evicted: with a plan's blocks taken in order, the first ones that fit
+    are read and prepared once and the others once per tile. Shared by
+    the executor's threads (a kept block is only read by tiles).
+    """
+
+    def __init__(self, capacity_bytes: float) -> None:
+        self.capacity, self.used = float(capacity_bytes), 0
+        self._blocks: dict[int, Any] = {}
+        self._lock = threading.Lock()
+
+    def get(self, pi: int) -> Any:
+        """Prepared probe block ``pi``, or None when it is not kept (or is being prepared by another thread)."""
+        with self._lock:
+            return self._blocks.get(pi)
+
+    def reserve(self, pi: int, nbytes: int) -> bool:
+        """Whether block ``pi`` of ``nbytes`` is to be kept: True (and its room taken) when it fits and is not kept yet."""
+        with self._lock:
+            if pi in self._blocks or self.used + nbytes > self.capacity:
+                return False
+            self._blocks[pi] = None
+            self.used += int(nbytes)
+            return True
+
+    def put(self, pi: int, probes: Any) -> None:
+        """Block ``pi``, reserved before, prepared in memory of its own."""
+        with self._lock:
+            self._blocks[pi] = probes
+
+    def kept(self) -> list[int]:
+        """The probe blocks kept (or reserved), in the order they came."""
+        with self._lock:
+            return list(self._blocks)
+
+
+def probe_room(plan: TilePlan, tiles_at_once: int) -> int:
+    """Bytes of ``plan``'s budget left free by ``tiles_at_once`` tiles in one process (0 when they take it all).
+
+    The plan's blocks fit ``concurrent_tiles`` tile tasks in the budget, so a
+    process running fewer at once (a single-thread Dask worker: one) has the
+    rest of its budget for :class:`KeptProbes`.
+    """
+    share = plan.memory_budget_bytes / max(1, plan.concurrent_tiles)
+    return max(0, int(plan.memory_budget_bytes - tiles_at_once * share))
+
+
+def prepared_probe_bytes(rows: int, dim: int, precision: str) -> int:
+    """Bytes a prepared probe block of ``rows`` locations × ``dim`` holds: the rows read, the GEMM operand and
+    five float64 scalars per row (:class:`~reid_eval.matching.kernel.probes.ProbeBlock`)."""
+    return int(rows) * (int(dim) * (4 + operand_bytes(precision)) + 40)
+
+
+def prepare_probe_block(job: TileJob, reader: BlockReader, pi: int, workspace: TileWorkspace | None = None,
+                        kept: KeptProbes | None = None) -> Any:
+    """Probe block ``pi`` of the job's plan, prepared (into ``workspace``'s probe slot when given).
+
+    ``kept``: a block kept there is returned as it is; one that fits its room
+    is prepared in memory of its own (a workspace slot is overwritten by the
+    next block) and kept. Either way the same arithmetic, so the same bits.
+    """
+    block = None if kept is None else kept.get(pi)
+    if block is not None:
+        return block
     s, (a, b) = job.settings, job.plan.probe_blocks[pi]
-    return prepare_probes(reader.probes(a, b), weighted=s.weighted, normalize=s.normalize, precision=s.precision,
-                          backend=s.xp, index_base=a, centre=job.centre, workspace=workspace)
+    features = reader.probes(a, b)
+    keep = kept is not None and kept.reserve(pi, prepared_probe_bytes(*features.local.shape, s.precision))
+    block = prepare_probes(features, weighted=s.weighted, normalize=s.normalize, precision=s.precision,
+                           backend=s.xp, index_base=a, centre=job.centre, workspace=None if keep else workspace)
+    if keep:
+        kept.put(pi, block)
+    return block
 
 
 def prepare_gallery_block(job: TileJob, reader: BlockReader, gi: int) -> Any:
@@ -186,7 +259,7 @@ def prepare_gallery_block(job: TileJob, reader: BlockReader, gi: int) -> Any:
 
 def run_tile_task(job: TileJob, gallery_index: int, probe_indices: Sequence[int], commit: Commit,
                   stop: threading.Event | None = None, workspace: TileWorkspace | None = None,
-                  kept: dict[int, Any] | None = None) -> int:
+                  kept: KeptProbes | None = None) -> int:
     """Compute tiles ``(gallery_index, pi)`` for ``pi`` in ``probe_indices`` and ``commit`` each as it is done.
 
     Prepares the gallery block once and each probe block when its tile comes
@@ -195,9 +268,9 @@ def run_tile_task(job: TileJob, gallery_index: int, probe_indices: Sequence[int]
     (counted per tile, so a resumed run sums the counts of tiles an earlier
     run committed). Stops early (between tiles) when ``stop`` is set.
     ``workspace``: the buffers reused by this thread's tiles (a fresh one
-    when None). ``kept``: prepared probe blocks kept between tasks (for a
-    plan of one probe block, prepared once for every gallery block). Returns
-    the number of tiles committed.
+    when None). ``kept``: prepared probe blocks kept between tiles and tasks
+    (:class:`KeptProbes`; those that fit its room are read and prepared
+    once). Returns the number of tiles committed.
     """
     done = 0
     workspace = workspace if workspace is not None else TileWorkspace()
@@ -206,11 +279,7 @@ def run_tile_task(job: TileJob, gallery_index: int, probe_indices: Sequence[int]
         for pi in probe_indices:
             if stop is not None and stop.is_set():
                 break
-            probes = None if kept is None else kept.get(pi)
-            if probes is None:
-                probes = prepare_probe_block(job, reader, pi, workspace)
-                if kept is not None:
-                    kept[pi] = probes
+            probes = prepare_probe_block(job, reader, pi, workspace, kept)
             counts = RefinementStats()
             tile = np.asarray(to_numpy(fpr_tile(probes, basis, float32_atol=job.settings.float32_atol, stats=counts,
                                                 workspace=workspace)))
@@ -359,7 +428,7 @@ class SequentialRunner:
 
     def run(self, job: TileJob, pending: Sequence[tuple[int, int]], sink: Any, done: Callable[[int, int], None]) -> None:
         workspace = TileWorkspace()
-        kept: dict[int, Any] | None = {} if len(job.plan.probe_blocks) == 1 else None
+        kept = KeptProbes(math.inf) if len(job.plan.probe_blocks) == 1 else None
 
         def commit(gi: int, pi: int, tile: np.ndarray, counts: RefinementStats) -> None:
             sink.commit(gi, pi, tile, counts)
@@ -399,9 +468,11 @@ class ThreadRunner:
             sink.commit(gi, pi, tile, counts)
             done(gi, pi)
 
+        kept = KeptProbes(probe_room(job.plan, self.threads))  # room only when fewer threads than the plan's tiles
+
         def task(gi: int, pis: list[int]) -> int:
             with single_blas_thread():
-                return run_tile_task(job, gi, pis, commit, stop)
+                return run_tile_task(job, gi, pis, commit, stop, kept=kept)
 
         pool = ThreadPoolExecutor(max_workers=self.threads)
         futures = [pool.submit(task, gi, pis) for gi, pis in task_groups(pending, self.threads)]
